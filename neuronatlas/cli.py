@@ -1,0 +1,72 @@
+"""The ``neuronatlas`` command. Each app contributes its own commands:
+
+- ``neuronatlas.indexer.cli``: register, probe, index, show
+- ``neuronatlas.service.cli``: serve, search, neuron, labels, models, stats
+- ``neuronatlas.service.compare_cli``: compare, audit
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import click
+
+from neuronatlas.core.errors import NeuronAtlasError
+
+_COMMAND_MODULES = (
+    "neuronatlas.indexer.cli",
+    "neuronatlas.service.cli",
+)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="neuronatlas")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
+              help="TOML config file (default: $NEURONATLAS_HOME/config.toml).")
+@click.option("--home", default=None, help="Data directory (env NEURONATLAS_HOME).")
+@click.option("--backend", type=click.Choice(["edge", "remote"]), default=None,
+              help="Store backend: embedded Qdrant Edge (default) or a Qdrant server.")
+@click.option("--store", "store_path", default=None, help="Embedded store directory (default <home>/store).")
+@click.option("--qdrant-url", "url", default=None, help="Remote Qdrant URL (env NEURONATLAS_URL).")
+@click.option("--embedder", default=None,
+              help="Embedder spec: open_clip:ARCH:TAG|/path/ckpt.pt or py:package.module:factory.")
+@click.pass_context
+def cli(ctx: click.Context, config_file, home, backend, store_path, url, embedder) -> None:
+    """NeuronAtlas: index the neurons of vision models and query them across a model zoo."""
+    ctx.obj = {"settings_args": dict(config_file=config_file, home=home, backend=backend,
+                                     store_path=store_path, url=url, embedder=embedder)}
+
+
+def settings_from(ctx: click.Context):
+    """Settings for a command, from the root options (+ env + config file)."""
+    from neuronatlas.core.config import load_settings
+
+    args = dict(ctx.find_root().obj["settings_args"])
+    config_file = args.pop("config_file")
+    return load_settings(config_file, **args)
+
+
+for _name in _COMMAND_MODULES:
+    try:
+        _mod = importlib.import_module(_name)
+    except ModuleNotFoundError as _e:  # an app not built yet must not break the others
+        if _e.name != _name:
+            raise
+        continue
+    for _cmd in getattr(_mod, "COMMANDS", []):
+        cli.add_command(_cmd)
+
+
+def main() -> None:
+    try:
+        cli(standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except NeuronAtlasError as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(2)

@@ -1,0 +1,115 @@
+"""Configuration: which store backend, where, and which embedder.
+
+Precedence (highest first): explicit arguments (CLI flags) > environment variables
+(``NEURONATLAS_*``) > config file (``--config`` / ``NEURONATLAS_CONFIG`` /
+``$NEURONATLAS_HOME/config.toml``) > defaults. Code never branches on the backend outside
+``neuronatlas.core.store``.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from neuronatlas.core.errors import InvalidArgument
+
+ENV_PREFIX = "NEURONATLAS_"
+
+
+def default_home() -> Path:
+    env = os.environ.get("NEURONATLAS_HOME")
+    if env:
+        return Path(env).expanduser()
+    from platformdirs import user_data_dir
+
+    return Path(user_data_dir("neuronatlas"))
+
+
+@dataclass(frozen=True)
+class Settings:
+    home: Path = field(default_factory=default_home)
+    backend: str = "edge"  # "edge" (embedded Qdrant Edge) or "remote" (Qdrant server / cluster)
+    store_path: Path | None = None  # edge store directory; default <home>/store
+    url: str = ""  # remote: http(s)://host:6333 or ":memory:" (test double)
+    api_key: str = ""
+    prefer_grpc: bool = True
+    tls: bool = False
+    collection_prefix: str = "neuronatlas"
+    shard_number: int = 1
+    replication_factor: int = 1
+    embedder: str = "open_clip:ViT-B-32:openai"  # spec, see neuronatlas.core.embedder
+    device: str = "auto"
+
+    @property
+    def edge_path(self) -> Path:
+        return self.store_path if self.store_path is not None else self.home / "store"
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.home / "cache"
+
+    def redacted(self) -> dict[str, Any]:
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
+        if d["api_key"]:
+            d["api_key"] = "***"
+        return d
+
+
+_TYPES = {f.name: f.type for f in fields(Settings)}
+
+
+def _coerce(name: str, value: Any) -> Any:
+    if value is None:
+        return None
+    kind = str(_TYPES[name])
+    try:
+        if "Path" in kind:
+            return Path(str(value)).expanduser()
+        if kind == "bool":
+            if isinstance(value, bool):
+                return value
+            return str(value).strip().lower() in {"1", "true", "yes", "on"}
+        if kind == "int":
+            return int(value)
+    except ValueError:
+        raise InvalidArgument(f"setting {name}={value!r} is not a valid {kind}", field=name) from None
+    return str(value)
+
+
+def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:
+    """Build Settings from defaults, a TOML file, the environment and explicit overrides."""
+    values: dict[str, Any] = {}
+    home_env = os.environ.get("NEURONATLAS_HOME")
+    home = Path(overrides["home"]) if overrides.get("home") else (Path(home_env) if home_env else default_home())
+    path = config_file or os.environ.get("NEURONATLAS_CONFIG") or (home / "config.toml")
+    path = Path(path).expanduser()
+    if path.exists():
+        try:
+            data = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as e:
+            raise InvalidArgument(f"config file {path} is not valid TOML: {e}", field="config") from None
+        data = data.get("neuronatlas", data)
+        for k, v in data.items():
+            if k not in _TYPES:
+                raise InvalidArgument(f"unknown setting {k!r} in {path}", field="config")
+            values[k] = _coerce(k, v)
+    elif config_file:
+        raise InvalidArgument(f"config file {path} does not exist", field="config")
+    for name in _TYPES:
+        env = os.environ.get(ENV_PREFIX + name.upper())
+        if env is not None and env != "":
+            values[name] = _coerce(name, env)
+    for k, v in overrides.items():
+        if k not in _TYPES:
+            raise InvalidArgument(f"unknown setting {k!r}", field=k)
+        if v is not None:
+            values[k] = _coerce(k, v)
+    settings = replace(Settings(), **values)
+    if settings.backend not in {"edge", "remote"}:
+        raise InvalidArgument(f"backend must be 'edge' or 'remote', not {settings.backend!r}", field="backend")
+    if settings.backend == "remote" and not settings.url:
+        raise InvalidArgument("the remote backend needs a url (--url / NEURONATLAS_URL)", field="url")
+    return settings

@@ -1,0 +1,262 @@
+"""Record schema: what the knowledge store holds about neurons and models.
+
+Plain dataclasses with ``to_payload`` / ``from_payload`` so both store backends (and the
+service's protobuf conversion) work from one definition. Vectors stay numpy float32.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from enum import Enum
+from typing import Any
+
+import numpy as np
+
+from neuronatlas.core.errors import InvalidArgument
+
+# Namespace for deterministic point ids: uuid5(NAMESPACE, "model/layer/unit#generation").
+_ID_NAMESPACE = uuid.UUID("8d5b8a52-6a1e-4c1e-9a55-2f1f7f0f6a11")
+
+
+def neuron_point_id(model_id: str, layer: str, unit: int, generation: int = 0) -> str:
+    """The store id of one neuron. The same neuron always gets the same id.
+
+    ``generation`` separates the two slots used for atomic re-indexing (see README).
+    """
+    return str(uuid.uuid5(_ID_NAMESPACE, f"{model_id}/{layer}/{unit}#{generation}"))
+
+
+def model_point_id(model_id: str) -> str:
+    return str(uuid.uuid5(_ID_NAMESPACE, f"model:{model_id}"))
+
+
+def neuron_key(model_id: str, layer: str, unit: int) -> str:
+    """Human-readable neuron reference ``model/layer/unit`` (as used by the CLI)."""
+    return f"{model_id}/{layer}/{unit}"
+
+
+def parse_neuron_key(key: str) -> tuple[str, str, int]:
+    """Inverse of :func:`neuron_key`. Model ids may not contain '/', layer names may."""
+    parts = key.split("/")
+    if len(parts) < 3:
+        raise InvalidArgument(f"neuron reference {key!r} is not MODEL/LAYER/UNIT", field="neuron")
+    model_id, layer, unit_s = parts[0], "/".join(parts[1:-1]), parts[-1]
+    try:
+        unit = int(unit_s)
+    except ValueError:
+        raise InvalidArgument(f"unit {unit_s!r} in {key!r} is not an integer", field="neuron") from None
+    if unit < 0 or not model_id or not layer:
+        raise InvalidArgument(f"neuron reference {key!r} is not MODEL/LAYER/UNIT", field="neuron")
+    return model_id, layer, unit
+
+
+def validate_model_id(model_id: str) -> str:
+    """Model ids are short slugs: letters, digits, '-', '_', '.'; no '/'."""
+    import re
+
+    if not isinstance(model_id, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}", model_id):
+        raise InvalidArgument(
+            f"model id {model_id!r} must be 1-128 characters of letters, digits, '.', '_' or '-'",
+            field="model_id",
+        )
+    return model_id
+
+
+@dataclass(frozen=True)
+class EmbedderInfo:
+    """Identity of the foundation model that produced a store's vectors."""
+
+    name: str  # e.g. "open_clip:ViT-B-32"
+    weights: str  # pretrained tag, checkpoint sha256, or "random:<seed>"
+    dim: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "EmbedderInfo":
+        return cls(name=str(d["name"]), weights=str(d["weights"]), dim=int(d["dim"]))
+
+
+@dataclass
+class TopSample:
+    """One of a neuron's most activating probe samples."""
+
+    sample_id: str  # stable reference into the probe set (relative path)
+    index: int  # row in the probe set's embedding matrix
+    activation: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"sample_id": self.sample_id, "index": int(self.index), "activation": float(self.activation)}
+
+
+@dataclass
+class Label:
+    label: str
+    score: float
+
+
+@dataclass
+class NeuronRecord:
+    model_id: str
+    layer: str
+    layer_index: int
+    depth: float  # relative depth in [0, 1]
+    unit: int
+    vector: np.ndarray  # L2-normalised float32, embedder dimension
+    top_samples: list[TopSample] = field(default_factory=list)
+    labels: dict[str, list[Label]] = field(default_factory=dict)  # vocabulary -> top labels
+    label_set: list[str] = field(default_factory=list)  # adaptive multi-label set, all vocabs
+    clarity: float = 0.0
+    polysemanticity: float = 0.0
+    redundancy: float = 0.0
+    stats: dict[str, float] = field(default_factory=dict)  # mean, std, max, min, frac_active
+    generation: int = 0
+
+    @property
+    def key(self) -> str:
+        return neuron_key(self.model_id, self.layer, self.unit)
+
+    @property
+    def point_id(self) -> str:
+        return neuron_point_id(self.model_id, self.layer, self.unit, self.generation)
+
+    @property
+    def top_label(self) -> Label | None:
+        best: Label | None = None
+        for labels in self.labels.values():
+            for lab in labels[:1]:
+                if best is None or lab.score > best.score:
+                    best = lab
+        return best
+
+    def to_payload(self) -> dict[str, Any]:
+        top = self.top_label
+        return {
+            "kind": "neuron",
+            "model_id": self.model_id,
+            "slot": slot_key(self.model_id, self.generation),
+            "generation": int(self.generation),
+            "layer": self.layer,
+            "layer_index": int(self.layer_index),
+            "depth": float(self.depth),
+            "unit": int(self.unit),
+            "top_samples": [s.to_dict() for s in self.top_samples],
+            "labels": {v: [{"label": l.label, "score": float(l.score)} for l in ls] for v, ls in self.labels.items()},
+            "label_set": list(self.label_set),
+            # every stored label, for exact-match filtering and label lookups
+            "label_all": sorted({l.label for ls in self.labels.values() for l in ls} | set(self.label_set)),
+            "top_label": top.label if top else "",
+            "top_label_score": float(top.score) if top else 0.0,
+            "clarity": float(self.clarity),
+            "polysemanticity": float(self.polysemanticity),
+            "redundancy": float(self.redundancy),
+            "stats": {k: float(v) for k, v in self.stats.items()},
+        }
+
+    @classmethod
+    def from_payload(cls, payload: dict[str, Any], vector: Any = None) -> "NeuronRecord":
+        vec = np.asarray(vector, dtype=np.float32) if vector is not None else np.zeros(0, np.float32)
+        return cls(
+            model_id=payload["model_id"],
+            layer=payload["layer"],
+            layer_index=int(payload["layer_index"]),
+            depth=float(payload["depth"]),
+            unit=int(payload["unit"]),
+            vector=vec,
+            top_samples=[TopSample(s["sample_id"], int(s["index"]), float(s["activation"])) for s in payload.get("top_samples", [])],
+            labels={v: [Label(l["label"], float(l["score"])) for l in ls] for v, ls in payload.get("labels", {}).items()},
+            label_set=list(payload.get("label_set", [])),
+            clarity=float(payload.get("clarity", 0.0)),
+            polysemanticity=float(payload.get("polysemanticity", 0.0)),
+            redundancy=float(payload.get("redundancy", 0.0)),
+            stats={k: float(v) for k, v in payload.get("stats", {}).items()},
+            generation=int(payload.get("generation", 0)),
+        )
+
+
+def slot_key(model_id: str, generation: int) -> str:
+    return f"{model_id}#{generation}"
+
+
+class ModelStatus(str, Enum):
+    REGISTERED = "registered"
+    INDEXING = "indexing"
+    INDEXED = "indexed"
+    FAILED = "failed"
+
+
+@dataclass
+class LayerInfo:
+    name: str
+    index: int
+    depth: float
+    neurons: int
+    kind: str = ""  # conv / linear / block
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class ModelEntry:
+    """A model-zoo catalogue entry."""
+
+    model_id: str
+    display_name: str = ""
+    architecture: str = ""
+    source: dict[str, Any] = field(default_factory=dict)  # how to build it: {"kind": "cifar_resnet", ...}
+    weights_sha256: str = ""
+    training_data: str = ""  # training data / task, free text
+    layers: list[LayerInfo] = field(default_factory=list)
+    embedder: str = ""  # EmbedderInfo.name + weights identity
+    probe_set: str = ""  # probe-set id
+    status: ModelStatus = ModelStatus.REGISTERED
+    status_reason: str = ""  # why it failed
+    generation: int = 0  # the live slot (see README, re-indexing)
+    created_at: float = field(default_factory=time.time)
+    updated_at: float = field(default_factory=time.time)
+    indexed_at: float = 0.0
+    index_wall_s: float = 0.0
+    tags: list[str] = field(default_factory=list)
+    notes: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)  # free-form (index options, timings...)
+
+    @property
+    def neuron_count(self) -> int:
+        return sum(l.neurons for l in self.layers)
+
+    def to_payload(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["kind"] = "model"
+        d["status"] = self.status.value
+        return d
+
+    @classmethod
+    def from_payload(cls, payload: dict[str, Any]) -> "ModelEntry":
+        p = dict(payload)
+        p.pop("kind", None)
+        p["status"] = ModelStatus(p.get("status", "registered"))
+        p["layers"] = [LayerInfo(**l) for l in p.get("layers", [])]
+        known = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in p.items() if k in known})
+
+
+def check_vectors(vectors: np.ndarray, dim: int, what: str = "vector") -> np.ndarray:
+    """Validate a (n, dim) or (dim,) float array: right dimension, finite, non-zero norm."""
+    arr = np.asarray(vectors, dtype=np.float32)
+    if arr.ndim == 1:
+        arr = arr[None, :]
+    if arr.ndim != 2 or arr.shape[1] != dim:
+        raise InvalidArgument(f"{what} has shape {tuple(np.shape(vectors))}, expected (*, {dim})", field=what)
+    if arr.shape[0] == 0:
+        raise InvalidArgument(f"empty {what} batch", field=what)
+    if not np.isfinite(arr).all():
+        raise InvalidArgument(f"{what} contains NaN or infinite values", field=what)
+    norms = np.linalg.norm(arr, axis=1)
+    if (norms == 0).any() or not all(math.isfinite(float(n)) for n in norms[:1]):
+        raise InvalidArgument(f"{what} has zero norm", field=what)
+    return arr

@@ -1,0 +1,19 @@
+"""Knowledge store: one interface (``KnowledgeStore``), two backends chosen by configuration."""
+
+from __future__ import annotations
+
+from neuronatlas.core.config import Settings
+from neuronatlas.core.store.base import Hit, KnowledgeStore, SearchFilter
+
+__all__ = ["Hit", "KnowledgeStore", "SearchFilter", "open_store"]
+
+
+def open_store(settings: Settings) -> KnowledgeStore:
+    """Open (creating if needed) the store named by ``settings``."""
+    if settings.backend == "edge":
+        from neuronatlas.core.store.edge import EdgeStore
+
+        return EdgeStore(settings.edge_path)
+    from neuronatlas.core.store.remote import RemoteStore
+
+    return RemoteStore.from_settings(settings)

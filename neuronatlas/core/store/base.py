@@ -1,0 +1,151 @@
+"""The knowledge-store interface. Two backends implement it:
+
+- ``EdgeStore`` (``edge.py``): Qdrant Edge, in-process, persisted on disk (the default);
+- ``RemoteStore`` (``remote.py``): a Qdrant server or cluster through qdrant-client.
+
+Everything above this module (indexer, service) talks to ``KnowledgeStore`` only.
+
+Visibility rule: every neuron record carries ``generation``; a model's catalogue entry names
+its live ``generation``. Reads (search, get, label lookup, counts) only see the live slot of
+models whose status is ``indexed``, so a re-index writes the other slot, flips the catalogue
+entry in one write, then deletes the old slot: queries never see half a model.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from neuronatlas.core.records import EmbedderInfo, ModelEntry, NeuronRecord
+
+
+@dataclass(frozen=True)
+class SearchFilter:
+    """Restricts a search. ``None`` means "no restriction" for every field."""
+
+    model_ids: tuple[str, ...] | None = None
+    layers: tuple[str, ...] | None = None
+    depth_min: float | None = None
+    depth_max: float | None = None
+    min_clarity: float | None = None
+    label: str | None = None  # exact match against any stored label of the neuron
+
+
+@dataclass
+class Hit:
+    record: NeuronRecord  # vector is empty unless asked for
+    score: float
+
+
+class KnowledgeStore(ABC):
+    """Neuron records + model catalogue + the embedder identity of the vectors."""
+
+    # -- embedder identity ---------------------------------------------------------------
+    @property
+    @abstractmethod
+    def embedder(self) -> EmbedderInfo | None:
+        """The embedder that produced this store's vectors; None for a store never written."""
+
+    @abstractmethod
+    def bind_embedder(self, info: EmbedderInfo) -> None:
+        """Record the embedder on first use; raise EmbedderMismatch if another one is bound."""
+
+    # -- neurons -------------------------------------------------------------------------
+    @abstractmethod
+    def upsert_neurons(self, records: Sequence[NeuronRecord]) -> int:
+        """Write a batch (ids are deterministic, so rewriting is idempotent). Returns count."""
+
+    @abstractmethod
+    def get_neuron(self, model_id: str, layer: str, unit: int, with_vector: bool = True) -> NeuronRecord:
+        """The live record of one neuron, or NotFound."""
+
+    @abstractmethod
+    def search(
+        self,
+        vector: np.ndarray,
+        limit: int = 10,
+        flt: SearchFilter | None = None,
+        offset: int = 0,
+        with_vectors: bool = False,
+        exact: bool = False,
+    ) -> list[Hit]:
+        """Cosine search over live neurons, best first. ``exact`` bypasses the HNSW index."""
+
+    @abstractmethod
+    def search_per_model(
+        self,
+        vector: np.ndarray,
+        per_model: int = 1,
+        flt: SearchFilter | None = None,
+        max_models: int | None = None,
+    ) -> list[Hit]:
+        """Best ``per_model`` hits of every model, models ordered by their best score."""
+
+    @abstractmethod
+    def find_by_label(
+        self, label: str, prefix: bool = False, limit: int = 10, offset: int = 0, flt: SearchFilter | None = None
+    ) -> list[Hit]:
+        """Live neurons carrying ``label`` (exact, or any label starting with it), ranked by
+        that label's score (the Hit's score)."""
+
+    @abstractmethod
+    def scroll_neurons(
+        self, model_id: str, generation: int | None = None, with_vectors: bool = True, batch_size: int = 1024
+    ) -> Iterator[NeuronRecord]:
+        """All neurons of a model (the live generation unless one is named), in id order."""
+
+    @abstractmethod
+    def count(self, model_id: str | None = None, generation: int | None = None) -> int:
+        """Number of stored neurons (all slots, unless a model/generation is named)."""
+
+    @abstractmethod
+    def counts_by_layer(self) -> dict[str, dict[str, int]]:
+        """{model_id: {layer: live neuron count}}."""
+
+    @abstractmethod
+    def delete_neurons(self, model_id: str, generation: int | None = None) -> None:
+        """Delete a model's neurons (one generation, or all)."""
+
+    # -- catalogue -----------------------------------------------------------------------
+    @abstractmethod
+    def put_model(self, entry: ModelEntry) -> None:
+        """Create or replace a catalogue entry (one atomic point write)."""
+
+    @abstractmethod
+    def get_model(self, model_id: str) -> ModelEntry:
+        """The catalogue entry, or NotFound."""
+
+    @abstractmethod
+    def list_models(self) -> list[ModelEntry]:
+        """All catalogue entries, ordered by model id."""
+
+    def delete_model(self, model_id: str) -> None:
+        """Remove a model's records and its catalogue entry (NotFound if unknown)."""
+        self.get_model(model_id)
+        self.delete_neurons(model_id)
+        self._delete_model_entry(model_id)
+
+    @abstractmethod
+    def _delete_model_entry(self, model_id: str) -> None: ...
+
+    # -- maintenance ---------------------------------------------------------------------
+    @abstractmethod
+    def optimize(self) -> None:
+        """Build indexes after bulk writes so queries use HNSW, then flush."""
+
+    @abstractmethod
+    def size_bytes(self) -> int:
+        """Disk footprint of the store (0 if unknown, e.g. remote)."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Flush and release (the embedded store's lock too). Idempotent."""
+
+    def __enter__(self) -> "KnowledgeStore":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
