@@ -1,0 +1,277 @@
+"""gRPC query benchmark: latency (p50/p99) and throughput with concurrent clients.
+
+Builds (once, cached under bench/_work/) an embedded store of N synthetic neurons: clustered
+unit vectors with fake neuron records spread over ~100 models, bound to the benchmark's
+embedder. Serves it from a separate process (`neuronatlas.service.server`), then drives it
+with C concurrent clients (grpc.aio) for each scenario:
+
+- vector queries, unfiltered and grouped per model (per_model=1);
+- cached text queries (a small pool of repeated texts: embedder LRU hits), both modes;
+- cold text queries (every text new: one CLIP text-tower pass each);
+
+and measures recall@10 of the served (HNSW) results against exact numpy search, plus the
+recall of the per-model best neuron. Prints a markdown table and writes it to
+bench/results/grpc.md (appending a section per size).
+
+    python bench/bench_grpc.py --neurons 100000
+    python bench/bench_grpc.py --neurons 1000000 --requests 2000   # long HNSW build on 2 cores
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+WORK = ROOT / "bench" / "_work"
+RESULTS = ROOT / "bench" / "results" / "grpc.md"
+MODELS = 100
+LAYERS = 10
+CLUSTERS = 2000
+
+
+# -- the synthetic store ------------------------------------------------------------------------
+def synthetic_vectors(n: int, dim: int, seed: int) -> np.ndarray:
+    """n unit vectors around CLUSTERS random centres (cosine ~0.7 to their centre)."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((CLUSTERS, dim)).astype(np.float32)
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    out = np.empty((n, dim), np.float32)
+    for s in range(0, n, 100_000):
+        e = min(n, s + 100_000)
+        v = centres[rng.integers(0, CLUSTERS, e - s)] + rng.standard_normal((e - s, dim)).astype(np.float32) * (
+            1.0 / np.sqrt(dim))
+        out[s:e] = v / np.linalg.norm(v, axis=1, keepdims=True)
+    return out
+
+
+def layout(n: int) -> tuple[int, int]:
+    """(units per layer, neurons per model) so that MODELS x LAYERS x units == n."""
+    units = n // (MODELS * LAYERS)
+    if units * MODELS * LAYERS != n:
+        raise SystemExit(f"--neurons must be a multiple of {MODELS * LAYERS}")
+    return units, units * LAYERS
+
+
+def key_of(i: int, units: int) -> str:
+    per_model = units * LAYERS
+    m, r = divmod(i, per_model)
+    layer, unit = divmod(r, units)
+    return f"m{m:03d}/layer{layer}/{unit}"
+
+
+def build_store(path: Path, vectors: np.ndarray, info) -> float:
+    from neuronatlas.core.records import Label, LayerInfo, ModelEntry, ModelStatus, NeuronRecord, TopSample
+    from neuronatlas.core.store.edge import EdgeStore
+
+    n = len(vectors)
+    units, per_model = layout(n)
+    vocab = ["striped", "dotted", "red", "sky", "grass", "wheel", "fur", "water", "metal", "text"]
+    t0 = time.perf_counter()
+    with EdgeStore(path) as store:
+        store.bind_embedder(info)
+        for m in range(MODELS):
+            model_id = f"m{m:03d}"
+            layers = [LayerInfo(f"layer{l}", l, l / (LAYERS - 1), units, "conv") for l in range(LAYERS)]
+            store.put_model(ModelEntry(model_id, architecture="synthetic", layers=layers, status=ModelStatus.INDEXING))
+            recs = []
+            for j in range(per_model):
+                i = m * per_model + j
+                layer, unit = divmod(j, units)
+                recs.append(NeuronRecord(
+                    model_id, f"layer{layer}", layer, layer / (LAYERS - 1), unit, vectors[i],
+                    top_samples=[TopSample(f"probe/{(i * 7 + t) % 10000:05d}.jpg", (i * 7 + t) % 10000, 1.0 - t / 10)
+                                 for t in range(5)],
+                    labels={"broden": [Label(vocab[(i + t) % len(vocab)], 0.1 - t / 100) for t in range(3)]},
+                    label_set=[vocab[i % len(vocab)]], clarity=float((i % 100) / 100)))
+                if len(recs) == 2000:
+                    store.upsert_neurons(recs)
+                    recs = []
+            if recs:
+                store.upsert_neurons(recs)
+            store.put_model(ModelEntry(model_id, architecture="synthetic", layers=layers, status=ModelStatus.INDEXED))
+            if m % 10 == 9:
+                print(f"  wrote {(m + 1) * per_model} neurons ({time.perf_counter() - t0:.0f} s)", flush=True)
+        print("  building HNSW ...", flush=True)
+        store.optimize()
+    return time.perf_counter() - t0
+
+
+# -- server process ----------------------------------------------------------------------------------
+def serve(store: str, embedder: str, port_file: str, workers: int) -> None:
+    from neuronatlas.core.embedder import load_embedder
+    from neuronatlas.core.queries import Atlas
+    from neuronatlas.core.store.edge import EdgeStore
+    from neuronatlas.service.server import build_server
+
+    atlas = Atlas(EdgeStore(store), load_embedder(embedder, "cpu"))
+    atlas.embedder()
+    srv = build_server(atlas, "127.0.0.1:0", max_workers=workers, close_atlas=True).start()
+    Path(port_file).write_text(str(srv.port))
+    srv.wait()
+
+
+# -- load generation ------------------------------------------------------------------------------------
+async def drive(address: str, requests: list, concurrency: int) -> tuple[np.ndarray, float, list]:
+    """Send all requests with ``concurrency`` in flight; (latencies s, wall s, responses)."""
+    import grpc
+
+    from neuronatlas.v1 import neuronatlas_pb2_grpc as pb_grpc
+
+    channels = [grpc.aio.insecure_channel(address) for _ in range(min(4, concurrency))]
+    stubs = [pb_grpc.NeuronAtlasServiceStub(c) for c in channels]
+    lat = np.zeros(len(requests))
+    responses: list = [None] * len(requests)
+    nxt = iter(range(len(requests)))
+
+    async def worker(w: int) -> None:
+        stub = stubs[w % len(stubs)]
+        for i in nxt:
+            t = time.perf_counter()
+            responses[i] = await stub.SearchNeurons(requests[i], timeout=120)
+            lat[i] = time.perf_counter() - t
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(worker(w) for w in range(concurrency)))
+    wall = time.perf_counter() - t0
+    for c in channels:
+        await c.close()
+    return lat, wall, responses
+
+
+def run_case(address: str, requests: list, concurrency: int) -> tuple[dict, list]:
+    asyncio.run(drive(address, requests[: min(len(requests), 2 * concurrency)], concurrency))  # warm-up
+    lat, wall, responses = asyncio.run(drive(address, requests, concurrency))
+    return {"p50_ms": float(np.percentile(lat, 50) * 1e3), "p99_ms": float(np.percentile(lat, 99) * 1e3),
+            "qps": len(requests) / wall, "n": len(requests)}, responses
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--neurons", type=int, default=100_000)
+    ap.add_argument("--dim", type=int, default=512, help="embedding dimension (CLIP ViT-B/32: 512)")
+    ap.add_argument("--embedder", default="open_clip:ViT-B-32:random:0",
+                    help="text embedder for text queries (random weights: same cost as the real model)")
+    ap.add_argument("--concurrency", type=int, default=32)
+    ap.add_argument("--requests", type=int, default=3000, help="requests per warm scenario")
+    ap.add_argument("--cold-requests", type=int, default=300)
+    ap.add_argument("--recall-queries", type=int, default=200)
+    ap.add_argument("--workers", type=int, default=32, help="server RPC threads")
+    ap.add_argument("--rebuild", action="store_true")
+    ap.add_argument("--serve", nargs=2, metavar=("STORE", "PORT_FILE"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.serve:
+        return serve(args.serve[0], args.embedder, args.serve[1], args.workers)
+
+    from neuronatlas.core.embedder import load_embedder
+    from neuronatlas.v1 import neuronatlas_pb2 as pb
+
+    info = load_embedder(args.embedder, "cpu").info
+    if info.dim != args.dim:
+        raise SystemExit(f"--dim {args.dim} differs from the embedder's dimension {info.dim}")
+    units, _ = layout(args.neurons)
+    store = WORK / f"grpc-{args.neurons}-{args.dim}"
+    marker = store / "bench.json"
+    vectors = synthetic_vectors(args.neurons, args.dim, seed=0)
+    build_s = None
+    if args.rebuild or not marker.exists():
+        import shutil
+
+        shutil.rmtree(store, ignore_errors=True)
+        print(f"building a store of {args.neurons} neurons in {store} ...", flush=True)
+        build_s = build_store(store, vectors, info)
+        marker.write_text(json.dumps({"neurons": args.neurons, "dim": args.dim, "build_s": build_s}))
+    else:
+        build_s = json.loads(marker.read_text()).get("build_s")
+
+    port_file = WORK / "port"
+    port_file.unlink(missing_ok=True)
+    proc = subprocess.Popen([sys.executable, __file__, "--serve", str(store), str(port_file),
+                             "--embedder", args.embedder, "--workers", str(args.workers)])
+    try:
+        t0 = time.time()
+        while not port_file.exists():
+            if proc.poll() is not None or time.time() - t0 > 600:
+                raise SystemExit("server did not start")
+            time.sleep(0.2)
+        time.sleep(0.2)
+        address = f"127.0.0.1:{port_file.read_text()}"
+        rng = np.random.default_rng(1)
+        qvec = synthetic_vectors(max(args.requests, args.recall_queries), args.dim, seed=2)
+        texts = [f"a photo of something {w}" for w in ("striped", "dotted", "red", "furry", "metal", "wet", "round",
+                                                       "tall")] * 8
+        cases = []
+        vec_reqs = [pb.SearchNeuronsRequest(vector=pb.Vector(values=v), top_k=10) for v in qvec[: args.requests]]
+        grp_reqs = [pb.SearchNeuronsRequest(vector=pb.Vector(values=v), top_k=100, per_model=1, page_size=100)
+                    for v in qvec[: args.requests]]
+        txt = [texts[i] for i in rng.integers(0, len(texts), args.requests)]
+        cases.append(("vector", "unfiltered, top_k=10", vec_reqs))
+        cases.append(("vector", "per_model=1, 100 models", grp_reqs))
+        cases.append(("text (cached)", "unfiltered, top_k=10", [pb.SearchNeuronsRequest(text=t, top_k=10) for t in txt]))
+        cases.append(("text (cached)", "per_model=1, 100 models",
+                      [pb.SearchNeuronsRequest(text=t, top_k=100, per_model=1, page_size=100) for t in txt]))
+        cases.append(("text (cold)", "unfiltered, top_k=10",
+                      [pb.SearchNeuronsRequest(text=f"cold query number {i} about {texts[i % 8][22:]}", top_k=10)
+                       for i in range(args.cold_requests)]))
+        rows, responses = [], {}
+        for kind, mode, reqs in cases:
+            stats, resp = run_case(address, reqs, args.concurrency)
+            responses[(kind, mode)] = resp
+            rows.append((kind, mode, stats))
+            print(f"  {kind:14s} {mode:26s} p50 {stats['p50_ms']:7.2f} ms  p99 {stats['p99_ms']:7.2f} ms  "
+                  f"{stats['qps']:7.0f} q/s", flush=True)
+        single, _ = run_case(address, vec_reqs[:500], 1)
+        rows.append(("vector", "unfiltered, 1 client", single))
+
+        # recall@10 against exact search, and of the per-model best neuron
+        q = qvec[: args.recall_queries]
+        exact = np.argsort(-(q @ vectors.T), axis=1)[:, :10]
+        served = responses[("vector", "unfiltered, top_k=10")][: args.recall_queries]
+        recall = np.mean([len({key_of(i, units) for i in exact[j]} & {h.key for h in served[j].results}) / 10
+                          for j in range(len(q))])
+        per_model = units * LAYERS
+        grp = responses[("vector", "per_model=1, 100 models")][: args.recall_queries]
+        hits = total = 0
+        for j in range(len(q)):
+            best = (q[j] @ vectors.T).reshape(MODELS, per_model).argmax(axis=1)
+            want = {key_of(m * per_model + b, units) for m, b in enumerate(best)}
+            hits += len(want & {h.key for h in grp[j].results})
+            total += MODELS
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+
+    size = sum(f.stat().st_blocks * 512 for f in store.rglob("*") if f.is_file())
+    header = (f"## {args.neurons:,} neurons, dim {args.dim}, {MODELS} models, {args.concurrency} concurrent clients\n\n"
+              f"Host: {platform.machine()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}; "
+              f"server and load generator on the same host. Store {size / 2**20:.0f} MiB on disk, "
+              f"built in {build_s:.0f} s (write + HNSW). Text embedder `{args.embedder}` on CPU.\n\n"
+              f"Command: `python bench/bench_grpc.py --neurons {args.neurons} --requests {args.requests}`\n\n")
+    table = ["| query | mode | requests | p50 ms | p99 ms | throughput q/s |", "|---|---|---|---|---|---|"]
+    for kind, mode, s in rows:
+        table.append(f"| {kind} | {mode} | {s['n']} | {s['p50_ms']:.2f} | {s['p99_ms']:.2f} | {s['qps']:.0f} |")
+    table.append("")
+    table.append(f"recall@10 vs exact (unfiltered, {len(q)} queries): **{recall:.3f}**; "
+                 f"per-model best-neuron recall: **{hits / total:.3f}**")
+    text = header + "\n".join(table) + "\n"
+    print("\n" + text)
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    old = RESULTS.read_text() if RESULTS.exists() else "# gRPC benchmark\n\nWritten by `bench/bench_grpc.py`.\n\n"
+    marker_line = f"## {args.neurons:,} neurons"
+    sections = [s for s in old.split("\n## ") if s and not ("## " + s).startswith(marker_line)]
+    head, rest = sections[0], sections[1:]
+    RESULTS.write_text("\n## ".join([head.rstrip() + "\n"] + [s.rstrip() + "\n" for s in rest]).rstrip() + "\n\n"
+                       + text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,99 @@
+"""The indexer's public entry points: register a model, index it (``build_index``)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from neuronatlas.core.errors import AlreadyExists, NotFound
+from neuronatlas.core.records import ModelEntry, ModelStatus, validate_model_id
+from neuronatlas.core.store import KnowledgeStore
+from neuronatlas.indexer.pipeline import IndexOptions, index_model
+from neuronatlas.indexer.probes import open_probe_set
+from neuronatlas.indexer.sources import build_model
+
+_PATH_KEYS = ("weights", "path")
+
+
+def normalise_source(source: dict[str, Any]) -> dict[str, Any]:
+    """Copy of a source with local file paths made absolute (weights enum names untouched)."""
+    out = dict(source)
+    for key in _PATH_KEYS:
+        val = out.get(key)
+        if isinstance(val, str) and val and ("/" in val or Path(val).expanduser().exists()):
+            out[key] = str(Path(val).expanduser().resolve())
+    return out
+
+
+def register_model(
+    store: KnowledgeStore,
+    model_id: str,
+    source: dict[str, Any],
+    *,
+    display_name: str = "",
+    training_data: str = "",
+    tags: list[str] | None = None,
+    notes: str = "",
+    replace: bool = False,
+) -> ModelEntry:
+    """Build the model once (so bad weights fail here, before anything is written) and write
+    its catalogue entry. Registering the same source again returns the existing entry; another
+    source under a taken id needs ``replace=True`` (the entry returns to ``registered``)."""
+    validate_model_id(model_id)
+    source = normalise_source(source)
+    built = build_model(source)
+    try:
+        old = store.get_model(model_id)
+    except NotFound:
+        old = None
+    if old is not None and old.source == source and old.weights_sha256 == built.weights_sha256:
+        return old
+    if old is not None and not replace:
+        raise AlreadyExists(
+            f"model {model_id!r} is already registered with another source ({old.source}); "
+            "use another id or replace it")
+    entry = ModelEntry(
+        model_id=model_id,
+        display_name=display_name or model_id,
+        architecture=built.architecture,
+        source=source,
+        weights_sha256=built.weights_sha256,
+        training_data=training_data or built.training_data,
+        tags=list(tags or []),
+        notes=notes,
+        generation=old.generation if old is not None else 0,
+        extra={"input": built.input.to_dict(),
+               "parameters": int(sum(p.numel() for p in built.module.parameters()))},
+    )
+    if old is not None:
+        entry.created_at, entry.updated_at = old.created_at, time.time()
+    entry.status = ModelStatus.REGISTERED
+    store.put_model(entry)
+    return entry
+
+
+def build_index(
+    store: KnowledgeStore,
+    embedder: Any,
+    *,
+    model_id: str,
+    source: dict[str, Any],
+    probe_dir: Path,
+    probe_name: str,
+    home: Path,
+    vocabularies: dict[str, Path] | None = None,
+    layers: list[str] | None = None,
+    k: int = 20,
+    probe_limit: int | None = None,
+    batch_size: int = 256,
+    progress: bool = True,
+    **options: Any,
+) -> ModelEntry:
+    """Register the model if needed, register/embed the probe set (cached under
+    ``home/cache``), index, and return the final catalogue entry. Extra keyword arguments go
+    to :class:`IndexOptions` (``weighted``, ``conv_aggregation``, ``checkpoint_every``...)."""
+    register_model(store, model_id, source)
+    probe = open_probe_set(home, probe_name, probe_dir, probe_limit, progress=progress)
+    opt = IndexOptions(layers=layers, k=k, batch_size=batch_size, progress=progress, **options)
+    return index_model(store, embedder, model_id, probe, home, vocabularies, opt)

@@ -1,0 +1,306 @@
+"""One indexing run of a registered model: forward passes, then records into the store.
+
+Stages: validate everything that can be validated (layers, k, vocabularies, embedder against
+the store) -> probe embeddings (cached) -> forward pass over the probe set streaming per-neuron
+top-k, statistics and the activation sketch (checkpointed, resumable) -> neuron vectors,
+labels and scores -> records written to the *other* generation slot -> catalogue entry flipped
+in one ``put_model`` -> old slot deleted.
+
+Catalogue status: a model never indexed goes registered -> indexing -> indexed (or failed,
+with the reason). A model that is already indexed stays ``indexed`` (and queryable, on its
+old generation) while it is re-indexed; progress and failures of the re-index are recorded in
+``extra["reindex"]`` and ``status_reason``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from neuronatlas.core import labels as labels_mod
+from neuronatlas.core import scores
+from neuronatlas.core.errors import FailedPrecondition, InvalidArgument, NotFound
+from neuronatlas.core.records import LayerInfo, ModelEntry, ModelStatus, NeuronRecord, TopSample
+from neuronatlas.core.sketches import SKETCH_SAMPLES, delete_sketches, save_sketch
+from neuronatlas.core.store import KnowledgeStore
+from neuronatlas.indexer.layers import ActivationTap, LayerSpec, check_aggregation, resolve_layers
+from neuronatlas.indexer.probes import ProbeSet, batches, embedder_key, probe_embeddings
+from neuronatlas.indexer.runstate import ForwardState, RunDir, RunRecord, fingerprint
+from neuronatlas.indexer.sources import BuiltModel, build_model
+
+
+@dataclass
+class IndexOptions:
+    layers: list[str] | None = None  # names or glob patterns; None = auto-discover
+    k: int = 20
+    batch_size: int = 256
+    conv_aggregation: str = "mean"  # mean | max
+    token_aggregation: str = "cls"  # cls | mean
+    weighted: bool = False  # activation-weighted neuron vectors
+    top_labels: int = 5
+    beta: float = 0.95
+    checkpoint_every: int = 10  # batches between checkpoints
+    workers: int = 0  # DataLoader workers for the model's forward pass
+    progress: bool = True
+
+
+def embedder_id(info: Any) -> str:
+    return f"{info.name}@{info.weights}"
+
+
+def _vocab_scorers(embedder: Any, vocabularies: dict[str, Path] | None, cache_dir: Path) -> list[tuple[str, Any]]:
+    """(vocabulary name, LabelScorer) pairs; missing or empty files raise before any write."""
+    out = []
+    for name, path in (vocabularies or {}).items():
+        if not Path(path).is_file():
+            raise NotFound(f"vocabulary file {path} does not exist")
+        words = labels_mod.load_vocabulary(path)
+        if not words:
+            raise InvalidArgument(f"vocabulary {path} holds no labels", field="vocab")
+        out.append((name, labels_mod.LabelScorer(embedder, words, name=name, cache_dir=cache_dir)))
+    return out
+
+
+class IndexRun:
+    """Indexes one registered model; ``run()`` returns the final catalogue entry."""
+
+    def __init__(self, store: KnowledgeStore, embedder: Any, model_id: str, probe: ProbeSet, home: Path,
+                 vocabularies: dict[str, Path] | None = None, options: IndexOptions | None = None):
+        self.store, self.embedder, self.model_id, self.probe = store, embedder, model_id, probe
+        self.home = Path(home)
+        self.vocabularies = {k: Path(v) for k, v in (vocabularies or {}).items()}
+        self.opt = options or IndexOptions()
+        self.timings: dict[str, float] = {}
+        self.resumed_from = 0  # first sample of this attempt's forward pass (> 0: resumed)
+
+    # -- validation ------------------------------------------------------------------------
+    def _prepare(self) -> tuple[ModelEntry, BuiltModel, list[LayerSpec], list[Any]]:
+        opt = self.opt
+        entry = self.store.get_model(self.model_id)
+        if opt.k < 1 or opt.k > len(self.probe):
+            raise InvalidArgument(
+                f"k={opt.k} but probe set {self.probe.name!r} has {len(self.probe)} images; use 1 <= k <= "
+                f"{len(self.probe)}", field="k")
+        if opt.batch_size < 1:
+            raise InvalidArgument("batch size must be >= 1", field="batch_size")
+        built = build_model(entry.source)
+        if entry.weights_sha256 and built.weights_sha256 != entry.weights_sha256:
+            raise FailedPrecondition(
+                f"the weights of {self.model_id!r} changed since registration "
+                f"({entry.weights_sha256[:12]} -> {built.weights_sha256[:12]}); register it again")
+        specs = resolve_layers(built.module, opt.layers, (3, built.input.size, built.input.size))
+        check_aggregation(opt.conv_aggregation, opt.token_aggregation)
+        scorers = _vocab_scorers(self.embedder, self.vocabularies, self.home / "cache" / "labels")
+        self.store.bind_embedder(self.embedder.info)
+        return entry, built, specs, scorers
+
+    def _fingerprint(self, built: BuiltModel, specs: list[LayerSpec]) -> str:
+        o = self.opt
+        return fingerprint({
+            "weights": built.weights_sha256, "input": built.input.to_dict(), "probe": self.probe.sha256,
+            "embedder": embedder_key(self.embedder.info), "layers": [s.name for s in specs], "k": o.k,
+            "batch_size": o.batch_size, "aggregation": [o.conv_aggregation, o.token_aggregation],
+            "weighted": o.weighted, "top_labels": o.top_labels, "beta": o.beta,
+            "vocab": {n: str(p.resolve()) for n, p in sorted(self.vocabularies.items())},
+        })
+
+    # -- the run ---------------------------------------------------------------------------
+    def run(self) -> ModelEntry:
+        t0 = time.perf_counter()
+        entry, built, specs, scorers = self._prepare()
+        live = entry.generation if entry.status == ModelStatus.INDEXED else None
+        rundir = RunDir(self.home, self.model_id)
+        fp = self._fingerprint(built, specs)
+        rec = rundir.load_record()
+        if rec is None or rec.fingerprint != fp or rec.target_generation == live:
+            rundir.clear()
+            target = (live ^ 1) if live is not None else entry.generation
+            rec = RunRecord(fp, target)
+            if live is None:
+                self.store.delete_neurons(self.model_id)  # leftovers of failed attempts
+            else:
+                self.store.delete_neurons(self.model_id, target)
+            rundir.save_record(rec)
+        self._mark_started(entry, live, rec.target_generation)
+        try:
+            te = time.perf_counter()
+            emb = probe_embeddings(self.home, self.probe, self.embedder, self.opt.batch_size, self.opt.progress)
+            self.timings["embed_s"] = time.perf_counter() - te
+            state = self._forward(built, specs, rundir, rec)
+            t1 = time.perf_counter()
+            layer_infos = self._write(specs, state, emb, scorers, rundir, rec)
+            self.timings["write_s"] = time.perf_counter() - t1
+            n_sketch = min(SKETCH_SAMPLES, len(self.probe))
+            if n_sketch >= 2:
+                save_sketch(self.home, self.model_id, rec.target_generation, np.arange(n_sketch),
+                            {s.name: state.sketch[s.name] for s in specs}, probe_set=self.probe.id)
+            final = self._finish(entry, built, live, rec, layer_infos, rec.elapsed_s + time.perf_counter() - t0)
+        except BaseException as e:
+            rec.elapsed_s += time.perf_counter() - t0
+            rundir.save_record(rec)
+            self._mark_failed(live, e)
+            raise
+        rundir.clear()
+        return final
+
+    def _mark_started(self, entry: ModelEntry, live: int | None, target: int) -> None:
+        entry.embedder = entry.embedder if live is not None else embedder_id(self.embedder.info)
+        entry.probe_set = entry.probe_set if live is not None else self.probe.id
+        if live is None:
+            entry.status, entry.status_reason = ModelStatus.INDEXING, ""
+            entry.generation = target
+        entry.extra = {**entry.extra, "reindex": {"status": "indexing", "generation": target,
+                                                  "started_at": time.time()}} if live is not None else entry.extra
+        entry.updated_at = time.time()
+        self.store.put_model(entry)
+
+    def _mark_failed(self, live: int | None, err: BaseException) -> None:
+        reason = "interrupted" if isinstance(err, KeyboardInterrupt) else f"{type(err).__name__}: {err}"
+        try:
+            entry = self.store.get_model(self.model_id)
+        except Exception:
+            return
+        if live is None:
+            entry.status = ModelStatus.FAILED
+            entry.status_reason = reason
+        else:
+            entry.status_reason = f"re-index failed: {reason}"
+            entry.extra = {**entry.extra, "reindex": {"status": "failed", "reason": reason}}
+        entry.updated_at = time.time()
+        try:
+            self.store.put_model(entry)
+        except Exception:  # the store itself may be what failed; the original error matters
+            pass
+
+    # -- forward phase ---------------------------------------------------------------------
+    def _forward(self, built: BuiltModel, specs: list[LayerSpec], rundir: RunDir, rec: RunRecord) -> ForwardState:
+        t0 = time.perf_counter()
+        n = len(self.probe)
+        n_sketch = min(SKETCH_SAMPLES, n)
+        names = [s.name for s in specs]
+        state = rundir.load_state(names)
+        if state is None:
+            state = ForwardState.fresh({s.name: s.units for s in specs}, self.opt.k, n_sketch)
+        self.resumed_from = state.samples_done
+        if state.samples_done >= n:
+            return state
+        tap = ActivationTap(built.module, specs, self.opt.conv_aggregation, self.opt.token_aggregation)
+        bar = tqdm(total=n, initial=state.samples_done, desc=f"forward {self.model_id}", unit="img",
+                   disable=not self.opt.progress)
+        try:
+            with torch.inference_mode():
+                for i, (start, x) in enumerate(batches(self.probe, built.input.transform(), self.opt.batch_size,
+                                                        state.samples_done, self.opt.workers)):
+                    pooled = tap(x)
+                    b = x.shape[0]
+                    for name in names:
+                        acts = pooled[name]
+                        state.topk[name].update(acts, start)
+                        state.stats[name].update(acts)
+                        if start < n_sketch:
+                            m = min(b, n_sketch - start)
+                            state.sketch[name][start : start + m] = acts[:m].numpy()
+                    state.samples_done = start + b
+                    bar.update(b)
+                    if (i + 1) % self.opt.checkpoint_every == 0 and state.samples_done < n:
+                        rundir.save_state(state)
+        finally:
+            tap.close()
+            bar.close()
+        rundir.save_state(state)
+        rec.forward_done = True
+        rundir.save_record(rec)
+        self.timings["forward_s"] = time.perf_counter() - t0
+        return state
+
+    # -- write phase -----------------------------------------------------------------------
+    def _vectors(self, vals: np.ndarray, topk_emb: np.ndarray) -> np.ndarray:
+        if not self.opt.weighted:
+            return scores.neuron_vectors(topk_emb)
+        w = np.clip(vals, 0.0, None)
+        w[w.sum(1) == 0] = 1.0  # a neuron never active above 0 falls back to the plain mean
+        return scores.neuron_vectors(topk_emb, w)
+
+    def _write(self, specs: list[LayerSpec], state: ForwardState, emb: np.ndarray, scorers: list[Any],
+               rundir: RunDir, rec: RunRecord) -> list[LayerInfo]:
+        per_layer = {}
+        for s in specs:
+            vals, idx = state.topk[s.name].result()
+            topk_emb = emb[idx]  # (units, k, d)
+            per_layer[s.name] = (vals, idx, self._vectors(vals, topk_emb),
+                                 np.asarray(scores.clarity(topk_emb)), np.asarray(scores.polysemanticity(topk_emb)))
+        all_vecs = np.concatenate([per_layer[s.name][2] for s in specs])
+        redundancy = np.asarray(scores.redundancy(all_vecs)) if len(all_vecs) > 1 else np.zeros(len(all_vecs))
+        offsets = np.cumsum([0] + [s.units for s in specs])
+        infos = []
+        bar = tqdm(total=int(offsets[-1]), desc=f"write {self.model_id}", unit="neuron", disable=not self.opt.progress)
+        for li, s in enumerate(specs):
+            infos.append(LayerInfo(s.name, s.index, s.depth, s.units, s.kind))
+            if s.name in rec.written_layers:
+                bar.update(s.units)
+                continue
+            vals, idx, vecs, clar, poly = per_layer[s.name]
+            stats = state.stats[s.name].result()
+            tops = {name: sc.top(vecs, n=self.opt.top_labels) for name, sc in scorers}
+            sets = (labels_mod.combined_label_sets([sc for _, sc in scorers], vecs, beta=self.opt.beta)
+                    if scorers else [[] for _ in range(s.units)])
+            records = []
+            for u in range(s.units):
+                records.append(NeuronRecord(
+                    model_id=self.model_id, layer=s.name, layer_index=s.index, depth=s.depth, unit=u,
+                    vector=vecs[u].astype(np.float32),
+                    top_samples=[TopSample(self.probe.files[int(j)], int(j), float(v)) for v, j in zip(vals[u], idx[u])],
+                    labels={name: t[u] for name, t in tops.items()}, label_set=sets[u],
+                    clarity=float(clar[u]), polysemanticity=float(poly[u]),
+                    redundancy=float(redundancy[offsets[li] + u]),
+                    stats={k: float(v[u]) for k, v in stats.items()}, generation=rec.target_generation,
+                ))
+            self.store.upsert_neurons(records)
+            rec.written_layers.append(s.name)
+            rundir.save_record(rec)
+            bar.update(s.units)
+        bar.close()
+        return infos
+
+    # -- the flip --------------------------------------------------------------------------
+    def _finish(self, entry: ModelEntry, built: BuiltModel, live: int | None, rec: RunRecord,
+                infos: list[LayerInfo], wall_s: float) -> ModelEntry:
+        expected = sum(i.neurons for i in infos)
+        got = self.store.count(self.model_id, rec.target_generation)
+        if got != expected:
+            raise FailedPrecondition(f"generation {rec.target_generation} of {self.model_id!r} holds {got} "
+                                     f"neurons, expected {expected}")
+        entry = self.store.get_model(self.model_id)
+        now = time.time()
+        entry.status, entry.status_reason = ModelStatus.INDEXED, ""
+        entry.generation = rec.target_generation
+        entry.layers = infos
+        entry.embedder = embedder_id(self.embedder.info)
+        entry.probe_set = self.probe.id
+        entry.indexed_at = entry.updated_at = now
+        entry.index_wall_s = wall_s
+        extra = {k: v for k, v in entry.extra.items() if k != "reindex"}
+        opts = asdict(self.opt)
+        opts.pop("progress")
+        extra["index"] = {"options": opts, "probe_images": len(self.probe), "probe_skipped": len(self.probe.skipped),
+                          "resumed_from_sample": self.resumed_from,
+                          "vocabularies": sorted(self.vocabularies), "input": built.input.to_dict(),
+                          "timings": {k: round(v, 3) for k, v in self.timings.items()}}
+        entry.extra = extra
+        self.store.put_model(entry)  # the flip: one write makes the new generation live
+        if live is not None and live != rec.target_generation:
+            self.store.delete_neurons(self.model_id, live)
+            delete_sketches(self.home, self.model_id, keep_generation=rec.target_generation)
+        return entry
+
+
+def index_model(store: KnowledgeStore, embedder: Any, model_id: str, probe: ProbeSet, home: Path,
+                vocabularies: dict[str, Path] | None = None, options: IndexOptions | None = None) -> ModelEntry:
+    """Index (or re-index, or resume indexing) a registered model. See module docstring."""
+    return IndexRun(store, embedder, model_id, probe, home, vocabularies, options).run()

@@ -1,0 +1,488 @@
+"""Store semantics shared by both Qdrant backends.
+
+``QdrantStoreBase`` implements the whole ``KnowledgeStore`` contract (validation, the
+visibility rule, filters, per-model grouping, label lookups) on top of a handful of
+primitive point operations that each backend maps to its own client (``edge.py`` to Qdrant
+Edge, ``remote.py`` to qdrant-client). Filters travel as backend-neutral ``Cond`` lists.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from abc import abstractmethod
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from neuronatlas.core.errors import (
+    EmbedderMismatch,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    NotIndexed,
+)
+from neuronatlas.core.records import (
+    EmbedderInfo,
+    ModelEntry,
+    ModelStatus,
+    NeuronRecord,
+    check_vectors,
+    model_point_id,
+    neuron_point_id,
+    slot_key,
+    validate_model_id,
+)
+from neuronatlas.core.store.base import Hit, KnowledgeStore, SearchFilter
+
+# HNSW parameters (both backends). Tuned with bench/bench_store.py: see bench/results/store.md.
+HNSW_M = 16
+HNSW_EF_CONSTRUCT = 128
+SEARCH_HNSW_EF = 96
+FULL_SCAN_THRESHOLD_KB = 10_000
+
+# Payload fields with an index. Only ``slot`` (in every read filter) gets payload-aware
+# HNSW links; the others are plain lookups, which keeps the graph build cheap.
+KEYWORD_FIELDS = ("kind", "model_id", "slot", "layer", "label_all")
+HNSW_KEYWORD_FIELDS = ("slot",)
+FLOAT_FIELDS = ("depth", "clarity")
+
+WRITE_BATCH = 256  # points per write request
+FACET_LIMIT = 1_000_000  # "all values" for facet counts
+# Fields read when ranking label matches (full payloads only for the returned page).
+LABEL_RANK_FIELDS = ["model_id", "layer", "unit", "labels"]
+
+
+@dataclass(frozen=True)
+class Cond:
+    """One backend-neutral filter condition; all conditions of a list must hold."""
+
+    key: str
+    any: tuple[Any, ...] | None = None  # value in this set (a list field: any element)
+    gte: float | None = None
+    lte: float | None = None
+
+
+@dataclass
+class Point:
+    """A point as returned by a backend primitive."""
+
+    id: str
+    payload: dict[str, Any]
+    vector: list[float] | None = None
+    score: float = 0.0
+
+
+@dataclass
+class QuerySpec:
+    vector: list[float]
+    conds: list[Cond]
+    limit: int
+    offset: int = 0
+    with_vector: bool = False
+    exact: bool = False
+    hnsw_ef: int | None = None
+
+
+@dataclass
+class _Visibility:
+    """Catalogue snapshot: live slot of each indexed model, and all known model ids."""
+
+    live: dict[str, str] = field(default_factory=dict)
+    known: set[str] = field(default_factory=set)
+    at: float = 0.0
+    stored_slots: frozenset[str] | None = None  # slots present in the neuron store (lazy)
+
+
+def records_to_points(records: Sequence[NeuronRecord], dim: int) -> list[Point]:
+    """Validate a whole batch and turn it into points; raises before anything is written."""
+    if not isinstance(records, Sequence) or len(records) == 0:
+        raise InvalidArgument("empty neuron batch", field="records")
+    vecs = []
+    for r in records:
+        v = np.asarray(r.vector, dtype=np.float32).reshape(-1)
+        if v.shape[0] != dim:
+            raise InvalidArgument(
+                f"neuron {r.key} has a {v.shape[0]}-d vector, the store's embedder gives {dim}-d",
+                field="vector",
+            )
+        vecs.append(v)
+    arr = check_vectors(np.stack(vecs), dim, what="vector")
+    points = []
+    for r, v in zip(records, arr):
+        validate_model_id(r.model_id)
+        if not isinstance(r.layer, str) or not r.layer:
+            raise InvalidArgument(f"neuron of {r.model_id} has an empty layer name", field="layer")
+        if int(r.unit) < 0 or int(r.generation) < 0:
+            raise InvalidArgument(f"neuron {r.key}: unit and generation must be >= 0", field="unit")
+        for name in ("depth", "clarity", "polysemanticity", "redundancy"):
+            if not math.isfinite(float(getattr(r, name))):
+                raise InvalidArgument(f"neuron {r.key}: {name} is not finite", field=name)
+        points.append(Point(r.point_id, r.to_payload(), (v / np.linalg.norm(v)).tolist()))
+    return points
+
+
+def label_score(payload: dict[str, Any], labels: set[str]) -> float:
+    """Best score any of ``labels`` has in a neuron's payload (0 if only in the label set)."""
+    best = None
+    for entries in payload.get("labels", {}).values():
+        for e in entries:
+            if e["label"] in labels and (best is None or e["score"] > best):
+                best = float(e["score"])
+    return best if best is not None else 0.0
+
+
+def _hit_order(h: Hit) -> tuple:
+    return (-h.score, h.record.model_id, h.record.layer, h.record.unit)
+
+
+class QdrantStoreBase(KnowledgeStore):
+    """The contract, written once over backend primitives (``_n_*`` neurons, ``_m_*`` catalogue)."""
+
+    #: seconds a catalogue snapshot stays valid (None: only refreshed by our own writes)
+    visibility_ttl: float | None = None
+    #: HNSW build parameters of a new neuron collection, and the search-time ef
+    hnsw_m: int = HNSW_M
+    hnsw_ef_construct: int = HNSW_EF_CONSTRUCT
+    search_ef: int = SEARCH_HNSW_EF
+    #: drop the visibility filter when every stored slot is live; only safe when no other
+    #: process can write behind our back (the embedded store holds an exclusive lock)
+    skip_full_visibility_filter: bool = False
+
+    def __init__(self) -> None:
+        self._vis: _Visibility | None = None
+        self._mutex = threading.RLock()
+
+    # -- backend primitives ----------------------------------------------------------------
+    @abstractmethod
+    def _load_embedder(self) -> EmbedderInfo | None: ...
+
+    @abstractmethod
+    def _save_embedder(self, info: EmbedderInfo) -> None:
+        """Persist the identity and create the neuron collection/shard for ``info.dim``."""
+
+    @abstractmethod
+    def _n_upsert(self, points: list[Point]) -> None: ...
+
+    @abstractmethod
+    def _n_query(self, specs: list[QuerySpec], with_payload: bool = True) -> list[list[Point]]: ...
+
+    @abstractmethod
+    def _n_scroll(
+        self, conds: list[Cond], limit: int, offset: Any, with_payload: bool | list[str], with_vector: bool
+    ) -> tuple[list[Point], Any]: ...
+
+    @abstractmethod
+    def _n_count(self, conds: list[Cond]) -> int: ...
+
+    @abstractmethod
+    def _n_facet(self, key: str, conds: list[Cond]) -> dict[Any, int]: ...
+
+    @abstractmethod
+    def _n_retrieve(self, ids: list[str], with_vector: bool) -> list[Point]: ...
+
+    @abstractmethod
+    def _n_delete(self, conds: list[Cond]) -> None: ...
+
+    @abstractmethod
+    def _m_put(self, point_id: str, payload: dict[str, Any]) -> None: ...
+
+    @abstractmethod
+    def _m_get(self, point_id: str) -> dict[str, Any] | None: ...
+
+    @abstractmethod
+    def _m_all(self) -> list[dict[str, Any]]:
+        """Payloads of every catalogue entry (kind == "model")."""
+
+    @abstractmethod
+    def _m_delete(self, point_id: str) -> None: ...
+
+    # -- embedder identity -----------------------------------------------------------------
+    @property
+    def embedder(self) -> EmbedderInfo | None:
+        return self._load_embedder()
+
+    def bind_embedder(self, info: EmbedderInfo) -> None:
+        if not isinstance(info, EmbedderInfo) or int(info.dim) <= 0 or not info.name:
+            raise InvalidArgument(f"not a valid embedder identity: {info!r}", field="embedder")
+        with self._mutex:
+            current = self._load_embedder()
+            if current is None:
+                self._save_embedder(info)
+            elif current != info:
+                raise EmbedderMismatch(
+                    f"this store holds vectors of {current.name} ({current.weights}, {current.dim}-d); "
+                    f"refusing {info.name} ({info.weights}, {info.dim}-d). Use another store or re-create it."
+                )
+
+    def _bound_dim(self, for_write: bool) -> int:
+        info = self._load_embedder()
+        if info is None:
+            if for_write:
+                raise FailedPrecondition("no embedder bound to the store: call bind_embedder() first")
+            raise NotIndexed("the store is empty: no model has been indexed yet")
+        return info.dim
+
+    # -- visibility --------------------------------------------------------------------------
+    def _visibility(self) -> _Visibility:
+        vis = self._vis
+        stale = self.visibility_ttl is not None and vis is not None and time.monotonic() - vis.at > self.visibility_ttl
+        if vis is None or stale:
+            vis = self._refresh_visibility()
+        return vis
+
+    def _refresh_visibility(self) -> _Visibility:
+        entries = [ModelEntry.from_payload(p) for p in self._m_all()]
+        vis = _Visibility(
+            live={e.model_id: slot_key(e.model_id, e.generation) for e in entries if e.status == ModelStatus.INDEXED},
+            known={e.model_id for e in entries},
+            at=time.monotonic(),
+        )
+        self._vis = vis
+        return vis
+
+    def _live_slot(self, model_id: str) -> str:
+        vis = self._visibility()
+        if model_id not in vis.live:
+            vis = self._refresh_visibility()  # another writer may have flipped it meanwhile
+        if model_id in vis.live:
+            return vis.live[model_id]
+        if model_id in vis.known:
+            raise NotIndexed(f"model {model_id!r} is registered but not indexed")
+        raise NotFound(f"unknown model {model_id!r}")
+
+    def _live_models(self, flt: SearchFilter | None) -> dict[str, str]:
+        """{model_id: live slot} the filter allows; NotFound/NotIndexed as the contract says."""
+        if flt is not None and flt.model_ids is not None:
+            if len(flt.model_ids) == 0:
+                raise InvalidArgument("model_ids filter is empty", field="model_ids")
+            return {m: self._live_slot(m) for m in dict.fromkeys(flt.model_ids)}
+        live = dict(self._visibility().live)
+        if not live:
+            live = dict(self._refresh_visibility().live)
+        if not live:
+            raise NotIndexed("no model is indexed yet")
+        return live
+
+    def _slot_conds(self, flt: SearchFilter | None) -> list[Cond]:
+        """The visibility condition. Left out when every stored slot is live anyway (the
+        common case), which saves a payload check per visited graph node."""
+        live = self._live_models(flt)
+        self._bound_dim(for_write=False)
+        vis = self._visibility()
+        if self.skip_full_visibility_filter and (flt is None or flt.model_ids is None):
+            if vis.stored_slots is None:
+                vis.stored_slots = frozenset(str(v) for v in self._n_facet("slot", []))
+            if vis.stored_slots <= set(live.values()):
+                return []
+        return [Cond("slot", any=tuple(sorted(live.values())))]
+
+    @staticmethod
+    def _filter_conds(flt: SearchFilter | None) -> list[Cond]:
+        """Conditions of a SearchFilter other than the model restriction."""
+        if flt is None:
+            return []
+        conds = []
+        if flt.layers is not None:
+            if len(flt.layers) == 0:
+                raise InvalidArgument("layers filter is empty", field="layers")
+            conds.append(Cond("layer", any=tuple(flt.layers)))
+        for name in ("depth_min", "depth_max", "min_clarity"):
+            v = getattr(flt, name)
+            if v is not None and not math.isfinite(float(v)):
+                raise InvalidArgument(f"{name} must be a finite number", field=name)
+        if flt.depth_min is not None or flt.depth_max is not None:
+            if flt.depth_min is not None and flt.depth_max is not None and flt.depth_min > flt.depth_max:
+                raise InvalidArgument("depth_min is larger than depth_max", field="depth_min")
+            conds.append(Cond("depth", gte=flt.depth_min, lte=flt.depth_max))
+        if flt.min_clarity is not None:
+            conds.append(Cond("clarity", gte=flt.min_clarity))
+        if flt.label is not None:
+            if not flt.label:
+                raise InvalidArgument("label filter is empty", field="label")
+            conds.append(Cond("label_all", any=(flt.label,)))
+        return conds
+
+    @staticmethod
+    def _check_page(limit: int, offset: int = 0) -> None:
+        if int(limit) < 1:
+            raise InvalidArgument(f"limit must be >= 1, not {limit}", field="limit")
+        if int(offset) < 0:
+            raise InvalidArgument(f"offset must be >= 0, not {offset}", field="offset")
+
+    def _query_vector(self, vector: np.ndarray) -> list[float]:
+        dim = self._bound_dim(for_write=False)
+        return check_vectors(np.asarray(vector, dtype=np.float32).reshape(-1), dim, what="query")[0].tolist()
+
+    @staticmethod
+    def _hit(p: Point, with_vector: bool) -> Hit:
+        return Hit(NeuronRecord.from_payload(p.payload, p.vector if with_vector else None), float(p.score))
+
+    # -- neurons -----------------------------------------------------------------------------
+    def upsert_neurons(self, records: Sequence[NeuronRecord]) -> int:
+        points = records_to_points(records, self._bound_dim(for_write=True))
+        vis = self._vis
+        if vis is not None and vis.stored_slots is not None:
+            if not {p.payload["slot"] for p in points} <= vis.stored_slots:
+                vis.stored_slots = None
+        for i in range(0, len(points), WRITE_BATCH):
+            self._n_upsert(points[i : i + WRITE_BATCH])
+        return len(points)
+
+    def get_neuron(self, model_id: str, layer: str, unit: int, with_vector: bool = True) -> NeuronRecord:
+        slot = self._live_slot(model_id)
+        generation = int(slot.rsplit("#", 1)[1])
+        found = self._n_retrieve([neuron_point_id(model_id, layer, int(unit), generation)], with_vector)
+        if not found:
+            raise NotFound(f"no neuron {model_id}/{layer}/{unit}")
+        p = found[0]
+        return NeuronRecord.from_payload(p.payload, p.vector if with_vector else None)
+
+    def search(
+        self,
+        vector: np.ndarray,
+        limit: int = 10,
+        flt: SearchFilter | None = None,
+        offset: int = 0,
+        with_vectors: bool = False,
+        exact: bool = False,
+    ) -> list[Hit]:
+        self._check_page(limit, offset)
+        q = self._query_vector(vector)
+        conds = [*self._slot_conds(flt), *self._filter_conds(flt)]
+        spec = QuerySpec(q, conds, int(limit), int(offset), with_vectors, exact, self.search_ef)
+        return [self._hit(p, with_vectors) for p in self._n_query([spec])[0]]
+
+    def search_per_model(
+        self,
+        vector: np.ndarray,
+        per_model: int = 1,
+        flt: SearchFilter | None = None,
+        max_models: int | None = None,
+    ) -> list[Hit]:
+        self._check_page(per_model)
+        if max_models is not None and int(max_models) < 1:
+            raise InvalidArgument(f"max_models must be >= 1, not {max_models}", field="max_models")
+        q = self._query_vector(vector)
+        conds = self._filter_conds(flt)
+        models = sorted(self._live_models(flt).items())
+        specs = [
+            QuerySpec(q, [Cond("slot", any=(slot,)), *conds], int(per_model), hnsw_ef=self.search_ef)
+            for _, slot in models
+        ]
+        groups = [[self._hit(p, False) for p in res] for res in self._n_query(specs)]
+        groups = [sorted(g, key=_hit_order) for g in groups if g]
+        groups.sort(key=lambda g: _hit_order(g[0]))
+        if max_models is not None:
+            groups = groups[: int(max_models)]
+        return [h for g in groups for h in g]
+
+    def find_by_label(
+        self, label: str, prefix: bool = False, limit: int = 10, offset: int = 0, flt: SearchFilter | None = None
+    ) -> list[Hit]:
+        if not isinstance(label, str) or not label.strip():
+            raise InvalidArgument("label must be a non-empty string", field="label")
+        self._check_page(limit, offset)
+        base = [*self._slot_conds(flt), *self._filter_conds(flt)]
+        if prefix:
+            values = {v for v in self._n_facet("label_all", base) if isinstance(v, str) and v.startswith(label)}
+        else:
+            values = {label}
+        if not values:
+            return []
+        conds = [*base, Cond("label_all", any=tuple(sorted(values)))]
+        ranked: list[tuple[tuple, str]] = []
+        for p in self._scroll_all(conds, with_payload=LABEL_RANK_FIELDS, with_vector=False):
+            s = label_score(p.payload, values)
+            ranked.append(((-s, p.payload["model_id"], p.payload["layer"], int(p.payload["unit"])), p.id))
+        ranked.sort()
+        page = ranked[offset : offset + limit]
+        full = {p.id: p for p in self._n_retrieve([pid for _, pid in page], with_vector=False)}
+        return [
+            Hit(NeuronRecord.from_payload(full[pid].payload), -key[0]) for key, pid in page if pid in full
+        ]
+
+    def _scroll_all(
+        self, conds: list[Cond], with_payload: bool | list[str], with_vector: bool, batch_size: int = 1024
+    ) -> Iterator[Point]:
+        offset = None
+        while True:
+            points, offset = self._n_scroll(conds, batch_size, offset, with_payload, with_vector)
+            yield from points
+            if offset is None:
+                return
+
+    def scroll_neurons(
+        self, model_id: str, generation: int | None = None, with_vectors: bool = True, batch_size: int = 1024
+    ) -> Iterator[NeuronRecord]:
+        self._check_page(batch_size)
+        if generation is None:
+            generation = self.get_model(model_id).generation
+        elif int(generation) < 0:
+            raise InvalidArgument("generation must be >= 0", field="generation")
+        if self._load_embedder() is None:
+            return iter(())
+        conds = [Cond("slot", any=(slot_key(model_id, int(generation)),))]
+        return (
+            NeuronRecord.from_payload(p.payload, p.vector if with_vectors else None)
+            for p in self._scroll_all(conds, True, with_vectors, int(batch_size))
+        )
+
+    def count(self, model_id: str | None = None, generation: int | None = None) -> int:
+        if self._load_embedder() is None:
+            return 0
+        conds: list[Cond] = []
+        if model_id is not None and generation is not None:
+            conds.append(Cond("slot", any=(slot_key(model_id, int(generation)),)))
+        elif model_id is not None:
+            conds.append(Cond("model_id", any=(model_id,)))
+        elif generation is not None:
+            conds.append(Cond("generation", any=(int(generation),)))
+        return self._n_count(conds)
+
+    def counts_by_layer(self) -> dict[str, dict[str, int]]:
+        if self._load_embedder() is None:
+            return {}
+        out = {}
+        for model_id, slot in sorted(self._visibility().live.items()):
+            facet = self._n_facet("layer", [Cond("slot", any=(slot,))])
+            out[model_id] = {str(k): int(v) for k, v in sorted(facet.items())}
+        return out
+
+    def delete_neurons(self, model_id: str, generation: int | None = None) -> None:
+        validate_model_id(model_id)
+        if self._load_embedder() is None:
+            return
+        if generation is None:
+            self._n_delete([Cond("model_id", any=(model_id,))])
+        else:
+            self._n_delete([Cond("slot", any=(slot_key(model_id, int(generation)),))])
+        if self._vis is not None:
+            self._vis.stored_slots = None
+
+    # -- catalogue ---------------------------------------------------------------------------
+    def put_model(self, entry: ModelEntry) -> None:
+        validate_model_id(entry.model_id)
+        if int(entry.generation) < 0:
+            raise InvalidArgument("generation must be >= 0", field="generation")
+        with self._mutex:
+            self._m_put(model_point_id(entry.model_id), entry.to_payload())
+            self._refresh_visibility()
+
+    def get_model(self, model_id: str) -> ModelEntry:
+        validate_model_id(model_id)
+        payload = self._m_get(model_point_id(model_id))
+        if payload is None or payload.get("kind") != "model":
+            raise NotFound(f"unknown model {model_id!r}")
+        return ModelEntry.from_payload(payload)
+
+    def list_models(self) -> list[ModelEntry]:
+        return sorted((ModelEntry.from_payload(p) for p in self._m_all()), key=lambda e: e.model_id)
+
+    def _delete_model_entry(self, model_id: str) -> None:
+        with self._mutex:
+            self._m_delete(model_point_id(model_id))
+            self._refresh_visibility()

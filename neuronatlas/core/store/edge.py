@@ -1,0 +1,304 @@
+"""``EdgeStore``: the knowledge store embedded in-process with Qdrant Edge (the default).
+
+Layout of a store directory::
+
+    store.json   format marker + embedder identity (written atomically, last at creation)
+    .lock        exclusive flock while a process has the store open
+    models/      Edge shard: the model catalogue (1-d dummy vectors)
+    neurons/     Edge shard: neuron vectors + payloads (created when the embedder is bound)
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import qdrant_edge as qe
+
+from neuronatlas.core.errors import FailedPrecondition, NotAStore, StoreCorrupted, StoreLocked
+from neuronatlas.core.records import EmbedderInfo
+from neuronatlas.core.store._common import (
+    FACET_LIMIT,
+    FLOAT_FIELDS,
+    FULL_SCAN_THRESHOLD_KB,
+    HNSW_KEYWORD_FIELDS,
+    KEYWORD_FIELDS,
+    Cond,
+    Point,
+    QdrantStoreBase,
+    QuerySpec,
+)
+
+FORMAT = "neuronatlas-edge-store"
+FORMAT_VERSION = 1
+MARKER = "store.json"
+LOCK = ".lock"
+_OWN_ENTRIES = {MARKER, MARKER + ".tmp", LOCK, "models", "neurons"}
+
+
+def _edge_filter(conds: list[Cond]) -> qe.Filter | None:
+    if not conds:
+        return None
+    must = []
+    for c in conds:
+        if c.any is not None:
+            values = list(c.any)
+            match = qe.MatchValue(values[0]) if len(values) == 1 else qe.MatchAny(values)
+            must.append(qe.FieldCondition(c.key, match=match))
+        else:
+            must.append(qe.FieldCondition(c.key, range=qe.RangeFloat(gte=c.gte, lte=c.lte)))
+    return qe.Filter(must=must)
+
+
+def _point(p: Any) -> Point:
+    vec = p.vector
+    if isinstance(vec, dict):  # unnamed vector may come back as {"": [...]}
+        vec = vec.get("")
+    return Point(str(p.id), dict(p.payload or {}), vec, float(getattr(p, "score", 0.0) or 0.0))
+
+
+def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=2)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+class EdgeStore(QdrantStoreBase):
+    """A store directory opened by one process at a time (``StoreLocked`` otherwise)."""
+
+    skip_full_visibility_filter = True  # we hold the only writer lock
+
+    def __init__(self, path: str | os.PathLike[str]):
+        super().__init__()
+        self.path = Path(path).expanduser()
+        self._lock_fd: int | None = None
+        self._models: qe.EdgeShard | None = None
+        self._neurons: qe.EdgeShard | None = None
+        self._info: EmbedderInfo | None = None
+        self._closed = False
+        if self.path.exists() and not self.path.is_dir():
+            raise NotAStore(f"{self.path} is a file, not a NeuronAtlas store directory")
+        self.path.mkdir(parents=True, exist_ok=True)
+        entries = {p.name for p in self.path.iterdir()}
+        if MARKER not in entries and not entries <= _OWN_ENTRIES:
+            raise NotAStore(f"{self.path} holds other files and no {MARKER}: not a NeuronAtlas store")
+        self._lock()
+        try:
+            if MARKER in entries:
+                self._open_existing()
+            else:
+                self._create()
+        except BaseException:
+            self._release()
+            raise
+
+    # -- opening -----------------------------------------------------------------------------
+    def _lock(self) -> None:
+        fd = os.open(self.path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise StoreLocked(f"the store {self.path} is open in another process (or another EdgeStore)") from None
+        self._lock_fd = fd
+
+    def _create(self) -> None:
+        # Leftovers of a creation that never reached store.json hold no data: start over.
+        for name in ("models", "neurons"):
+            shutil.rmtree(self.path / name, ignore_errors=True)
+        self._models = qe.EdgeShard.create(
+            str(self.path / "models"), qe.EdgeConfig(vectors=qe.EdgeVectorParams(size=1, distance=qe.Distance.Dot))
+        )
+        self._models.update(qe.UpdateOperation.create_field_index("kind", qe.PayloadSchemaType.Keyword))
+        self._models.flush()
+        self._write_marker()
+
+    def _write_marker(self) -> None:
+        _write_json_atomic(
+            self.path / MARKER,
+            {"format": FORMAT, "version": FORMAT_VERSION, "embedder": self._info.to_dict() if self._info else None},
+        )
+
+    def _open_existing(self) -> None:
+        marker = self.path / MARKER
+        try:
+            meta = json.loads(marker.read_text())
+            if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+                raise ValueError(f"format is {meta.get('format') if isinstance(meta, dict) else meta!r}")
+            if meta.get("version") != FORMAT_VERSION:
+                raise ValueError(f"unsupported format version {meta.get('version')!r}")
+            emb = meta.get("embedder")
+            self._info = EmbedderInfo.from_dict(emb) if emb is not None else None
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise StoreCorrupted(f"{marker} cannot be read: {e}") from None
+        self._models = self._load_shard("models")
+        if self._info is not None:
+            self._neurons = self._load_shard("neurons")
+
+    def _load_shard(self, name: str) -> qe.EdgeShard:
+        shard_dir = self.path / name
+        if not shard_dir.is_dir():
+            raise StoreCorrupted(f"the store {self.path} has no {name}/ shard")
+        try:
+            return qe.EdgeShard.load(str(shard_dir))
+        except Exception as e:  # the binding raises plain Exception
+            raise StoreCorrupted(f"the {name} shard of {self.path} cannot be loaded: {e}") from None
+
+    def _neuron_config(self, dim: int) -> qe.EdgeConfig:
+        return qe.EdgeConfig(
+            vectors=qe.EdgeVectorParams(size=dim, distance=qe.Distance.Cosine),
+            payload_memory=qe.Memory.Cached,
+            hnsw_config=qe.HnswIndexConfig(
+                m=self.hnsw_m, ef_construct=self.hnsw_ef_construct, full_scan_threshold=FULL_SCAN_THRESHOLD_KB
+            ),
+        )
+
+    # -- primitives ----------------------------------------------------------------------------
+    def _shard(self, which: str) -> qe.EdgeShard:
+        if self._closed:
+            raise FailedPrecondition(f"the store {self.path} is closed")
+        shard = self._neurons if which == "neurons" else self._models
+        assert shard is not None, which
+        return shard
+
+    def _load_embedder(self) -> EmbedderInfo | None:
+        return self._info
+
+    def _save_embedder(self, info: EmbedderInfo) -> None:
+        self._shard("models")
+        shutil.rmtree(self.path / "neurons", ignore_errors=True)  # orphan of an interrupted bind
+        shard = qe.EdgeShard.create(str(self.path / "neurons"), self._neuron_config(info.dim))
+        for name in KEYWORD_FIELDS:
+            params = qe.KeywordIndexParams(enable_hnsw=name in HNSW_KEYWORD_FIELDS)
+            shard.update(qe.UpdateOperation.create_field_index(name, params))
+        for name in FLOAT_FIELDS:
+            shard.update(qe.UpdateOperation.create_field_index(name, qe.FloatIndexParams(enable_hnsw=False)))
+        shard.flush()
+        self._neurons, self._info = shard, info
+        try:
+            self._write_marker()
+        except BaseException:
+            self._neurons, self._info = None, None
+            shard.close()
+            raise
+
+    def _n_upsert(self, points: list[Point]) -> None:
+        ops = [qe.Point(p.id, p.vector, p.payload) for p in points]
+        self._shard("neurons").update(qe.UpdateOperation.upsert_points(ops))
+
+    def _n_query(self, specs: list[QuerySpec], with_payload: bool = True) -> list[list[Point]]:
+        reqs = [
+            qe.QueryRequest(
+                limit=s.limit,
+                offset=s.offset or None,
+                query=qe.Query.Nearest(s.vector),
+                filter=_edge_filter(s.conds),
+                with_vector=s.with_vector,
+                with_payload=with_payload,
+                params=qe.SearchParams(hnsw_ef=s.hnsw_ef, exact=s.exact),
+            )
+            for s in specs
+        ]
+        shard = self._shard("neurons")
+        if len(reqs) == 1:
+            return [[_point(p) for p in shard.query(reqs[0])]]
+        return [[_point(p) for p in res] for res in shard.query_batch(qe.QueryBatchRequest(reqs))]
+
+    def _n_scroll(
+        self, conds: list[Cond], limit: int, offset: Any, with_payload: bool | list[str], with_vector: bool
+    ) -> tuple[list[Point], Any]:
+        wp = qe.PayloadSelector.Include(with_payload) if isinstance(with_payload, list) else with_payload
+        req = qe.ScrollRequest(
+            offset=offset, limit=limit, filter=_edge_filter(conds), with_payload=wp, with_vector=with_vector
+        )
+        points, nxt = self._shard("neurons").scroll(req)
+        return [_point(p) for p in points], nxt
+
+    def _n_count(self, conds: list[Cond]) -> int:
+        return int(self._shard("neurons").count(qe.CountRequest(exact=True, filter=_edge_filter(conds))))
+
+    def _n_facet(self, key: str, conds: list[Cond]) -> dict[Any, int]:
+        res = self._shard("neurons").facet(
+            qe.FacetRequest(key, limit=FACET_LIMIT, exact=True, filter=_edge_filter(conds))
+        )
+        return {h.value: int(h.count) for h in res.hits}
+
+    def _n_retrieve(self, ids: list[str], with_vector: bool) -> list[Point]:
+        if not ids:
+            return []
+        return [_point(p) for p in self._shard("neurons").retrieve(ids, with_payload=True, with_vector=with_vector)]
+
+    def _n_delete(self, conds: list[Cond]) -> None:
+        self._shard("neurons").update(qe.UpdateOperation.delete_points_by_filter(_edge_filter(conds)))
+
+    def _m_put(self, point_id: str, payload: dict[str, Any]) -> None:
+        shard = self._shard("models")
+        shard.update(qe.UpdateOperation.upsert_points([qe.Point(point_id, [1.0], payload)]))
+        shard.flush()
+
+    def _m_get(self, point_id: str) -> dict[str, Any] | None:
+        found = self._shard("models").retrieve([point_id], with_payload=True, with_vector=False)
+        return dict(found[0].payload) if found else None
+
+    def _m_all(self) -> list[dict[str, Any]]:
+        shard, out, offset = self._shard("models"), [], None
+        flt = _edge_filter([Cond("kind", any=("model",))])
+        while True:
+            points, offset = shard.scroll(qe.ScrollRequest(offset=offset, limit=1000, filter=flt, with_payload=True))
+            out.extend(dict(p.payload) for p in points)
+            if offset is None:
+                return out
+
+    def _m_delete(self, point_id: str) -> None:
+        shard = self._shard("models")
+        shard.update(qe.UpdateOperation.delete_points([point_id]))
+        shard.flush()
+
+    # -- maintenance ---------------------------------------------------------------------------
+    def optimize(self) -> None:
+        for which in ("models", "neurons"):
+            if which == "neurons" and self._neurons is None:
+                continue
+            shard = self._shard(which)
+            shard.optimize()
+            shard.flush()
+
+    def size_bytes(self) -> int:
+        # allocated blocks, not apparent sizes: Edge preallocates sparse WAL / mmap files
+        return sum(f.stat().st_blocks * 512 for f in self.path.rglob("*") if f.is_file())
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._release()
+
+    def _release(self) -> None:
+        shards, self._neurons, self._models = (self._neurons, self._models), None, None
+        try:
+            for shard in shards:
+                if shard is not None:
+                    try:
+                        shard.flush()
+                    finally:
+                        shard.close()
+        finally:
+            if self._lock_fd is not None:
+                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+                os.close(self._lock_fd)
+                self._lock_fd = None
+
+    def __repr__(self) -> str:
+        return f"EdgeStore({str(self.path)!r})"

@@ -1,0 +1,503 @@
+"""The KnowledgeStore contract, run on both backends: Qdrant Edge in a temp dir, and
+RemoteStore on qdrant-client's in-process ``:memory:`` double."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from qdrant_client import QdrantClient
+
+from neuronatlas.core.errors import (
+    EmbedderMismatch,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    NotIndexed,
+)
+from neuronatlas.core.records import (
+    EmbedderInfo,
+    Label,
+    LayerInfo,
+    ModelEntry,
+    ModelStatus,
+    NeuronRecord,
+    TopSample,
+    neuron_point_id,
+)
+from neuronatlas.core.store import KnowledgeStore, SearchFilter
+from neuronatlas.core.store.edge import EdgeStore
+from neuronatlas.core.store.remote import RemoteStore
+
+DIM = 16
+INFO = EmbedderInfo("test:emb", "random:0", DIM)
+LABELS = ["dog", "dogsled", "cat", "car", "tree"]
+
+
+def unit(rng: np.random.Generator, n: int) -> np.ndarray:
+    v = rng.standard_normal((n, DIM)).astype(np.float32)
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def make_records(model_id: str, layers: dict[str, int], seed: int, generation: int = 0) -> list[NeuronRecord]:
+    """Neurons with varied depth, clarity and labels; deterministic from ``seed``."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for li, (layer, n) in enumerate(layers.items()):
+        vecs = unit(rng, n)
+        for u in range(n):
+            lab = LABELS[(u + li) % len(LABELS)]
+            second = LABELS[(u + li + 1) % len(LABELS)]
+            out.append(
+                NeuronRecord(
+                    model_id=model_id,
+                    layer=layer,
+                    layer_index=li,
+                    depth=(li + 1) / len(layers),
+                    unit=u,
+                    vector=vecs[u],
+                    top_samples=[TopSample(f"cls/{u}.jpg", u, 1.0 + u)],
+                    labels={"vocab": [Label(lab, 0.05 + 0.01 * u), Label(second, 0.01)]},
+                    label_set=[lab],
+                    clarity=u / max(n - 1, 1),
+                    polysemanticity=0.1,
+                    redundancy=0.2,
+                    stats={"mean": 0.5},
+                    generation=generation,
+                )
+            )
+    return out
+
+
+ALPHA = {"conv1": 6, "layer1.0.conv2": 6}
+BETA = {"conv1": 5}
+
+
+def entry(model_id: str, status=ModelStatus.INDEXED, generation: int = 0, layers=None) -> ModelEntry:
+    layers = layers or {}
+    return ModelEntry(
+        model_id=model_id,
+        architecture="resnet",
+        status=status,
+        generation=generation,
+        layers=[LayerInfo(name, i, (i + 1) / len(layers), n) for i, (name, n) in enumerate(layers.items())],
+        source={"kind": "cifar_resnet", "depth": 20},
+    )
+
+
+@pytest.fixture(params=["edge", "remote"])
+def backend(request) -> str:
+    return request.param
+
+
+def open_backend(kind: str, tmp_path: Path) -> KnowledgeStore:
+    if kind == "edge":
+        return EdgeStore(tmp_path / "store")
+    return RemoteStore(QdrantClient(":memory:"), prefix="t")
+
+
+@pytest.fixture()
+def empty(backend: str, tmp_path: Path):
+    store = open_backend(backend, tmp_path)
+    yield store
+    store.close()
+
+
+@pytest.fixture()
+def store(empty: KnowledgeStore) -> KnowledgeStore:
+    """alpha (12 neurons) and beta (5) indexed; gamma registered, not indexed."""
+    empty.bind_embedder(INFO)
+    empty.upsert_neurons(make_records("alpha", ALPHA, seed=1) + make_records("beta", BETA, seed=2))
+    empty.put_model(entry("alpha", layers=ALPHA))
+    empty.put_model(entry("beta", layers=BETA))
+    empty.put_model(entry("gamma", status=ModelStatus.REGISTERED))
+    empty.optimize()
+    return empty
+
+
+def all_records() -> list[NeuronRecord]:
+    return make_records("alpha", ALPHA, seed=1) + make_records("beta", BETA, seed=2)
+
+
+def brute(query: np.ndarray, recs: list[NeuronRecord]) -> list[tuple[str, float]]:
+    scores = [(r.key, float(np.dot(query, r.vector))) for r in recs]
+    return sorted(scores, key=lambda t: -t[1])
+
+
+# -- embedder identity -------------------------------------------------------------------------
+def test_bind_embedder(empty: KnowledgeStore):
+    assert empty.embedder is None
+    empty.bind_embedder(INFO)
+    assert empty.embedder == INFO
+    empty.bind_embedder(EmbedderInfo(INFO.name, INFO.weights, INFO.dim))  # same identity: no-op
+    with pytest.raises(EmbedderMismatch):
+        empty.bind_embedder(EmbedderInfo(INFO.name, "random:1", DIM))
+    with pytest.raises(EmbedderMismatch):
+        empty.bind_embedder(EmbedderInfo(INFO.name, INFO.weights, DIM + 1))
+    assert empty.embedder == INFO
+
+
+def test_bind_embedder_rejects_bad_identity(empty: KnowledgeStore):
+    with pytest.raises(InvalidArgument):
+        empty.bind_embedder(EmbedderInfo("x", "y", 0))
+    assert empty.embedder is None
+
+
+def test_empty_store_reads(empty: KnowledgeStore):
+    assert empty.count() == 0
+    assert empty.counts_by_layer() == {}
+    assert empty.list_models() == []
+    with pytest.raises(NotIndexed):
+        empty.search(np.ones(DIM))
+    with pytest.raises(FailedPrecondition):  # embedder not bound yet
+        empty.upsert_neurons(make_records("alpha", {"c": 1}, seed=0))
+
+
+# -- writes: validation and ids ----------------------------------------------------------------
+@pytest.mark.parametrize(
+    "bad",
+    [
+        lambda v: v[:-1],  # wrong dimension
+        lambda v: np.where(np.arange(DIM) == 3, np.nan, v),
+        lambda v: np.where(np.arange(DIM) == 0, np.inf, v),
+        lambda v: np.zeros_like(v),
+    ],
+    ids=["dim", "nan", "inf", "zero"],
+)
+def test_upsert_rejects_whole_batch(empty: KnowledgeStore, bad):
+    empty.bind_embedder(INFO)
+    recs = make_records("alpha", ALPHA, seed=1)
+    recs[7].vector = bad(recs[7].vector).astype(np.float32)
+    with pytest.raises(InvalidArgument):
+        empty.upsert_neurons(recs)
+    assert empty.count() == 0  # nothing of the batch was written
+
+
+def test_upsert_rejects_empty_and_bad_fields(empty: KnowledgeStore):
+    empty.bind_embedder(INFO)
+    with pytest.raises(InvalidArgument):
+        empty.upsert_neurons([])
+    recs = make_records("alpha", ALPHA, seed=1)
+    recs[-1].model_id = "bad/id"
+    with pytest.raises(InvalidArgument):
+        empty.upsert_neurons(recs)
+    recs = make_records("alpha", ALPHA, seed=1)
+    recs[0].clarity = math.nan
+    with pytest.raises(InvalidArgument):
+        empty.upsert_neurons(recs)
+    assert empty.count() == 0
+
+
+def test_ids_are_deterministic_and_upsert_idempotent(store: KnowledgeStore):
+    recs = make_records("alpha", ALPHA, seed=1)
+    assert recs[0].point_id == neuron_point_id("alpha", "conv1", 0, 0)
+    assert recs[0].point_id != neuron_point_id("alpha", "conv1", 0, 1)
+    assert store.count() == 17
+    assert store.upsert_neurons(recs) == 12
+    assert store.count() == 17 and store.count("alpha") == 12
+    recs[0].clarity = 0.999
+    store.upsert_neurons(recs[:1])
+    assert store.get_neuron("alpha", "conv1", 0).clarity == pytest.approx(0.999)
+    assert store.count() == 17
+
+
+def test_get_neuron(store: KnowledgeStore):
+    want = make_records("alpha", ALPHA, seed=1)[8]  # layer1.0.conv2 unit 2
+    got = store.get_neuron("alpha", "layer1.0.conv2", 2)
+    assert got.key == want.key and got.layer_index == 1 and got.generation == 0
+    np.testing.assert_allclose(got.vector, want.vector, atol=1e-5)
+    assert got.labels["vocab"][0].label == want.labels["vocab"][0].label
+    assert got.top_samples[0].sample_id == "cls/2.jpg" and got.stats == {"mean": 0.5}
+    assert store.get_neuron("alpha", "conv1", 1, with_vector=False).vector.size == 0
+    with pytest.raises(NotFound):
+        store.get_neuron("alpha", "conv1", 99)
+    with pytest.raises(NotFound):
+        store.get_neuron("nosuch", "conv1", 0)
+    with pytest.raises(NotIndexed):
+        store.get_neuron("gamma", "conv1", 0)
+
+
+# -- search ------------------------------------------------------------------------------------
+def test_search_matches_brute_force(store: KnowledgeStore):
+    recs = all_records()
+    q = recs[3].vector
+    hits = store.search(q, limit=5)
+    want = brute(q, recs)[:5]
+    assert [h.record.key for h in hits] == [k for k, _ in want]
+    assert hits[0].record.key == recs[3].key and hits[0].score == pytest.approx(1.0, abs=1e-4)
+    assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+    for h, (_, s) in zip(hits, want):
+        assert h.score == pytest.approx(s, abs=1e-4)
+    assert hits[0].record.vector.size == 0
+
+
+def test_search_paging_vectors_and_exact(store: KnowledgeStore):
+    q = all_records()[0].vector
+    full = [h.record.key for h in store.search(q, limit=10)]
+    page = [h.record.key for h in store.search(q, limit=3, offset=4)]
+    assert page == full[4:7]
+    exact = [h.record.key for h in store.search(q, limit=10, exact=True)]
+    assert exact == full
+    with_vec = store.search(q, limit=2, with_vectors=True)
+    assert with_vec[0].record.vector.shape == (DIM,)
+    np.testing.assert_allclose(with_vec[0].record.vector, q, atol=1e-5)
+    assert len(store.search(q, limit=100)) == 17  # gamma has no neurons; nothing else leaks
+
+
+def test_search_filters(store: KnowledgeStore):
+    recs = all_records()
+    q = recs[0].vector
+
+    def keys(flt: SearchFilter) -> list[str]:
+        return [h.record.key for h in store.search(q, limit=50, flt=flt)]
+
+    assert {k.split("/")[0] for k in keys(SearchFilter(model_ids=("beta",)))} == {"beta"}
+    assert len(keys(SearchFilter(model_ids=("beta", "alpha")))) == 17
+    assert {k.split("/")[1] for k in keys(SearchFilter(layers=("layer1.0.conv2",)))} == {"layer1.0.conv2"}
+    deep = keys(SearchFilter(depth_min=0.9))
+    assert deep and all(r.depth >= 0.9 for r in recs if r.key in deep)
+    assert len(deep) == sum(r.depth >= 0.9 for r in recs)
+    shallow = keys(SearchFilter(depth_max=0.6))
+    assert set(shallow) == {r.key for r in recs if r.depth <= 0.6}
+    clear = keys(SearchFilter(min_clarity=0.7))
+    assert set(clear) == {r.key for r in recs if r.clarity >= 0.7}
+    cats = keys(SearchFilter(label="cat"))
+    assert set(cats) == {r.key for r in recs if any(l.label == "cat" for l in r.labels["vocab"])}
+    combo = keys(SearchFilter(model_ids=("alpha",), layers=("conv1",), min_clarity=0.5))
+    assert set(combo) == {r.key for r in recs if r.model_id == "alpha" and r.layer == "conv1" and r.clarity >= 0.5}
+    assert keys(SearchFilter(label="no-such-label")) == []
+    # filtered ranking is still brute-force exact on this small set
+    want = [k for k, _ in brute(q, [r for r in recs if r.model_id == "beta"])]
+    assert keys(SearchFilter(model_ids=("beta",))) == want
+
+
+def test_search_errors(store: KnowledgeStore):
+    q = np.ones(DIM)
+    with pytest.raises(NotFound):
+        store.search(q, flt=SearchFilter(model_ids=("nosuch",)))
+    with pytest.raises(NotIndexed):
+        store.search(q, flt=SearchFilter(model_ids=("gamma",)))
+    with pytest.raises(InvalidArgument):
+        store.search(np.ones(DIM + 1))
+    with pytest.raises(InvalidArgument):
+        store.search(np.full(DIM, np.nan))
+    with pytest.raises(InvalidArgument):
+        store.search(np.zeros(DIM))
+    with pytest.raises(InvalidArgument):
+        store.search(q, limit=0)
+    with pytest.raises(InvalidArgument):
+        store.search(q, offset=-1)
+    with pytest.raises(InvalidArgument):
+        store.search(q, flt=SearchFilter(depth_min=0.8, depth_max=0.2))
+    with pytest.raises(InvalidArgument):
+        store.search(q, flt=SearchFilter(model_ids=()))
+
+
+def test_search_without_indexed_models(empty: KnowledgeStore):
+    empty.bind_embedder(INFO)
+    empty.upsert_neurons(make_records("alpha", ALPHA, seed=1))
+    empty.put_model(entry("alpha", status=ModelStatus.INDEXING))
+    with pytest.raises(NotIndexed):
+        empty.search(np.ones(DIM))
+    with pytest.raises(NotIndexed):
+        empty.find_by_label("dog")
+    assert empty.counts_by_layer() == {}
+    empty.put_model(entry("alpha", status=ModelStatus.FAILED))
+    with pytest.raises(NotIndexed):
+        empty.search_per_model(np.ones(DIM))
+
+
+# -- per-model grouping --------------------------------------------------------------------------
+def test_search_per_model(store: KnowledgeStore):
+    recs = all_records()
+    q = recs[14].vector  # a beta neuron: beta must come first
+    hits = store.search_per_model(q, per_model=2)
+    assert [h.record.model_id for h in hits] == ["beta", "beta", "alpha", "alpha"]
+    for m in ("alpha", "beta"):
+        want = [k for k, _ in brute(q, [r for r in recs if r.model_id == m])[:2]]
+        assert [h.record.key for h in hits if h.record.model_id == m] == want
+    assert hits[0].score == pytest.approx(1.0, abs=1e-4)
+    one = store.search_per_model(q, per_model=1, max_models=1)
+    assert [h.record.key for h in one] == [recs[14].key]
+    only = store.search_per_model(q, per_model=3, flt=SearchFilter(model_ids=("alpha",), layers=("conv1",)))
+    assert len(only) == 3 and {(h.record.model_id, h.record.layer) for h in only} == {("alpha", "conv1")}
+    with pytest.raises(InvalidArgument):
+        store.search_per_model(q, per_model=0)
+    with pytest.raises(NotIndexed):
+        store.search_per_model(q, flt=SearchFilter(model_ids=("gamma",)))
+
+
+def test_search_per_model_drops_models_without_hits(store: KnowledgeStore):
+    hits = store.search_per_model(np.ones(DIM), per_model=5, flt=SearchFilter(layers=("layer1.0.conv2",)))
+    assert {h.record.model_id for h in hits} == {"alpha"} and len(hits) == 5
+
+
+# -- label lookups -------------------------------------------------------------------------------
+def label_scores(label_pred) -> list[tuple[str, float]]:
+    out = []
+    for r in all_records():
+        s = [l.score for l in r.labels["vocab"] if label_pred(l.label)]
+        if s:
+            out.append((r.key, max(s)))
+    return sorted(out, key=lambda t: (-t[1], t[0].split("/")[0], t[0].split("/")[1], int(t[0].split("/")[2])))
+
+
+def test_find_by_label_exact(store: KnowledgeStore):
+    want = label_scores(lambda l: l == "cat")
+    hits = store.find_by_label("cat", limit=50)
+    assert [(h.record.key, round(h.score, 5)) for h in hits] == [(k, round(s, 5)) for k, s in want]
+    page = store.find_by_label("cat", limit=2, offset=1)
+    assert [h.record.key for h in page] == [k for k, _ in want[1:3]]
+    assert store.find_by_label("do") == []  # exact: no neuron carries the label "do"
+    assert hits[0].record.top_samples and hits[0].record.labels
+
+
+def test_find_by_label_prefix(store: KnowledgeStore):
+    want = label_scores(lambda l: l.startswith("dog"))
+    hits = store.find_by_label("dog", prefix=True, limit=50)
+    assert [h.record.key for h in hits] == [k for k, _ in want]
+    assert hits[0].score == pytest.approx(want[0][1])
+    assert store.find_by_label("zebra", prefix=True) == []
+
+
+def test_find_by_label_filters_and_errors(store: KnowledgeStore):
+    hits = store.find_by_label("car", limit=50, flt=SearchFilter(model_ids=("beta",)))
+    assert hits and {h.record.model_id for h in hits} == {"beta"}
+    with pytest.raises(InvalidArgument):
+        store.find_by_label("  ")
+    with pytest.raises(NotIndexed):
+        store.find_by_label("car", flt=SearchFilter(model_ids=("gamma",)))
+    with pytest.raises(NotFound):
+        store.find_by_label("car", flt=SearchFilter(model_ids=("nosuch",)))
+
+
+# -- generations (atomic re-index) ----------------------------------------------------------------
+def test_generation_visibility(store: KnowledgeStore):
+    gen1 = make_records("alpha", ALPHA, seed=99, generation=1)
+    store.upsert_neurons(gen1)
+    assert store.count("alpha") == 24 and store.count("alpha", 1) == 12 and store.count("alpha", 0) == 12
+    q = gen1[0].vector
+    # gen 0 is still the live slot: gen 1 records never show up
+    hits = store.search(q, limit=50)
+    assert len(hits) == 17 and all(h.record.generation == 0 for h in hits)
+    assert all(h.record.generation == 0 for h in store.search_per_model(q, per_model=20))
+    assert all(h.record.generation == 0 for h in store.find_by_label("dog", prefix=True, limit=50))
+    assert store.get_neuron("alpha", "conv1", 0).generation == 0
+    assert store.counts_by_layer()["alpha"] == {"conv1": 6, "layer1.0.conv2": 6}
+    # flip the catalogue entry: only gen 1 is visible
+    store.put_model(entry("alpha", generation=1, layers=ALPHA))
+    hits = store.search(q, limit=50)
+    assert len(hits) == 17
+    assert {h.record.generation for h in hits if h.record.model_id == "alpha"} == {1}
+    assert hits[0].record.key == gen1[0].key and hits[0].score == pytest.approx(1.0, abs=1e-4)
+    np.testing.assert_allclose(store.get_neuron("alpha", "conv1", 0).vector, gen1[0].vector, atol=1e-5)
+    assert [r.generation for r in store.scroll_neurons("alpha")] == [1] * 12
+    store.delete_neurons("alpha", 0)
+    assert store.count("alpha") == 12 and store.count("alpha", 0) == 0
+    assert store.counts_by_layer()["alpha"] == {"conv1": 6, "layer1.0.conv2": 6}
+
+
+def test_reindex_in_progress_hides_model(store: KnowledgeStore):
+    store.put_model(entry("beta", status=ModelStatus.INDEXING, layers=BETA))
+    keys = {h.record.model_id for h in store.search(np.ones(DIM), limit=50)}
+    assert keys == {"alpha"}
+    assert set(store.counts_by_layer()) == {"alpha"}
+
+
+# -- scroll, counts, deletes ------------------------------------------------------------------------
+def test_scroll_neurons(store: KnowledgeStore):
+    got = list(store.scroll_neurons("alpha", batch_size=5))
+    assert sorted(r.key for r in got) == sorted(r.key for r in make_records("alpha", ALPHA, seed=1))
+    assert all(r.vector.shape == (DIM,) for r in got)
+    assert len({r.key for r in got}) == 12
+    no_vec = list(store.scroll_neurons("beta", with_vectors=False))
+    assert len(no_vec) == 5 and all(r.vector.size == 0 for r in no_vec)
+    assert list(store.scroll_neurons("alpha", generation=3)) == []
+    with pytest.raises(NotFound):
+        list(store.scroll_neurons("nosuch"))
+
+
+def test_counts(store: KnowledgeStore):
+    assert store.count() == 17 and store.count("beta") == 5 and store.count("gamma") == 0
+    assert store.count(generation=0) == 17 and store.count(generation=1) == 0
+    assert store.counts_by_layer() == {"alpha": {"conv1": 6, "layer1.0.conv2": 6}, "beta": {"conv1": 5}}
+
+
+def test_delete_neurons_and_model(store: KnowledgeStore):
+    store.delete_neurons("beta")
+    assert store.count("beta") == 0 and store.count() == 12
+    assert store.counts_by_layer()["beta"] == {}
+    assert store.search_per_model(np.ones(DIM), per_model=1)[0].record.model_id == "alpha"
+    store.delete_model("alpha")
+    assert store.count() == 0
+    with pytest.raises(NotFound):
+        store.get_model("alpha")
+    with pytest.raises(NotFound):
+        store.delete_model("alpha")
+    with pytest.raises(NotFound):
+        store.search(np.ones(DIM), flt=SearchFilter(model_ids=("alpha",)))
+    assert [e.model_id for e in store.list_models()] == ["beta", "gamma"]
+
+
+# -- catalogue ------------------------------------------------------------------------------------
+def test_catalogue(empty: KnowledgeStore):
+    e = entry("zeta", layers=ALPHA)
+    e.tags, e.extra, e.notes = ["cifar"], {"k": 20, "timings": {"embed": 1.5}}, "hello"
+    empty.put_model(e)
+    empty.put_model(entry("alpha", status=ModelStatus.FAILED))
+    got = empty.get_model("zeta")
+    assert got == e and got.neuron_count == 12 and got.layers[1].name == "layer1.0.conv2"
+    assert [m.model_id for m in empty.list_models()] == ["alpha", "zeta"]
+    e.status, e.generation = ModelStatus.INDEXED, 1
+    empty.put_model(e)
+    assert empty.get_model("zeta").generation == 1 and len(empty.list_models()) == 2
+    with pytest.raises(NotFound):
+        empty.get_model("nosuch")
+    with pytest.raises(InvalidArgument):
+        empty.put_model(entry("bad/id"))
+    with pytest.raises(InvalidArgument):
+        empty.get_model("")
+
+
+# -- maintenance ----------------------------------------------------------------------------------
+def test_optimize_size_and_close(store: KnowledgeStore, backend: str):
+    store.optimize()
+    assert store.search(all_records()[5].vector, limit=1)[0].record.key == all_records()[5].key
+    if backend == "edge":
+        assert store.size_bytes() > 0
+    else:
+        assert store.size_bytes() == 0
+    store.close()
+    store.close()  # idempotent
+    with pytest.raises(FailedPrecondition):
+        store.count()
+
+
+# -- both backends agree ---------------------------------------------------------------------------
+def test_backends_agree(tmp_path: Path):
+    rng = np.random.default_rng(7)
+    stores = [open_backend("edge", tmp_path), open_backend("remote", tmp_path)]
+    recs = all_records() + make_records("delta", {"fc": 8}, seed=3)
+    try:
+        for s in stores:
+            s.bind_embedder(INFO)
+            s.upsert_neurons(recs)
+            for m, layers in (("alpha", ALPHA), ("beta", BETA), ("delta", {"fc": 8})):
+                s.put_model(entry(m, layers=layers))
+            s.optimize()
+        for q in unit(rng, 5):
+            results = [
+                (
+                    [h.record.key for h in s.search(q, limit=7, flt=SearchFilter(min_clarity=0.2))],
+                    [h.record.key for h in s.search_per_model(q, per_model=2, max_models=2)],
+                    [h.record.key for h in s.find_by_label("ca", prefix=True, limit=20)],
+                )
+                for s in stores
+            ]
+            assert results[0] == results[1]
+        assert stores[0].counts_by_layer() == stores[1].counts_by_layer()
+    finally:
+        for s in stores:
+            s.close()

@@ -1,0 +1,189 @@
+"""EdgeStore on disk: persistence, the process lock, and refusing foreign or broken dirs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from neuronatlas.core.config import load_settings
+from neuronatlas.core.errors import EmbedderMismatch, InvalidArgument, NotAStore, StoreCorrupted, StoreLocked
+from neuronatlas.core.records import EmbedderInfo, ModelStatus
+from neuronatlas.core.store import open_store
+from neuronatlas.core.store.edge import EdgeStore
+from neuronatlas.core.store.remote import RemoteStore
+
+from test_store_contract import ALPHA, DIM, INFO, entry, make_records
+
+
+def filled(path: Path) -> EdgeStore:
+    store = EdgeStore(path)
+    store.bind_embedder(INFO)
+    store.upsert_neurons(make_records("alpha", ALPHA, seed=1))
+    store.put_model(entry("alpha", layers=ALPHA))
+    store.put_model(entry("beta", status=ModelStatus.REGISTERED))
+    return store
+
+
+def test_persists_across_close_and_reopen(tmp_path: Path):
+    path = tmp_path / "store"
+    store = filled(path)
+    q = make_records("alpha", ALPHA, seed=1)[4].vector
+    before = [(h.record.key, round(h.score, 5)) for h in store.search(q, limit=5)]
+    store.optimize()
+    store.close()
+    meta = json.loads((path / "store.json").read_text())
+    assert meta["embedder"] == INFO.to_dict() and meta["version"] == 1
+    assert not (path / "store.json.tmp").exists()
+    with EdgeStore(path) as again:
+        assert again.embedder == INFO
+        assert again.count() == 12
+        assert [e.model_id for e in again.list_models()] == ["alpha", "beta"]
+        assert [(h.record.key, round(h.score, 5)) for h in again.search(q, limit=5)] == before
+        assert again.counts_by_layer() == {"alpha": {"conv1": 6, "layer1.0.conv2": 6}}
+
+
+def test_unflushed_writes_survive_close(tmp_path: Path):
+    """Writes without an explicit optimize() are durable once close() returns."""
+    path = tmp_path / "store"
+    filled(path).close()
+    with EdgeStore(path) as again:
+        assert again.get_neuron("alpha", "conv1", 3).unit == 3
+
+
+_HOLDER = textwrap.dedent(
+    """
+    import sys
+    from neuronatlas.core.store.edge import EdgeStore
+    from neuronatlas.core.errors import StoreLocked
+    try:
+        store = EdgeStore(sys.argv[1])
+    except StoreLocked:
+        print("locked", flush=True)
+        sys.exit(3)
+    print("open", flush=True)
+    sys.stdin.readline()
+    store.close()
+    """
+)
+
+
+def test_second_process_is_locked_out(tmp_path: Path):
+    path = tmp_path / "store"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLDER, str(path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout.readline().strip() == "open"
+        with pytest.raises(StoreLocked):
+            EdgeStore(path)
+    finally:
+        holder.communicate("\n", timeout=60)
+    assert holder.returncode == 0
+    with EdgeStore(path) as store:  # released by the other process's close()
+        # and now we hold it: another process is refused
+        other = subprocess.run([sys.executable, "-c", _HOLDER, str(path)], capture_output=True, text=True, timeout=60)
+        assert other.returncode == 3 and other.stdout.strip() == "locked"
+        assert store.count() == 0
+
+
+def test_same_process_second_open_is_locked(tmp_path: Path):
+    with EdgeStore(tmp_path / "s"):
+        with pytest.raises(StoreLocked):
+            EdgeStore(tmp_path / "s")
+    EdgeStore(tmp_path / "s").close()
+
+
+def test_not_a_store(tmp_path: Path):
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "cat.jpg").write_bytes(b"jpeg")
+    with pytest.raises(NotAStore):
+        EdgeStore(tmp_path / "photos")
+    assert sorted(p.name for p in (tmp_path / "photos").iterdir()) == ["cat.jpg"]  # untouched
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(NotAStore):
+        EdgeStore(tmp_path / "afile")
+
+
+def test_empty_or_missing_dir_becomes_a_store(tmp_path: Path):
+    (tmp_path / "empty").mkdir()
+    for p in (tmp_path / "empty", tmp_path / "new" / "nested"):
+        with EdgeStore(p) as s:
+            assert s.embedder is None and s.list_models() == []
+        assert (p / "store.json").exists()
+
+
+def test_interrupted_creation_is_redone(tmp_path: Path):
+    path = tmp_path / "store"
+    EdgeStore(path).close()
+    (path / "store.json").unlink()  # as if the process died before writing the marker
+    with EdgeStore(path) as s:
+        assert s.embedder is None
+        s.put_model(entry("alpha"))
+        assert s.get_model("alpha").model_id == "alpha"
+
+
+@pytest.mark.parametrize(
+    "content",
+    ["{not json", json.dumps({"format": "something-else", "version": 1}), json.dumps({"format": "neuronatlas-edge-store", "version": 99}),
+     json.dumps({"format": "neuronatlas-edge-store", "version": 1, "embedder": {"name": "x"}})],
+    ids=["garbage", "format", "version", "embedder"],
+)
+def test_corrupted_marker(tmp_path: Path, content: str):
+    path = tmp_path / "store"
+    filled(path).close()
+    (path / "store.json").write_text(content)
+    with pytest.raises(StoreCorrupted):
+        EdgeStore(path)
+    with pytest.raises(StoreCorrupted):  # the failed open released its lock
+        EdgeStore(path)
+
+
+def test_missing_or_broken_shard(tmp_path: Path):
+    import shutil
+
+    path = tmp_path / "store"
+    filled(path).close()
+    shutil.rmtree(path / "neurons")
+    with pytest.raises(StoreCorrupted, match="neurons"):
+        EdgeStore(path)
+    path2 = tmp_path / "store2"
+    filled(path2).close()
+    for f in (path2 / "models").rglob("*.json"):
+        f.write_text("garbage")
+    with pytest.raises(StoreCorrupted, match="models"):
+        EdgeStore(path2)
+
+
+def test_embedder_mismatch_after_reopen(tmp_path: Path):
+    path = tmp_path / "store"
+    filled(path).close()
+    with EdgeStore(path) as s:
+        with pytest.raises(EmbedderMismatch):
+            s.bind_embedder(EmbedderInfo("open_clip:ViT-B-32", "openai", 512))
+        with pytest.raises(EmbedderMismatch):
+            s.bind_embedder(EmbedderInfo(INFO.name, "random:1", DIM))
+        s.bind_embedder(INFO)
+        recs = make_records("alpha", {"x": 2}, seed=5)
+        for r in recs:
+            r.vector = np.ones(DIM * 2, np.float32)
+        with pytest.raises(InvalidArgument):
+            s.upsert_neurons(recs)
+        assert s.count() == 12
+
+
+def test_open_store_from_settings(home: Path, monkeypatch: pytest.MonkeyPatch):
+    with open_store(load_settings()) as s:
+        assert isinstance(s, EdgeStore) and s.path == home / "store"
+    custom = home / "elsewhere"
+    with open_store(load_settings(store_path=custom)) as s:
+        assert isinstance(s, EdgeStore) and (custom / "store.json").exists()
+    monkeypatch.setenv("NEURONATLAS_BACKEND", "remote")
+    monkeypatch.setenv("NEURONATLAS_URL", ":memory:")
+    with open_store(load_settings()) as s:
+        assert isinstance(s, RemoteStore) and s.embedder is None
