@@ -42,7 +42,7 @@ def synthetic_models(layers: int, units: int, dim: int, related: bool, seed: int
         b = a[perm] + 0.3 * rng.standard_normal(a.shape).astype(np.float32)
     else:
         b = draw()
-    norm = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)  # noqa: E731
+    norm = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)
     return norm(a), norm(b)
 
 
@@ -59,7 +59,13 @@ def model_vectors(name: str, vecs: np.ndarray, layers: int, units: int):
 def store_load(a: np.ndarray, layers: int, units: int) -> tuple[float, float]:
     """Write A into a fresh embedded store, then time reading it back for comparison."""
     from neuronatlas.core.compare import load_model_vectors
-    from neuronatlas.core.records import EmbedderInfo, LayerInfo, ModelEntry, ModelStatus, NeuronRecord
+    from neuronatlas.core.records import (
+        EmbedderInfo,
+        LayerInfo,
+        ModelEntry,
+        ModelStatus,
+        NeuronRecord,
+    )
     from neuronatlas.core.store.edge import EdgeStore
 
     with tempfile.TemporaryDirectory() as tmp, EdgeStore(Path(tmp) / "store") as store:

@@ -27,12 +27,13 @@ def main() -> None:
     ap.add_argument("--figures", type=Path, default=REPO / "docs")
     args = ap.parse_args()
 
+    from neuronatlas.indexer.api import build_index
+
     from neuronatlas.core.compare import compare_models, comparison_summary
     from neuronatlas.core.embedder import load_embedder
     from neuronatlas.core.errors import NotFound
     from neuronatlas.core.plots import comparison_figures
     from neuronatlas.core.store.edge import EdgeStore
-    from neuronatlas.indexer.api import build_index
 
     args.home.mkdir(parents=True, exist_ok=True)
     vocab = args.home / "broden.txt"

@@ -159,7 +159,7 @@ def index_cmd(ctx, model_id, source_json, kind, depth, arch_name, weights, scrip
     if probe_set.skipped:
         click.echo(f"probe set {probe_set.id}: {len(probe_set.skipped)} unreadable images skipped", err=True)
     opt = IndexOptions(layers=layer_list, k=k, batch_size=batch_size, conv_aggregation=aggregation,
-                       token_aggregation=tokens, weighted=weighted, progress=progress)
+                       token_aggregation=tokens, weighted=weighted, progress=progress, device=settings.device)
     embedder = load_embedder(settings.embedder, settings.device)
     with open_store(settings) as store:
         if source is not None:

@@ -112,7 +112,7 @@ def pool(out: torch.Tensor, conv_agg: str = "mean", token_agg: str = "cls", toke
         x = x[:, 0] if token_agg == "cls" else x.mean(dim=1)
     elif x.ndim != 2:
         raise InvalidArgument(f"cannot aggregate a layer output of shape {tuple(out.shape)}", field="layers")
-    return x.float()
+    return x.float().cpu()
 
 
 def check_aggregation(conv_agg: str, token_agg: str) -> None:

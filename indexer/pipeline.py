@@ -47,6 +47,7 @@ class IndexOptions:
     beta: float = 0.95
     checkpoint_every: int = 10  # batches between checkpoints
     workers: int = 0  # DataLoader workers for the model's forward pass
+    device: str = "cpu"  # where the model runs: cpu, cuda, cuda:1, or auto
     progress: bool = True
 
 
@@ -190,6 +191,9 @@ class IndexRun:
         self.resumed_from = state.samples_done
         if state.samples_done >= n:
             return state
+        dev = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if self.opt.device == "auto"
+                           else self.opt.device)
+        built.module.to(dev)
         tap = ActivationTap(built.module, specs, self.opt.conv_aggregation, self.opt.token_aggregation)
         bar = tqdm(total=n, initial=state.samples_done, desc=f"forward {self.model_id}", unit="img",
                    disable=not self.opt.progress)
@@ -197,7 +201,7 @@ class IndexRun:
             with torch.inference_mode():
                 for i, (start, x) in enumerate(batches(self.probe, built.input.transform(), self.opt.batch_size,
                                                         state.samples_done, self.opt.workers)):
-                    pooled = tap(x)
+                    pooled = tap(x.to(dev, non_blocking=True))
                     b = x.shape[0]
                     for name in names:
                         acts = pooled[name]

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from neuronatlas.core.errors import FailedPrecondition, InvalidArgument, WeightsUnavailable
+from neuronatlas.core.errors import FailedPrecondition, InvalidArgument, NeuronAtlasError, WeightsUnavailable
 from neuronatlas.indexer.cifar_resnet import CIFAR_MEAN, CIFAR_STD, load_cifar_resnet
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -195,6 +195,9 @@ def _timm(source: dict[str, Any]) -> BuiltModel:
         sha = state_sha256(module)
     cfg = timm.data.resolve_data_config({}, model=module)
     size = int(cfg["input_size"][-1])
+    img_size = getattr(getattr(module, "patch_embed", None), "img_size", None)  # ViTs built for another size
+    if img_size:
+        size = int(img_size[-1] if isinstance(img_size, (tuple, list)) else img_size)
     resize = int(round(size / float(cfg.get("crop_pct", 0.875))))
     default = InputSpec(size, resize, tuple(cfg["mean"]), tuple(cfg["std"]))
     return BuiltModel(module.eval(), _input_spec(source, default), f"timm:{name}", sha, "")
@@ -218,7 +221,12 @@ def _python(source: dict[str, Any]) -> BuiltModel:
         fn = getattr(importlib.import_module(mod_name), fn_name)
     except (ImportError, AttributeError) as e:
         raise InvalidArgument(f"cannot import model factory {ref!r}: {e}", field="factory") from None
-    module = _seeded(source, lambda: fn(**dict(source.get("kwargs", {}))))
+    try:
+        module = _seeded(source, lambda: fn(**dict(source.get("kwargs", {}))))
+    except NeuronAtlasError:
+        raise
+    except Exception as e:  # whatever the user's factory raises
+        raise InvalidArgument(f"model factory {ref!r} failed: {type(e).__name__}: {e}", field="factory") from None
     if not isinstance(module, nn.Module):
         raise InvalidArgument(f"model factory {ref!r} returned {type(module).__name__}, not an nn.Module", field="factory")
     arch = str(source.get("architecture", type(module).__name__))

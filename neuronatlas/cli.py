@@ -17,6 +17,7 @@ from neuronatlas.core.errors import NeuronAtlasError
 _COMMAND_MODULES = (
     "neuronatlas.indexer.cli",
     "neuronatlas.service.cli",
+    "neuronatlas.service.compare_cli",
 )
 
 

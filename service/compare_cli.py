@@ -41,9 +41,8 @@ def compare_cmd(ctx, model_a, model_b, out, layers, tau, semantic_only, pairs, n
     (out / "summary.txt").write_text(text)
     with open(out / "pairs.tsv", "w") as fh:
         fh.write("similarity\ta_layer\ta_unit\ta_label\tb_layer\tb_unit\tb_label\n")
-        for p in cmp.page(0, cmp.pairs_total):
-            fh.write(f"{p.similarity:.5f}\t{p.a_layer}\t{p.a_unit}\t{p.a_label}\t"
-                     f"{p.b_layer}\t{p.b_unit}\t{p.b_label}\n")
+        fh.writelines(f"{p.similarity:.5f}\t{p.a_layer}\t{p.a_unit}\t{p.a_label}\t"
+                     f"{p.b_layer}\t{p.b_unit}\t{p.b_label}\n" for p in cmp.page(0, cmp.pairs_total))
     figures = comparison_figures(cmp, out)
     click.echo(text)
     click.echo("wrote " + ", ".join(str(p) for p in [out / "summary.txt", out / "pairs.tsv", *figures]))

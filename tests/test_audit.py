@@ -11,7 +11,14 @@ from click.testing import CliRunner
 from neuronatlas.core.audit import audit_model, audit_summary
 from neuronatlas.core.embedder.base import Embedder
 from neuronatlas.core.errors import EmbedderMismatch, InvalidArgument, NotFound
-from neuronatlas.core.records import EmbedderInfo, LayerInfo, ModelEntry, ModelStatus, NeuronRecord, TopSample
+from neuronatlas.core.records import (
+    EmbedderInfo,
+    LayerInfo,
+    ModelEntry,
+    ModelStatus,
+    NeuronRecord,
+    TopSample,
+)
 
 VALID = ["asymmetry", "border irregularity", "colour variation", "diameter", "evolution"]
 SPURIOUS = ["ruler", "band-aid", "skin marker", "hair"]
@@ -129,11 +136,12 @@ def test_audit_errors(store):
 
 
 def test_cli_audit_writes_report(tmp_path, home):
+    from neuronatlas.service.compare_cli import COMMANDS
+
     from neuronatlas.cli import cli
     from neuronatlas.core.embedder import load_embedder
     from neuronatlas.core.embedder.openclip import register_tiny_config
     from neuronatlas.core.store.edge import EdgeStore
-    from neuronatlas.service.compare_cli import COMMANDS
 
     register_tiny_config()
     spec = "open_clip:na-tiny:random:0"

@@ -9,12 +9,27 @@ import pytest
 from click.testing import CliRunner
 
 from neuronatlas.core.compare import (
-    BlockStats, ModelSide, ModelVectors, block_stats, cka_matrix, compare_models, depth_alignment,
-    linear_cka, match_neurons, semantic_view, spearman,
+    BlockStats,
+    ModelSide,
+    ModelVectors,
+    block_stats,
+    cka_matrix,
+    compare_models,
+    depth_alignment,
+    linear_cka,
+    match_neurons,
+    semantic_view,
+    spearman,
 )
 from neuronatlas.core.errors import FailedPrecondition, InvalidArgument, NotFound, NotIndexed
 from neuronatlas.core.records import (
-    EmbedderInfo, Label, LayerInfo, ModelEntry, ModelStatus, NeuronRecord, TopSample,
+    EmbedderInfo,
+    Label,
+    LayerInfo,
+    ModelEntry,
+    ModelStatus,
+    NeuronRecord,
+    TopSample,
 )
 from neuronatlas.core.sketches import load_sketch, save_sketch
 
@@ -267,8 +282,9 @@ def test_compare_models_errors(store, home):
 
 
 def test_cli_compare_writes_report(store, home, tmp_path):
-    from neuronatlas.cli import cli
     from neuronatlas.service.compare_cli import COMMANDS
+
+    from neuronatlas.cli import cli
 
     _two_models(store, home)
     store.close()  # the CLI opens the embedded store itself

@@ -266,7 +266,7 @@ def test_bad_inputs_raise_clear_errors_and_write_nothing(zoo, embedder, cifar_di
 
 # ------------------------------------------------------------------------------------------
 def _run_worker(home: Path, weights: Path, cifar_dir: Path, vocab: Path) -> subprocess.Popen:
-    env = dict(os.environ, SLOW_RESNET_DELAY="0.15",
+    env = dict(os.environ, SLOW_RESNET_DELAY="0.3", OMP_NUM_THREADS="1",
                PYTHONPATH=os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]))
     return subprocess.Popen([sys.executable, __file__, str(home), str(weights), str(cifar_dir), str(vocab)], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -281,7 +281,7 @@ def _index_slow(home: Path, weights: Path, cifar_dir: Path, vocab: Path, embedde
     with EdgeStore(home / "store") as store:
         entry = build_index(store, embedder, model_id="slow", source=_slow_source(weights), probe_dir=cifar_dir,
                             probe_name="cifar-small", home=home, vocabularies={"broden": vocab}, k=K,
-                            probe_limit=N_PROBE, batch_size=8, progress=False, checkpoint_every=1)
+                            probe_limit=N_PROBE, batch_size=20, progress=False, checkpoint_every=1)
         records = {r.point_id: r for r in store.scroll_neurons("slow")}
         total = store.count()
     return entry, records, total

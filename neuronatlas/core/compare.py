@@ -9,8 +9,9 @@ concepts shared by matched neurons and unique to unmatched ones.
 
 Noise floor of the semantic view: the same statistics with one side's vectors randomly rotated
 about the common mean direction (each vector keeps its cosine to the mean, i.e. how "typical" it
-is, but loses its content), estimated on a layer-stratified sample of neurons against all of the
-other model.
+is, but loses its content). Small problems use every neuron; large ones a layer-stratified
+sample of each side against all of the other model (the matching floor is then an upper bound,
+since sampled neurons compete for partners less).
 
 **Activation view** (activation sketches saved at index time, ``core.sketches``): linear CKA layer
 x layer on the same probe samples, and its depth alignment. Noise floor: CKA with B's samples
@@ -112,6 +113,8 @@ class SemanticView:
     coverage_b: Score
     tau: float
     matching_method: str  # "hungarian" (exact, full matrix) or "sparse-assignment"
+    null_exact: bool  # floor computed on every neuron (else on a layer-stratified sample; the
+    #                   matching floor is then an upper bound: sampled rows compete less)
     match_a: np.ndarray  # (P,) rows of A, pairs sorted by similarity, best first
     match_b: np.ndarray  # (P,) rows of B
     match_sim: np.ndarray  # (P,)
@@ -407,8 +410,12 @@ def semantic_view(a: ModelVectors, b: ModelVectors, tau: float | None = None, nu
 
     # noise floor: rotated samples of each side against all of the other side
     mean_dir = np.concatenate([a.vectors, b.vectors]).mean(axis=0)
-    rows_a, offs_a = stratified_rows(a.bounds, null_samples, rng)
-    rows_b, offs_b = stratified_rows(b.bounds, null_samples, rng)
+    null_exact = n_a * n_b <= dense_limit  # small enough: the floor on every neuron, like for like
+    if null_exact:
+        rows_a, offs_a, rows_b, offs_b = np.arange(n_a), a.bounds, np.arange(n_b), b.bounds
+    else:
+        rows_a, offs_a = stratified_rows(a.bounds, null_samples, rng)
+        rows_b, offs_b = stratified_rows(b.bounds, null_samples, rng)
     na = block_stats(rotation_null(a.vectors[rows_a], mean_dir, rng), offs_a, b.vectors, b.bounds, chunk=chunk,
                      keep_full=len(rows_a) * n_b <= dense_limit)
     nb = block_stats(rotation_null(b.vectors[rows_b], mean_dir, rng), offs_b, a.vectors, a.bounds, chunk=chunk)
@@ -428,7 +435,7 @@ def semantic_view(a: ModelVectors, b: ModelVectors, tau: float | None = None, nu
         matching=Score(float(ms.mean()) if len(ms) else 0.0, float(ms0.mean()) if len(ms0) else 0.0),
         coverage_a=Score(float((best_a >= tau).mean()), float((null_a >= tau).mean())),
         coverage_b=Score(float((best_b >= tau).mean()), float((null_b >= tau).mean())),
-        tau=float(tau), matching_method=method, match_a=ma, match_b=mb, match_sim=ms,
+        tau=float(tau), matching_method=method, null_exact=bool(null_exact), match_a=ma, match_b=mb, match_sim=ms,
         shared=shared, unique_a=unique_a, unique_b=unique_b)
 
 
@@ -549,7 +556,7 @@ def compare_models(store, model_a: str, model_b: str, layers: list[str] | None =
 
 def _paged(cmp: Comparison, offset: int, limit: int) -> Comparison:
     cmp.pairs = cmp.page(offset, limit)
-    cmp.pairs_total = int(len(cmp.semantic.match_sim))
+    cmp.pairs_total = len(cmp.semantic.match_sim)
     return cmp
 
 
@@ -636,7 +643,8 @@ def comparison_summary(cmp: Comparison, pairs: int = 15) -> str:
              _score("depth alignment rho (A->B)", al.rho) + f"   permutation p {al.p_value:.4f}",
              _score("depth alignment rho (B->A)", s.alignment_b.rho) + f"   permutation p {s.alignment_b.p_value:.4f}",
              _score("mean best-match cosine (A->B)", s.best_match),
-             _score(f"one-to-one matching ({s.matching_method})", s.matching),
+             _score(f"one-to-one matching ({s.matching_method})", s.matching)
+             + ("" if s.null_exact else "   (floor from a sample: upper bound)"),
              _score(f"coverage of A (tau {s.tau:.3f})", s.coverage_a, "{:.1%}"),
              _score(f"coverage of B (tau {s.tau:.3f})", s.coverage_b, "{:.1%}")]
     if cmp.activation is not None:

@@ -30,19 +30,18 @@ def _ticks(ax, names: list[str], axis: str, max_ticks: int = 30) -> None:
 
 def heatmap_pair(matrix: np.ndarray, baseline: np.ndarray, rows: list[str], cols: list[str],
                  title: str, row_name: str, col_name: str, path: Path) -> Path:
-    """Layer x layer matrix beside its noise-floor version, on one colour scale."""
+    """Layer x layer matrix beside its noise-floor version (each with its own colour scale, so
+    the structure of both shows; the numbers are in the text summary)."""
     plt = _pyplot()
-    lo = float(min(matrix.min(), baseline.min()))
-    hi = float(max(matrix.max(), baseline.max()))
-    fig, axes = plt.subplots(1, 2, figsize=(11, 5), constrained_layout=True)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 5), constrained_layout=True)
     for ax, m, sub in ((axes[0], matrix, "observed"), (axes[1], baseline, "noise floor")):
-        im = ax.imshow(m, aspect="auto", origin="lower", vmin=lo, vmax=hi, cmap="viridis")
+        im = ax.imshow(m, aspect="auto", origin="lower", cmap="viridis")
         ax.set_title(f"{title}: {sub}", fontsize=9)
         ax.set_xlabel(col_name)
         ax.set_ylabel(row_name)
         _ticks(ax, cols, "x")
         _ticks(ax, rows, "y")
-    fig.colorbar(im, ax=axes, shrink=0.8)
+        fig.colorbar(im, ax=ax, shrink=0.8)
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return Path(path)

@@ -236,6 +236,9 @@ class Atlas:
         if not fresh and cached is not None and now - cached[0] < self._catalogue_ttl_s:
             return cached[1]
         with self._catalogue_lock:
+            cached = self._catalogue  # another thread may have refreshed it meanwhile
+            if not fresh and cached is not None and time.monotonic() - cached[0] < self._catalogue_ttl_s:
+                return cached[1]
             models = {m.model_id: m for m in self.store.list_models()}
             self._catalogue = (time.monotonic(), models)
         return models
