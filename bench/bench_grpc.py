@@ -166,7 +166,9 @@ def main() -> None:
                     help="text embedder for text queries (random weights: same cost as the real model)")
     ap.add_argument("--concurrency", type=int, default=32)
     ap.add_argument("--requests", type=int, default=3000, help="requests per warm scenario")
+    ap.add_argument("--group-requests", type=int, default=300, help="requests per per-model scenario")
     ap.add_argument("--cold-requests", type=int, default=300)
+    ap.add_argument("--workdir", type=Path, default=WORK, help="where the synthetic store is cached")
     ap.add_argument("--recall-queries", type=int, default=200)
     ap.add_argument("--workers", type=int, default=32, help="server RPC threads")
     ap.add_argument("--rebuild", action="store_true")
@@ -182,7 +184,7 @@ def main() -> None:
     if info.dim != args.dim:
         raise SystemExit(f"--dim {args.dim} differs from the embedder's dimension {info.dim}")
     units, _ = layout(args.neurons)
-    store = WORK / f"grpc-{args.neurons}-{args.dim}"
+    store = args.workdir / f"grpc-{args.neurons}-{args.dim}"
     marker = store / "bench.json"
     vectors = synthetic_vectors(args.neurons, args.dim, seed=0)
     build_s = None
@@ -196,7 +198,7 @@ def main() -> None:
     else:
         build_s = json.loads(marker.read_text()).get("build_s")
 
-    port_file = WORK / "port"
+    port_file = args.workdir / f"port-{os.getpid()}"
     port_file.unlink(missing_ok=True)
     proc = subprocess.Popen([sys.executable, __file__, "--serve", str(store), str(port_file),
                              "--embedder", args.embedder, "--workers", str(args.workers)])
@@ -214,14 +216,16 @@ def main() -> None:
                                                        "tall")] * 8
         cases = []
         vec_reqs = [pb.SearchNeuronsRequest(vector=pb.Vector(values=v), top_k=10) for v in qvec[: args.requests]]
+        n_grp = max(args.group_requests, min(args.recall_queries, args.requests))
         grp_reqs = [pb.SearchNeuronsRequest(vector=pb.Vector(values=v), top_k=100, per_model=1, page_size=100)
-                    for v in qvec[: args.requests]]
+                    for v in qvec[:n_grp]]
         txt = [texts[i] for i in rng.integers(0, len(texts), args.requests)]
         cases.append(("vector", "unfiltered, top_k=10", vec_reqs))
         cases.append(("vector", "per_model=1, 100 models", grp_reqs))
         cases.append(("text (cached)", "unfiltered, top_k=10", [pb.SearchNeuronsRequest(text=t, top_k=10) for t in txt]))
         cases.append(("text (cached)", "per_model=1, 100 models",
-                      [pb.SearchNeuronsRequest(text=t, top_k=100, per_model=1, page_size=100) for t in txt]))
+                      [pb.SearchNeuronsRequest(text=t, top_k=100, per_model=1, page_size=100)
+                       for t in txt[: args.group_requests]]))
         cold = [pb.SearchNeuronsRequest(text=f"cold query number {i} about {texts[i % 8][22:]}", top_k=10)
                 for i in range(args.cold_requests)]
         cases.append(("text (cold)", "unfiltered, top_k=10", cold))
@@ -256,11 +260,14 @@ def main() -> None:
         proc.wait(timeout=60)
 
     size = sum(f.stat().st_blocks * 512 for f in store.rglob("*") if f.is_file())
+    load = os.getloadavg()[0]
     header = (f"## {args.neurons:,} neurons, dim {args.dim}, {MODELS} models, {args.concurrency} concurrent clients\n\n"
               f"Host: {platform.machine()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}; "
-              f"server and load generator on the same host. Store {size / 2**20:.0f} MiB on disk, "
+              f"server and load generator on the same host; load average {load:.1f} at the end (the host "
+              f"is shared with other jobs). Store {size / 2**20:.0f} MiB on disk, "
               f"built in {build_s:.0f} s (write + HNSW). Text embedder `{args.embedder}` on CPU.\n\n"
-              f"Command: `python bench/bench_grpc.py --neurons {args.neurons} --requests {args.requests}`\n\n")
+              f"Command: `python bench/bench_grpc.py --neurons {args.neurons} --requests {args.requests} "
+              f"--group-requests {args.group_requests} --cold-requests {args.cold_requests}`\n\n")
     table = ["| query | mode | requests | p50 ms | p99 ms | throughput q/s |", "|---|---|---|---|---|---|"]
     for kind, mode, s in rows:
         table.append(f"| {kind} | {mode} | {s['n']} | {s['p50_ms']:.2f} | {s['p99_ms']:.2f} | {s['qps']:.0f} |")

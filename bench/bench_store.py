@@ -15,6 +15,7 @@ Prints a markdown table and appends it to bench/results/store.md (``--out``).
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import shutil
 import sys
@@ -46,7 +47,9 @@ def make_data(n: int, n_queries: int, dim: int, centres: int, intrinsic: int, se
             k = min(100_000, m - i)
             x = c[rng.integers(0, centres, k)]
             if basis is not None:
-                x = x + 0.5 * rng.standard_normal((k, intrinsic)).astype(np.float32) @ basis * np.sqrt(dim / intrinsic)
+                x = x + 0.5 * rng.standard_normal((k, intrinsic)).astype(
+                    np.float32
+                ) @ basis * np.sqrt(dim / intrinsic)
                 x = x + 0.05 * rng.standard_normal((k, dim)).astype(np.float32) / np.sqrt(dim)
             else:
                 x = x + 0.6 * rng.standard_normal((k, dim)).astype(np.float32) / np.sqrt(dim)
@@ -71,7 +74,8 @@ def exact_topk(x: np.ndarray, q: np.ndarray, k: int, mask: np.ndarray | None = N
 
 def records(x: np.ndarray, models: int, start: int, stop: int) -> list[NeuronRecord]:
     return [
-        NeuronRecord(f"m{i % models:03d}", "l", 0, 0.5, i // models, x[i], clarity=0.5) for i in range(start, stop)
+        NeuronRecord(f"m{i % models:03d}", "l", 0, 0.5, i // models, x[i], clarity=0.5)
+        for i in range(start, stop)
     ]
 
 
@@ -107,7 +111,11 @@ def recall(found: list[list[str]], truth: np.ndarray, models: int) -> float:
 
 
 def row(name, n, lat, rec, upsert=None, opt=None):
-    ups = f"{n / (upsert + opt):,.0f}/s ({upsert:.0f}s + opt {opt:.0f}s)" if upsert is not None else ""
+    ups = (
+        f"{n / (upsert + opt):,.0f}/s ({upsert:.0f}s + opt {opt:.0f}s)"
+        if upsert is not None
+        else ""
+    )
     return f"| {name} | {n:,} | {ups} | {np.percentile(lat, 50):.2f} | {np.percentile(lat, 99):.2f} | {rec:.3f} |"
 
 
@@ -150,24 +158,53 @@ def bench_edge(n, args, x, q, truth, truth_f, qmodel, best, lines) -> None:
     store = EdgeStore(work)
     store.hnsw_m, store.hnsw_ef_construct = args.m, args.ef_construct
     up, opt = fill(store, x, args.models, args.dim)
-    print(f"edge: upsert {up:.1f}s, optimize {opt:.1f}s, size {store.size_bytes() / 2**20:.0f} MiB", flush=True)
+    print(
+        f"edge: upsert {up:.1f}s, optimize {opt:.1f}s, size {store.size_bytes() / 2**20:.0f} MiB",
+        flush=True,
+    )
     for ef in args.ef:
         store.search_ef = ef
         res, lat = timed(lambda v: [h.record.key for h in store.search(v, limit=k)], q)
-        lines.append(row(f"edge (m={args.m}, ef_construct={args.ef_construct}, ef={ef})", n, lat, recall(res, truth, args.models), up, opt))
-        print(lines[-1], flush=True)
-        it = iter(qmodel)
-        res, lat = timed(
-            lambda v: [h.record.key for h in store.search(v, limit=k, flt=SearchFilter(model_ids=(f"m{next(it):03d}",)))], q
+        lines.append(
+            row(
+                f"edge (m={args.m}, ef_construct={args.ef_construct}, ef={ef})",
+                n,
+                lat,
+                recall(res, truth, args.models),
+                up,
+                opt,
+            )
         )
-        lines.append(row(f"edge, filtered by one model (ef={ef})", n, lat, recall(res, truth_f, args.models)))
+        print(lines[-1], flush=True)
+        flts = [SearchFilter(model_ids=(f"m{m:03d}",)) for m in qmodel]
+        res, lat = timed(
+            lambda qf: [h.record.key for h in store.search(qf[0], limit=k, flt=qf[1])],
+            list(zip(q, flts)),
+        )
+        lines.append(
+            row(f"edge, filtered by one model (ef={ef})", n, lat, recall(res, truth_f, args.models))
+        )
         print(lines[-1], flush=True)
     store.search_ef = args.ef[-1]
-    res, lat = timed(lambda v: [h.record.key for h in store.search_per_model(v, per_model=1, max_models=k)], q)
-    lines.append(row(f"edge, per model (per_model=1, {args.models} models, ef={store.search_ef})", n, lat, recall(res, best, args.models)))
+    res, lat = timed(
+        lambda v: [h.record.key for h in store.search_per_model(v, per_model=1, max_models=k)], q
+    )
+    lines.append(
+        row(
+            f"edge, per model (per_model=1, {args.models} models, ef={store.search_ef})",
+            n,
+            lat,
+            recall(res, best, args.models),
+        )
+    )
     print(lines[-1], flush=True)
-    res, lat = timed(lambda v: [h.record.key for h in store.search(v, limit=k, exact=True)], q[: min(len(q), 100)])
-    lines.append(row("edge exact=True (100 queries)", n, lat, recall(res, truth[: len(res)], args.models)))
+    res, lat = timed(
+        lambda v: [h.record.key for h in store.search(v, limit=k, exact=True)],
+        q[: min(len(q), 100)],
+    )
+    lines.append(
+        row("edge exact=True (100 queries)", n, lat, recall(res, truth[: len(res)], args.models))
+    )
     print(lines[-1], flush=True)
     store.close()
     shutil.rmtree(work, ignore_errors=True)
@@ -182,24 +219,48 @@ def bench_remote(n, args, x, q, truth, lines) -> None:
     rstore = RemoteStore(QdrantClient(":memory:"))
     up, opt = fill(rstore, x, args.models, args.dim)
     res, lat = timed(lambda v: [h.record.key for h in rstore.search(v, limit=k)], q)
-    lines.append(row("qdrant-client :memory: (brute force test double)", n, lat, recall(res, truth, args.models), up, opt))
+    lines.append(
+        row(
+            "qdrant-client :memory: (brute force test double)",
+            n,
+            lat,
+            recall(res, truth, args.models),
+            up,
+            opt,
+        )
+    )
     print(lines[-1], flush=True)
     rstore.close()
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sizes", default="100000", help="comma-separated store sizes, e.g. 100000,1000000")
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--sizes", default="100000", help="comma-separated store sizes, e.g. 100000,1000000"
+    )
     ap.add_argument("--dim", type=int, default=512)
     ap.add_argument("--models", type=int, default=100)
     ap.add_argument("--centres", type=int, default=1000)
-    ap.add_argument("--intrinsic-dim", type=int, default=32, help="noise subspace dimension (0: isotropic)")
+    ap.add_argument(
+        "--intrinsic-dim", type=int, default=32, help="noise subspace dimension (0: isotropic)"
+    )
     ap.add_argument("--queries", type=int, default=500)
     ap.add_argument("--m", type=int, default=QdrantStoreBase.hnsw_m)
     ap.add_argument("--ef-construct", type=int, default=QdrantStoreBase.hnsw_ef_construct)
-    ap.add_argument("--ef", default=str(QdrantStoreBase.search_ef), help="search ef values to try, e.g. 64,128")
-    ap.add_argument("--backends", default="numpy,edge,remote", help="which of numpy,edge,remote to run")
-    ap.add_argument("--remote-max", type=int, default=100_000, help="largest N also run on qdrant-client :memory:")
+    ap.add_argument(
+        "--ef", default=str(QdrantStoreBase.search_ef), help="search ef values to try, e.g. 64,128"
+    )
+    ap.add_argument(
+        "--backends", default="numpy,edge,remote", help="which of numpy,edge,remote to run"
+    )
+    ap.add_argument(
+        "--remote-max",
+        type=int,
+        default=100_000,
+        help="largest N also run on qdrant-client :memory:",
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workdir", default=str(ROOT / "_work"))
     ap.add_argument("--out", default=str(ROOT / "results" / "store.md"))
@@ -208,9 +269,18 @@ def main() -> None:
     lines = [
         f"### bench_store: {' '.join(sys.argv[1:]) or '(defaults)'}",
         "",
-        f"{platform.node()} · {platform.processor() or platform.machine()} · "
-        f"{__import__('os').cpu_count()} CPUs · dim {args.dim} · {args.centres} centres, intrinsic dim "
-        f"{args.intrinsic_dim} · {args.models} models · {args.queries} queries · {time.strftime('%Y-%m-%d %H:%M')}",
+        " · ".join(
+            [
+                platform.node(),
+                platform.processor() or platform.machine(),
+                f"{os.cpu_count()} CPUs (load avg at start {os.getloadavg()[0]:.1f}, shared machine)",
+                f"dim {args.dim}",
+                f"{args.centres} centres, intrinsic dim {args.intrinsic_dim}",
+                f"{args.models} models",
+                f"{args.queries} queries",
+                time.strftime("%Y-%m-%d %H:%M"),
+            ]
+        ),
         "",
         "| backend | N | upsert throughput (incl. optimize) | p50 ms | p99 ms | recall@10 |",
         "|---|---|---|---|---|---|",

@@ -6,12 +6,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from neuronatlas.core.errors import AlreadyExists, NotFound
-from neuronatlas.core.records import ModelEntry, ModelStatus, validate_model_id
-from neuronatlas.core.store import KnowledgeStore
 from neuronatlas.indexer.pipeline import IndexOptions, index_model
 from neuronatlas.indexer.probes import open_probe_set
 from neuronatlas.indexer.sources import build_model
+
+from neuronatlas.core.errors import AlreadyExists, NotFound
+from neuronatlas.core.records import ModelEntry, ModelStatus, validate_model_id
+from neuronatlas.core.store import KnowledgeStore
 
 _PATH_KEYS = ("weights", "path")
 

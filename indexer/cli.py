@@ -77,8 +77,9 @@ def source_from_options(source_json, kind, depth, arch_name, weights, script_pat
 def register_cmd(ctx, model_id, source_json, kind, depth, arch_name, weights, script_path, factory, input_size,
                  mean, std, display_name, training_data, tags, replace):
     """Register a model in the catalogue (loads it once to check the weights)."""
-    from neuronatlas.core.store import open_store
     from neuronatlas.indexer.api import register_model
+
+    from neuronatlas.core.store import open_store
 
     source = source_from_options(source_json, kind, depth, arch_name, weights, script_path, factory, input_size,
                                  mean, std)
@@ -134,11 +135,12 @@ def index_cmd(ctx, model_id, source_json, kind, depth, arch_name, weights, scrip
               std, probe, vocabs, layers, k, limit, batch_size, aggregation, tokens, weighted, progress):
     """Index (or re-index, or resume) MODEL_ID: registered already, or registered here from
     the source options."""
-    from neuronatlas.core.embedder import load_embedder
-    from neuronatlas.core.store import open_store
     from neuronatlas.indexer.api import register_model
     from neuronatlas.indexer.pipeline import IndexOptions, index_model
     from neuronatlas.indexer.probes import load_probe_set, open_probe_set
+
+    from neuronatlas.core.embedder import load_embedder
+    from neuronatlas.core.store import open_store
 
     settings = _settings(ctx)
     source = source_from_options(source_json, kind, depth, arch_name, weights, script_path, factory, input_size,
@@ -148,7 +150,7 @@ def index_cmd(ctx, model_id, source_json, kind, depth, arch_name, weights, scrip
         name, sep, file = v.partition("=")
         path = Path(file if sep else v).expanduser()
         vocabularies[name if sep else path.stem] = path
-    layer_list = [l.strip() for item in layers for l in item.split(",") if l.strip()] or None
+    layer_list = [name.strip() for item in layers for name in item.split(",") if name.strip()] or None
     folder = Path(probe).expanduser()
     if folder.is_dir():
         probe_set = open_probe_set(settings.home, _probe_name(folder, limit), folder, limit, progress=progress)
@@ -175,9 +177,10 @@ def index_cmd(ctx, model_id, source_json, kind, depth, arch_name, weights, scrip
 @click.pass_context
 def show_cmd(ctx, neuron, out):
     """Draw NEURON (MODEL/LAYER/UNIT): its top probe images, activations and labels."""
+    from neuronatlas.indexer.grid import show_neuron
+
     from neuronatlas.core.records import parse_neuron_key
     from neuronatlas.core.store import open_store
-    from neuronatlas.indexer.grid import show_neuron
 
     model_id, layer, unit = parse_neuron_key(neuron)
     settings = _settings(ctx)

@@ -6,12 +6,12 @@ import math
 import textwrap
 from pathlib import Path
 
+from neuronatlas.indexer.probes import load_probe_set
 from PIL import Image
 
 from neuronatlas.core.errors import FailedPrecondition
 from neuronatlas.core.records import NeuronRecord
 from neuronatlas.core.store import KnowledgeStore
-from neuronatlas.indexer.probes import load_probe_set
 
 
 def probe_root(store: KnowledgeStore, home: Path, model_id: str) -> Path:
@@ -27,7 +27,7 @@ def _caption(record: NeuronRecord) -> str:
     parts = [f"{record.key}  (depth {record.depth:.2f}, clarity {record.clarity:.2f}, "
              f"polysemanticity {record.polysemanticity:.2f}, redundancy {record.redundancy:.2f})"]
     for vocab, labels in record.labels.items():
-        parts.append(f"{vocab}: " + ", ".join(f"{l.label} ({l.score:.3f})" for l in labels))
+        parts.append(f"{vocab}: " + ", ".join(f"{lab.label} ({lab.score:.3f})" for lab in labels))
     if record.label_set:
         parts.append("label set: " + ", ".join(record.label_set))
     return "\n".join(textwrap.fill(p, 110) for p in parts)

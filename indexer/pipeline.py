@@ -21,6 +21,10 @@ from typing import Any
 
 import numpy as np
 import torch
+from neuronatlas.indexer.layers import ActivationTap, LayerSpec, check_aggregation, resolve_layers
+from neuronatlas.indexer.probes import ProbeSet, batches, embedder_key, probe_embeddings
+from neuronatlas.indexer.runstate import ForwardState, RunDir, RunRecord, fingerprint
+from neuronatlas.indexer.sources import BuiltModel, build_model
 from tqdm import tqdm
 
 from neuronatlas.core import labels as labels_mod
@@ -29,10 +33,6 @@ from neuronatlas.core.errors import FailedPrecondition, InvalidArgument, NotFoun
 from neuronatlas.core.records import LayerInfo, ModelEntry, ModelStatus, NeuronRecord, TopSample
 from neuronatlas.core.sketches import SKETCH_SAMPLES, delete_sketches, save_sketch
 from neuronatlas.core.store import KnowledgeStore
-from neuronatlas.indexer.layers import ActivationTap, LayerSpec, check_aggregation, resolve_layers
-from neuronatlas.indexer.probes import ProbeSet, batches, embedder_key, probe_embeddings
-from neuronatlas.indexer.runstate import ForwardState, RunDir, RunRecord, fingerprint
-from neuronatlas.indexer.sources import BuiltModel, build_model
 
 
 @dataclass

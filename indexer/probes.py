@@ -60,28 +60,30 @@ class ProbeSet:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "ProbeSet":
+    def from_dict(cls, d: dict[str, Any]) -> ProbeSet:
         return cls(d["name"], Path(d["root"]), list(d["files"]), d["sha256"], list(d.get("skipped", [])),
                    d.get("limit"), d.get("signature", ""))
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so readers see the old file or the whole new one."""
+def atomic_write_bytes(path: Path, data: bytes, durable: bool = True) -> None:
+    """Write ``data`` to ``path`` so readers see the old file or the whole new one (also after
+    kill -9). ``durable`` also fsyncs, to survive a power cut."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
-def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, json.dumps(obj, indent=1, sort_keys=True).encode())
+def atomic_write_json(path: Path, obj: Any, durable: bool = True) -> None:
+    atomic_write_bytes(path, json.dumps(obj, indent=1, sort_keys=True).encode(), durable)
 
 
 def _image_files(folder: Path) -> list[str]:

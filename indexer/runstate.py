@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from neuronatlas.indexer.probes import atomic_write_bytes, atomic_write_json
 from neuronatlas.indexer.topk import RunningStats, StreamingTopK
 
@@ -38,7 +37,7 @@ class ForwardState:
     samples_done: int = 0
 
     @classmethod
-    def fresh(cls, units: dict[str, int], k: int, sketch_samples: int) -> "ForwardState":
+    def fresh(cls, units: dict[str, int], k: int, sketch_samples: int) -> ForwardState:
         return cls(
             {n: StreamingTopK(u, k) for n, u in units.items()},
             {n: RunningStats(u) for n, u in units.items()},
@@ -70,7 +69,7 @@ class RunDir:
             return None
 
     def save_record(self, rec: RunRecord) -> None:
-        atomic_write_json(self.record_path, rec.__dict__)
+        atomic_write_json(self.record_path, rec.__dict__, durable=False)  # rename is enough for kill -9
 
     def save_state(self, state: ForwardState) -> None:
         arrays: dict[str, np.ndarray] = {"samples_done": np.array(state.samples_done)}
@@ -84,7 +83,7 @@ class RunDir:
             arrays[f"{i}.sketch"] = state.sketch[n]
         buf = io.BytesIO()
         np.savez(buf, **arrays)
-        atomic_write_bytes(self.state_path, buf.getvalue())
+        atomic_write_bytes(self.state_path, buf.getvalue(), durable=False)
 
     def load_state(self, layer_names: list[str]) -> ForwardState | None:
         """The checkpointed state, or None if absent or for other layers."""

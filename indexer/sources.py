@@ -23,10 +23,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from neuronatlas.indexer.cifar_resnet import CIFAR_MEAN, CIFAR_STD, load_cifar_resnet
 from torch import nn
 
-from neuronatlas.core.errors import FailedPrecondition, InvalidArgument, NeuronAtlasError, WeightsUnavailable
-from neuronatlas.indexer.cifar_resnet import CIFAR_MEAN, CIFAR_STD, load_cifar_resnet
+from neuronatlas.core.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NeuronAtlasError,
+    WeightsUnavailable,
+)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -55,7 +55,7 @@ class StreamingTopK:
         return {"values": self.values.numpy(), "indices": self.indices.numpy(), "seen": np.array(self.seen)}
 
     @classmethod
-    def from_state(cls, state: dict[str, np.ndarray]) -> "StreamingTopK":
+    def from_state(cls, state: dict[str, np.ndarray]) -> StreamingTopK:
         values = torch.from_numpy(np.array(state["values"], dtype=np.float32))
         obj = cls(values.shape[0], values.shape[1])
         obj.values = values
@@ -107,7 +107,7 @@ class RunningStats:
                 "positive": self.positive}
 
     @classmethod
-    def from_state(cls, state: dict[str, np.ndarray]) -> "RunningStats":
+    def from_state(cls, state: dict[str, np.ndarray]) -> RunningStats:
         obj = cls(len(state["mean"]))
         obj.n = int(state["n"])
         obj.mean, obj.m2 = np.array(state["mean"]), np.array(state["m2"])

@@ -23,7 +23,10 @@ def test_defaults(home: Path):
 
 
 def test_file_in_home_is_read(home: Path):
-    write(home / "config.toml", '[neuronatlas]\nembedder = "open_clip:RN50:openai"\nshard_number = 3\ntls = true\n')
+    write(
+        home / "config.toml",
+        '[neuronatlas]\nembedder = "open_clip:RN50:openai"\nshard_number = 3\ntls = true\n',
+    )
     s = load_settings()
     assert s.embedder == "open_clip:RN50:openai" and s.shard_number == 3 and s.tls is True
     assert s.backend == "edge"  # untouched keys keep their defaults
@@ -37,7 +40,10 @@ def test_file_without_table_header(home: Path):
 
 
 def test_precedence_flags_over_env_over_file(home: Path, monkeypatch: pytest.MonkeyPatch):
-    write(home / "config.toml", '[neuronatlas]\ndevice = "file"\nembedder = "file-emb"\ncollection_prefix = "file"\n')
+    write(
+        home / "config.toml",
+        '[neuronatlas]\ndevice = "file"\nembedder = "file-emb"\ncollection_prefix = "file"\n',
+    )
     monkeypatch.setenv("NEURONATLAS_DEVICE", "env")
     monkeypatch.setenv("NEURONATLAS_EMBEDDER", "env-emb")
     s = load_settings(device="flag", embedder=None)
@@ -57,7 +63,9 @@ def test_env_types_are_coerced(home: Path, monkeypatch: pytest.MonkeyPatch):
     assert s.store_path == home / "x" and s.api_key == ""
 
 
-def test_explicit_config_file_and_env_config(home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+def test_explicit_config_file_and_env_config(
+    home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
     write(home / "config.toml", 'device = "home"\n')
     via_env = write(tmp_path / "env.toml", 'device = "env-file"\n')
     explicit = write(tmp_path / "explicit.toml", 'device = "explicit"\n')
@@ -111,14 +119,21 @@ def test_flag_and_env_errors(home: Path, tmp_path: Path, monkeypatch: pytest.Mon
         load_settings()
 
 
-@pytest.mark.xfail(strict=True, reason="config.py ignores a NEURONATLAS_CONFIG that names a missing file (reported)")
-def test_missing_env_config_file_is_an_error(home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+@pytest.mark.xfail(
+    strict=True,
+    reason="config.py ignores a NEURONATLAS_CONFIG that names a missing file (reported)",
+)
+def test_missing_env_config_file_is_an_error(
+    home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
     monkeypatch.setenv("NEURONATLAS_CONFIG", str(tmp_path / "typo.toml"))
     with pytest.raises(InvalidArgument):
         load_settings()
 
 
-@pytest.mark.xfail(strict=True, reason="config.py reads any unknown bool string as False (reported)")
+@pytest.mark.xfail(
+    strict=True, reason="config.py reads any unknown bool string as False (reported)"
+)
 def test_invalid_bool_is_an_error(home: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("NEURONATLAS_TLS", "ture")
     with pytest.raises(InvalidArgument):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -82,8 +83,9 @@ def embedder():
 @pytest.fixture(scope="module")
 def zoo(tmp_path_factory, embedder, cifar_dir, cifar_models, vocab):
     """resnet20 then resnet32 indexed into one store; yields (store, home, entries, calls)."""
-    from neuronatlas.core.store.edge import EdgeStore
     from neuronatlas.indexer.api import build_index
+
+    from neuronatlas.core.store.edge import EdgeStore
 
     home = tmp_path_factory.mktemp("zoo")
     store = EdgeStore(home / "store")
@@ -104,11 +106,11 @@ def zoo(tmp_path_factory, embedder, cifar_dir, cifar_models, vocab):
 def test_records_have_one_neuron_per_channel_and_sane_fields(zoo, cifar_dir):
     store, _, entries, _ = zoo
     entry = entries[20]
-    assert [l.neurons for l in entry.layers][:3] == [16, 16, 16]
+    assert [lay.neurons for lay in entry.layers][:3] == [16, 16, 16]
     assert entry.layers[-1].name == "linear" and entry.layers[-1].neurons == 10
     assert entry.neuron_count == CHANNELS_R20
     by_layer = store.counts_by_layer()["r20"]
-    assert by_layer == {l.name: l.neurons for l in entry.layers}
+    assert by_layer == {lay.name: lay.neurons for lay in entry.layers}
     records = list(store.scroll_neurons("r20"))
     assert len(records) == CHANNELS_R20
     for r in records:
@@ -122,9 +124,9 @@ def test_records_have_one_neuron_per_channel_and_sane_fields(zoo, cifar_dir):
         assert -1.0 <= r.redundancy <= 1.0 + 1e-6
         assert r.stats["min"] <= r.stats["mean"] <= r.stats["max"] == pytest.approx(acts[0])
         assert 0.0 <= r.stats["frac_active"] <= 1.0
-    depths = {l.name: l.depth for l in entry.layers}
+    depths = {lay.name: lay.depth for lay in entry.layers}
     assert depths["conv1"] == 0.0 and depths["linear"] == 1.0
-    assert [l.index for l in entry.layers] == list(range(len(entry.layers)))
+    assert [lay.index for lay in entry.layers] == list(range(len(entry.layers)))
 
 
 def test_top_samples_equal_brute_force_activations(zoo, cifar_models):
@@ -273,9 +275,10 @@ def _run_worker(home: Path, weights: Path, cifar_dir: Path, vocab: Path) -> subp
 
 
 def _index_slow(home: Path, weights: Path, cifar_dir: Path, vocab: Path, embedder=None):
+    from neuronatlas.indexer.api import build_index
+
     from neuronatlas.core.embedder import load_embedder
     from neuronatlas.core.store.edge import EdgeStore
-    from neuronatlas.indexer.api import build_index
 
     embedder = embedder or load_embedder(EMBEDDER, device="cpu")
     with EdgeStore(home / "store") as store:
@@ -293,6 +296,7 @@ def test_killed_run_resumes_to_the_same_store(tmp_path, embedder, cifar_dir, cif
 
     home = tmp_path / "b"
     home.mkdir()
+    shutil.copytree(tmp_path / "a" / "cache", home / "cache")  # embeddings are content-addressed
     proc = _run_worker(home, weights, cifar_dir, vocab)
     state = home / "runs" / "slow" / "state.npz"
     deadline = time.time() + 120

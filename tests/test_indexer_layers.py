@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from neuronatlas.indexer.cifar_resnet import CifarResNet
+from neuronatlas.indexer.layers import ActivationTap, candidate_layers, pool, resolve_layers
 from torch import nn
 
 from neuronatlas.core.errors import InvalidArgument
-from neuronatlas.indexer.cifar_resnet import CifarResNet
-from neuronatlas.indexer.layers import ActivationTap, candidate_layers, pool, resolve_layers
 
 
 class Reordered(nn.Module):

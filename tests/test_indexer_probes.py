@@ -8,11 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-
-from neuronatlas.core.embedder.base import Embedder
-from neuronatlas.core.errors import AlreadyExists, InvalidArgument, NotFound
-from neuronatlas.core.records import EmbedderInfo
 from neuronatlas.indexer.probes import (
     balanced_subset,
     embedding_cache_path,
@@ -21,6 +16,11 @@ from neuronatlas.indexer.probes import (
     probe_embeddings,
     register_probe_set,
 )
+from PIL import Image
+
+from neuronatlas.core.embedder.base import Embedder
+from neuronatlas.core.errors import AlreadyExists, InvalidArgument, NotFound
+from neuronatlas.core.records import EmbedderInfo
 
 
 def _folder(root: Path, per_class: dict[str, int]) -> Path:
@@ -95,7 +95,7 @@ def test_open_probe_set_rescans_only_on_change(tmp_path, monkeypatch):
     folder = _folder(tmp_path / "imgs", {"a": 2})
     home = tmp_path / "home"
     first = open_probe_set(home, "p", folder)
-    import neuronatlas.indexer.probes as probes
+    from neuronatlas.indexer import probes
 
     calls = []
     real = probes.scan_probe_folder

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
+from neuronatlas.indexer.cifar_resnet import CifarResNet
+from neuronatlas.indexer.sources import build_model, file_sha256
 from PIL import Image
 
 from neuronatlas.core.errors import InvalidArgument, WeightsUnavailable
-from neuronatlas.indexer.cifar_resnet import CifarResNet
-from neuronatlas.indexer.sources import build_model, file_sha256
 
 
 @pytest.mark.integration

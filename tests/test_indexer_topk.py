@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from neuronatlas.indexer.topk import RunningStats, StreamingTopK
 
 from neuronatlas.core.errors import InvalidArgument
-from neuronatlas.indexer.topk import RunningStats, StreamingTopK
 
 
 def _reference(acts: torch.Tensor, k: int) -> tuple[np.ndarray, np.ndarray]:

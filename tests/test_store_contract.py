@@ -3,6 +3,7 @@ RemoteStore on qdrant-client's in-process ``:memory:`` double."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -41,7 +42,9 @@ def unit(rng: np.random.Generator, n: int) -> np.ndarray:
     return v / np.linalg.norm(v, axis=1, keepdims=True)
 
 
-def make_records(model_id: str, layers: dict[str, int], seed: int, generation: int = 0) -> list[NeuronRecord]:
+def make_records(
+    model_id: str, layers: dict[str, int], seed: int, generation: int = 0
+) -> list[NeuronRecord]:
     """Neurons with varied depth, clarity and labels; deterministic from ``seed``."""
     rng = np.random.default_rng(seed)
     out = []
@@ -75,14 +78,19 @@ ALPHA = {"conv1": 6, "layer1.0.conv2": 6}
 BETA = {"conv1": 5}
 
 
-def entry(model_id: str, status=ModelStatus.INDEXED, generation: int = 0, layers=None) -> ModelEntry:
+def entry(
+    model_id: str, status=ModelStatus.INDEXED, generation: int = 0, layers=None
+) -> ModelEntry:
     layers = layers or {}
     return ModelEntry(
         model_id=model_id,
         architecture="resnet",
         status=status,
         generation=generation,
-        layers=[LayerInfo(name, i, (i + 1) / len(layers), n) for i, (name, n) in enumerate(layers.items())],
+        layers=[
+            LayerInfo(name, i, (i + 1) / len(layers), n)
+            for i, (name, n) in enumerate(layers.items())
+        ],
         source={"kind": "cifar_resnet", "depth": 20},
     )
 
@@ -255,7 +263,9 @@ def test_search_filters(store: KnowledgeStore):
 
     assert {k.split("/")[0] for k in keys(SearchFilter(model_ids=("beta",)))} == {"beta"}
     assert len(keys(SearchFilter(model_ids=("beta", "alpha")))) == 17
-    assert {k.split("/")[1] for k in keys(SearchFilter(layers=("layer1.0.conv2",)))} == {"layer1.0.conv2"}
+    assert {k.split("/")[1] for k in keys(SearchFilter(layers=("layer1.0.conv2",)))} == {
+        "layer1.0.conv2"
+    }
     deep = keys(SearchFilter(depth_min=0.9))
     assert deep and all(r.depth >= 0.9 for r in recs if r.key in deep)
     assert len(deep) == sum(r.depth >= 0.9 for r in recs)
@@ -266,7 +276,9 @@ def test_search_filters(store: KnowledgeStore):
     cats = keys(SearchFilter(label="cat"))
     assert set(cats) == {r.key for r in recs if any(l.label == "cat" for l in r.labels["vocab"])}
     combo = keys(SearchFilter(model_ids=("alpha",), layers=("conv1",), min_clarity=0.5))
-    assert set(combo) == {r.key for r in recs if r.model_id == "alpha" and r.layer == "conv1" and r.clarity >= 0.5}
+    assert set(combo) == {
+        r.key for r in recs if r.model_id == "alpha" and r.layer == "conv1" and r.clarity >= 0.5
+    }
     assert keys(SearchFilter(label="no-such-label")) == []
     # filtered ranking is still brute-force exact on this small set
     want = [k for k, _ in brute(q, [r for r in recs if r.model_id == "beta"])]
@@ -321,8 +333,12 @@ def test_search_per_model(store: KnowledgeStore):
     assert hits[0].score == pytest.approx(1.0, abs=1e-4)
     one = store.search_per_model(q, per_model=1, max_models=1)
     assert [h.record.key for h in one] == [recs[14].key]
-    only = store.search_per_model(q, per_model=3, flt=SearchFilter(model_ids=("alpha",), layers=("conv1",)))
-    assert len(only) == 3 and {(h.record.model_id, h.record.layer) for h in only} == {("alpha", "conv1")}
+    only = store.search_per_model(
+        q, per_model=3, flt=SearchFilter(model_ids=("alpha",), layers=("conv1",))
+    )
+    assert len(only) == 3 and {(h.record.model_id, h.record.layer) for h in only} == {
+        ("alpha", "conv1")
+    }
     with pytest.raises(InvalidArgument):
         store.search_per_model(q, per_model=0)
     with pytest.raises(NotIndexed):
@@ -330,7 +346,9 @@ def test_search_per_model(store: KnowledgeStore):
 
 
 def test_search_per_model_drops_models_without_hits(store: KnowledgeStore):
-    hits = store.search_per_model(np.ones(DIM), per_model=5, flt=SearchFilter(layers=("layer1.0.conv2",)))
+    hits = store.search_per_model(
+        np.ones(DIM), per_model=5, flt=SearchFilter(layers=("layer1.0.conv2",))
+    )
     assert {h.record.model_id for h in hits} == {"alpha"} and len(hits) == 5
 
 
@@ -341,7 +359,9 @@ def label_scores(label_pred) -> list[tuple[str, float]]:
         s = [l.score for l in r.labels["vocab"] if label_pred(l.label)]
         if s:
             out.append((r.key, max(s)))
-    return sorted(out, key=lambda t: (-t[1], t[0].split("/")[0], t[0].split("/")[1], int(t[0].split("/")[2])))
+    return sorted(
+        out, key=lambda t: (-t[1], t[0].split("/")[0], t[0].split("/")[1], int(t[0].split("/")[2]))
+    )
 
 
 def test_find_by_label_exact(store: KnowledgeStore):
@@ -377,7 +397,11 @@ def test_find_by_label_filters_and_errors(store: KnowledgeStore):
 def test_generation_visibility(store: KnowledgeStore):
     gen1 = make_records("alpha", ALPHA, seed=99, generation=1)
     store.upsert_neurons(gen1)
-    assert store.count("alpha") == 24 and store.count("alpha", 1) == 12 and store.count("alpha", 0) == 12
+    assert (
+        store.count("alpha") == 24
+        and store.count("alpha", 1) == 12
+        and store.count("alpha", 0) == 12
+    )
     q = gen1[0].vector
     # gen 0 is still the live slot: gen 1 records never show up
     hits = store.search(q, limit=50)
@@ -392,7 +416,9 @@ def test_generation_visibility(store: KnowledgeStore):
     assert len(hits) == 17
     assert {h.record.generation for h in hits if h.record.model_id == "alpha"} == {1}
     assert hits[0].record.key == gen1[0].key and hits[0].score == pytest.approx(1.0, abs=1e-4)
-    np.testing.assert_allclose(store.get_neuron("alpha", "conv1", 0).vector, gen1[0].vector, atol=1e-5)
+    np.testing.assert_allclose(
+        store.get_neuron("alpha", "conv1", 0).vector, gen1[0].vector, atol=1e-5
+    )
     assert [r.generation for r in store.scroll_neurons("alpha")] == [1] * 12
     store.delete_neurons("alpha", 0)
     assert store.count("alpha") == 12 and store.count("alpha", 0) == 0
@@ -422,7 +448,10 @@ def test_scroll_neurons(store: KnowledgeStore):
 def test_counts(store: KnowledgeStore):
     assert store.count() == 17 and store.count("beta") == 5 and store.count("gamma") == 0
     assert store.count(generation=0) == 17 and store.count(generation=1) == 0
-    assert store.counts_by_layer() == {"alpha": {"conv1": 6, "layer1.0.conv2": 6}, "beta": {"conv1": 5}}
+    assert store.counts_by_layer() == {
+        "alpha": {"conv1": 6, "layer1.0.conv2": 6},
+        "beta": {"conv1": 5},
+    }
 
 
 def test_delete_neurons_and_model(store: KnowledgeStore):
@@ -448,7 +477,10 @@ def test_catalogue(empty: KnowledgeStore):
     empty.put_model(e)
     empty.put_model(entry("alpha", status=ModelStatus.FAILED))
     got = empty.get_model("zeta")
-    assert got == e and got.neuron_count == 12 and got.layers[1].name == "layer1.0.conv2"
+    # Edge's JSON payloads may round the last bit of a float64 timestamp
+    assert got.updated_at == pytest.approx(e.updated_at, abs=1e-3)
+    assert dataclasses.replace(got, created_at=e.created_at, updated_at=e.updated_at) == e
+    assert got.neuron_count == 12 and got.layers[1].name == "layer1.0.conv2"
     assert [m.model_id for m in empty.list_models()] == ["alpha", "zeta"]
     e.status, e.generation = ModelStatus.INDEXED, 1
     empty.put_model(e)
@@ -501,3 +533,14 @@ def test_backends_agree(tmp_path: Path):
     finally:
         for s in stores:
             s.close()
+
+
+# -- remote connection failures ----------------------------------------------------------------
+def test_remote_unreachable_names_the_url(home: Path):
+    from neuronatlas.core.config import load_settings
+    from neuronatlas.core.errors import StoreUnavailable
+
+    url = "http://127.0.0.1:9"  # discard port: connection refused at once
+    settings = load_settings(backend="remote", url=url, prefer_grpc=False)
+    with pytest.raises(StoreUnavailable, match="127.0.0.1:9"):
+        RemoteStore.from_settings(settings)

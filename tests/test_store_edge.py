@@ -10,15 +10,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_store_contract import ALPHA, DIM, INFO, entry, make_records
 
 from neuronatlas.core.config import load_settings
-from neuronatlas.core.errors import EmbedderMismatch, InvalidArgument, NotAStore, StoreCorrupted, StoreLocked
+from neuronatlas.core.errors import (
+    EmbedderMismatch,
+    InvalidArgument,
+    NotAStore,
+    StoreCorrupted,
+    StoreLocked,
+)
 from neuronatlas.core.records import EmbedderInfo, ModelStatus
 from neuronatlas.core.store import open_store
 from neuronatlas.core.store.edge import EdgeStore
 from neuronatlas.core.store.remote import RemoteStore
-
-from test_store_contract import ALPHA, DIM, INFO, entry, make_records
 
 
 def filled(path: Path) -> EdgeStore:
@@ -76,7 +81,10 @@ _HOLDER = textwrap.dedent(
 def test_second_process_is_locked_out(tmp_path: Path):
     path = tmp_path / "store"
     holder = subprocess.Popen(
-        [sys.executable, "-c", _HOLDER, str(path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        [sys.executable, "-c", _HOLDER, str(path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert holder.stdout.readline().strip() == "open"
@@ -87,15 +95,20 @@ def test_second_process_is_locked_out(tmp_path: Path):
     assert holder.returncode == 0
     with EdgeStore(path) as store:  # released by the other process's close()
         # and now we hold it: another process is refused
-        other = subprocess.run([sys.executable, "-c", _HOLDER, str(path)], capture_output=True, text=True, timeout=60)
+        other = subprocess.run(
+            [sys.executable, "-c", _HOLDER, str(path)],
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert other.returncode == 3 and other.stdout.strip() == "locked"
         assert store.count() == 0
 
 
 def test_same_process_second_open_is_locked(tmp_path: Path):
-    with EdgeStore(tmp_path / "s"):
-        with pytest.raises(StoreLocked):
-            EdgeStore(tmp_path / "s")
+    with EdgeStore(tmp_path / "s"), pytest.raises(StoreLocked):
+        EdgeStore(tmp_path / "s")
     EdgeStore(tmp_path / "s").close()
 
 
@@ -130,8 +143,12 @@ def test_interrupted_creation_is_redone(tmp_path: Path):
 
 @pytest.mark.parametrize(
     "content",
-    ["{not json", json.dumps({"format": "something-else", "version": 1}), json.dumps({"format": "neuronatlas-edge-store", "version": 99}),
-     json.dumps({"format": "neuronatlas-edge-store", "version": 1, "embedder": {"name": "x"}})],
+    [
+        "{not json",
+        json.dumps({"format": "something-else", "version": 1}),
+        json.dumps({"format": "neuronatlas-edge-store", "version": 99}),
+        json.dumps({"format": "neuronatlas-edge-store", "version": 1, "embedder": {"name": "x"}}),
+    ],
     ids=["garbage", "format", "version", "embedder"],
 )
 def test_corrupted_marker(tmp_path: Path, content: str):

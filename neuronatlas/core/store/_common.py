@@ -41,7 +41,7 @@ from neuronatlas.core.store.base import Hit, KnowledgeStore, SearchFilter
 # HNSW parameters (both backends). Tuned with bench/bench_store.py: see bench/results/store.md.
 HNSW_M = 16
 HNSW_EF_CONSTRUCT = 128
-SEARCH_HNSW_EF = 96
+SEARCH_HNSW_EF = 128
 FULL_SCAN_THRESHOLD_KB = 10_000
 
 # Payload fields with an index. Only ``slot`` (in every read filter) gets payload-aware
@@ -172,7 +172,12 @@ class QdrantStoreBase(KnowledgeStore):
 
     @abstractmethod
     def _n_scroll(
-        self, conds: list[Cond], limit: int, offset: Any, with_payload: bool | list[str], with_vector: bool
+        self,
+        conds: list[Cond],
+        limit: int,
+        offset: Any,
+        with_payload: bool | list[str],
+        with_vector: bool,
     ) -> tuple[list[Point], Any]: ...
 
     @abstractmethod
@@ -222,14 +227,20 @@ class QdrantStoreBase(KnowledgeStore):
         info = self._load_embedder()
         if info is None:
             if for_write:
-                raise FailedPrecondition("no embedder bound to the store: call bind_embedder() first")
+                raise FailedPrecondition(
+                    "no embedder bound to the store: call bind_embedder() first"
+                )
             raise NotIndexed("the store is empty: no model has been indexed yet")
         return info.dim
 
     # -- visibility --------------------------------------------------------------------------
     def _visibility(self) -> _Visibility:
         vis = self._vis
-        stale = self.visibility_ttl is not None and vis is not None and time.monotonic() - vis.at > self.visibility_ttl
+        stale = (
+            self.visibility_ttl is not None
+            and vis is not None
+            and time.monotonic() - vis.at > self.visibility_ttl
+        )
         if vis is None or stale:
             vis = self._refresh_visibility()
         return vis
@@ -237,7 +248,11 @@ class QdrantStoreBase(KnowledgeStore):
     def _refresh_visibility(self) -> _Visibility:
         entries = [ModelEntry.from_payload(p) for p in self._m_all()]
         vis = _Visibility(
-            live={e.model_id: slot_key(e.model_id, e.generation) for e in entries if e.status == ModelStatus.INDEXED},
+            live={
+                e.model_id: slot_key(e.model_id, e.generation)
+                for e in entries
+                if e.status == ModelStatus.INDEXED
+            },
             known={e.model_id for e in entries},
             at=time.monotonic(),
         )
@@ -295,7 +310,11 @@ class QdrantStoreBase(KnowledgeStore):
             if v is not None and not math.isfinite(float(v)):
                 raise InvalidArgument(f"{name} must be a finite number", field=name)
         if flt.depth_min is not None or flt.depth_max is not None:
-            if flt.depth_min is not None and flt.depth_max is not None and flt.depth_min > flt.depth_max:
+            if (
+                flt.depth_min is not None
+                and flt.depth_max is not None
+                and flt.depth_min > flt.depth_max
+            ):
                 raise InvalidArgument("depth_min is larger than depth_max", field="depth_min")
             conds.append(Cond("depth", gte=flt.depth_min, lte=flt.depth_max))
         if flt.min_clarity is not None:
@@ -315,27 +334,35 @@ class QdrantStoreBase(KnowledgeStore):
 
     def _query_vector(self, vector: np.ndarray) -> list[float]:
         dim = self._bound_dim(for_write=False)
-        return check_vectors(np.asarray(vector, dtype=np.float32).reshape(-1), dim, what="query")[0].tolist()
+        return check_vectors(np.asarray(vector, dtype=np.float32).reshape(-1), dim, what="query")[
+            0
+        ].tolist()
 
     @staticmethod
     def _hit(p: Point, with_vector: bool) -> Hit:
-        return Hit(NeuronRecord.from_payload(p.payload, p.vector if with_vector else None), float(p.score))
+        return Hit(
+            NeuronRecord.from_payload(p.payload, p.vector if with_vector else None), float(p.score)
+        )
 
     # -- neurons -----------------------------------------------------------------------------
     def upsert_neurons(self, records: Sequence[NeuronRecord]) -> int:
         points = records_to_points(records, self._bound_dim(for_write=True))
         vis = self._vis
-        if vis is not None and vis.stored_slots is not None:
-            if not {p.payload["slot"] for p in points} <= vis.stored_slots:
-                vis.stored_slots = None
+        new_slots = {p.payload["slot"] for p in points}
+        if vis is not None and vis.stored_slots is not None and not new_slots <= vis.stored_slots:
+            vis.stored_slots = None
         for i in range(0, len(points), WRITE_BATCH):
             self._n_upsert(points[i : i + WRITE_BATCH])
         return len(points)
 
-    def get_neuron(self, model_id: str, layer: str, unit: int, with_vector: bool = True) -> NeuronRecord:
+    def get_neuron(
+        self, model_id: str, layer: str, unit: int, with_vector: bool = True
+    ) -> NeuronRecord:
         slot = self._live_slot(model_id)
         generation = int(slot.rsplit("#", 1)[1])
-        found = self._n_retrieve([neuron_point_id(model_id, layer, int(unit), generation)], with_vector)
+        found = self._n_retrieve(
+            [neuron_point_id(model_id, layer, int(unit), generation)], with_vector
+        )
         if not found:
             raise NotFound(f"no neuron {model_id}/{layer}/{unit}")
         p = found[0]
@@ -370,7 +397,9 @@ class QdrantStoreBase(KnowledgeStore):
         conds = self._filter_conds(flt)
         models = sorted(self._live_models(flt).items())
         specs = [
-            QuerySpec(q, [Cond("slot", any=(slot,)), *conds], int(per_model), hnsw_ef=self.search_ef)
+            QuerySpec(
+                q, [Cond("slot", any=(slot,)), *conds], int(per_model), hnsw_ef=self.search_ef
+            )
             for _, slot in models
         ]
         groups = [[self._hit(p, False) for p in res] for res in self._n_query(specs)]
@@ -381,14 +410,23 @@ class QdrantStoreBase(KnowledgeStore):
         return [h for g in groups for h in g]
 
     def find_by_label(
-        self, label: str, prefix: bool = False, limit: int = 10, offset: int = 0, flt: SearchFilter | None = None
+        self,
+        label: str,
+        prefix: bool = False,
+        limit: int = 10,
+        offset: int = 0,
+        flt: SearchFilter | None = None,
     ) -> list[Hit]:
         if not isinstance(label, str) or not label.strip():
             raise InvalidArgument("label must be a non-empty string", field="label")
         self._check_page(limit, offset)
         base = [*self._slot_conds(flt), *self._filter_conds(flt)]
         if prefix:
-            values = {v for v in self._n_facet("label_all", base) if isinstance(v, str) and v.startswith(label)}
+            values = {
+                v
+                for v in self._n_facet("label_all", base)
+                if isinstance(v, str) and v.startswith(label)
+            }
         else:
             values = {label}
         if not values:
@@ -397,16 +435,24 @@ class QdrantStoreBase(KnowledgeStore):
         ranked: list[tuple[tuple, str]] = []
         for p in self._scroll_all(conds, with_payload=LABEL_RANK_FIELDS, with_vector=False):
             s = label_score(p.payload, values)
-            ranked.append(((-s, p.payload["model_id"], p.payload["layer"], int(p.payload["unit"])), p.id))
+            ranked.append(
+                ((-s, p.payload["model_id"], p.payload["layer"], int(p.payload["unit"])), p.id)
+            )
         ranked.sort()
         page = ranked[offset : offset + limit]
         full = {p.id: p for p in self._n_retrieve([pid for _, pid in page], with_vector=False)}
         return [
-            Hit(NeuronRecord.from_payload(full[pid].payload), -key[0]) for key, pid in page if pid in full
+            Hit(NeuronRecord.from_payload(full[pid].payload), -key[0])
+            for key, pid in page
+            if pid in full
         ]
 
     def _scroll_all(
-        self, conds: list[Cond], with_payload: bool | list[str], with_vector: bool, batch_size: int = 1024
+        self,
+        conds: list[Cond],
+        with_payload: bool | list[str],
+        with_vector: bool,
+        batch_size: int = 1024,
     ) -> Iterator[Point]:
         offset = None
         while True:
@@ -416,7 +462,11 @@ class QdrantStoreBase(KnowledgeStore):
                 return
 
     def scroll_neurons(
-        self, model_id: str, generation: int | None = None, with_vectors: bool = True, batch_size: int = 1024
+        self,
+        model_id: str,
+        generation: int | None = None,
+        with_vectors: bool = True,
+        batch_size: int = 1024,
     ) -> Iterator[NeuronRecord]:
         self._check_page(batch_size)
         if generation is None:

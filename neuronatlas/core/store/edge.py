@@ -93,7 +93,9 @@ class EdgeStore(QdrantStoreBase):
         self.path.mkdir(parents=True, exist_ok=True)
         entries = {p.name for p in self.path.iterdir()}
         if MARKER not in entries and not entries <= _OWN_ENTRIES:
-            raise NotAStore(f"{self.path} holds other files and no {MARKER}: not a NeuronAtlas store")
+            raise NotAStore(
+                f"{self.path} holds other files and no {MARKER}: not a NeuronAtlas store"
+            )
         self._lock()
         try:
             if MARKER in entries:
@@ -111,7 +113,9 @@ class EdgeStore(QdrantStoreBase):
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            raise StoreLocked(f"the store {self.path} is open in another process (or another EdgeStore)") from None
+            raise StoreLocked(
+                f"the store {self.path} is open in another process (or another EdgeStore)"
+            ) from None
         self._lock_fd = fd
 
     def _create(self) -> None:
@@ -119,16 +123,23 @@ class EdgeStore(QdrantStoreBase):
         for name in ("models", "neurons"):
             shutil.rmtree(self.path / name, ignore_errors=True)
         self._models = qe.EdgeShard.create(
-            str(self.path / "models"), qe.EdgeConfig(vectors=qe.EdgeVectorParams(size=1, distance=qe.Distance.Dot))
+            str(self.path / "models"),
+            qe.EdgeConfig(vectors=qe.EdgeVectorParams(size=1, distance=qe.Distance.Dot)),
         )
-        self._models.update(qe.UpdateOperation.create_field_index("kind", qe.PayloadSchemaType.Keyword))
+        self._models.update(
+            qe.UpdateOperation.create_field_index("kind", qe.PayloadSchemaType.Keyword)
+        )
         self._models.flush()
         self._write_marker()
 
     def _write_marker(self) -> None:
         _write_json_atomic(
             self.path / MARKER,
-            {"format": FORMAT, "version": FORMAT_VERSION, "embedder": self._info.to_dict() if self._info else None},
+            {
+                "format": FORMAT,
+                "version": FORMAT_VERSION,
+                "embedder": self._info.to_dict() if self._info else None,
+            },
         )
 
     def _open_existing(self) -> None:
@@ -136,7 +147,9 @@ class EdgeStore(QdrantStoreBase):
         try:
             meta = json.loads(marker.read_text())
             if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-                raise ValueError(f"format is {meta.get('format') if isinstance(meta, dict) else meta!r}")
+                raise ValueError(
+                    f"format is {meta.get('format') if isinstance(meta, dict) else meta!r}"
+                )
             if meta.get("version") != FORMAT_VERSION:
                 raise ValueError(f"unsupported format version {meta.get('version')!r}")
             emb = meta.get("embedder")
@@ -153,7 +166,7 @@ class EdgeStore(QdrantStoreBase):
             raise StoreCorrupted(f"the store {self.path} has no {name}/ shard")
         try:
             return qe.EdgeShard.load(str(shard_dir))
-        except Exception as e:  # the binding raises plain Exception
+        except Exception as e:  # noqa: BLE001 - the binding raises plain Exception
             raise StoreCorrupted(f"the {name} shard of {self.path} cannot be loaded: {e}") from None
 
     def _neuron_config(self, dim: int) -> qe.EdgeConfig:
@@ -161,7 +174,9 @@ class EdgeStore(QdrantStoreBase):
             vectors=qe.EdgeVectorParams(size=dim, distance=qe.Distance.Cosine),
             payload_memory=qe.Memory.Cached,
             hnsw_config=qe.HnswIndexConfig(
-                m=self.hnsw_m, ef_construct=self.hnsw_ef_construct, full_scan_threshold=FULL_SCAN_THRESHOLD_KB
+                m=self.hnsw_m,
+                ef_construct=self.hnsw_ef_construct,
+                full_scan_threshold=FULL_SCAN_THRESHOLD_KB,
             ),
         )
 
@@ -184,7 +199,9 @@ class EdgeStore(QdrantStoreBase):
             params = qe.KeywordIndexParams(enable_hnsw=name in HNSW_KEYWORD_FIELDS)
             shard.update(qe.UpdateOperation.create_field_index(name, params))
         for name in FLOAT_FIELDS:
-            shard.update(qe.UpdateOperation.create_field_index(name, qe.FloatIndexParams(enable_hnsw=False)))
+            shard.update(
+                qe.UpdateOperation.create_field_index(name, qe.FloatIndexParams(enable_hnsw=False))
+            )
         shard.flush()
         self._neurons, self._info = shard, info
         try:
@@ -217,17 +234,32 @@ class EdgeStore(QdrantStoreBase):
         return [[_point(p) for p in res] for res in shard.query_batch(qe.QueryBatchRequest(reqs))]
 
     def _n_scroll(
-        self, conds: list[Cond], limit: int, offset: Any, with_payload: bool | list[str], with_vector: bool
+        self,
+        conds: list[Cond],
+        limit: int,
+        offset: Any,
+        with_payload: bool | list[str],
+        with_vector: bool,
     ) -> tuple[list[Point], Any]:
-        wp = qe.PayloadSelector.Include(with_payload) if isinstance(with_payload, list) else with_payload
+        wp = (
+            qe.PayloadSelector.Include(with_payload)
+            if isinstance(with_payload, list)
+            else with_payload
+        )
         req = qe.ScrollRequest(
-            offset=offset, limit=limit, filter=_edge_filter(conds), with_payload=wp, with_vector=with_vector
+            offset=offset,
+            limit=limit,
+            filter=_edge_filter(conds),
+            with_payload=wp,
+            with_vector=with_vector,
         )
         points, nxt = self._shard("neurons").scroll(req)
         return [_point(p) for p in points], nxt
 
     def _n_count(self, conds: list[Cond]) -> int:
-        return int(self._shard("neurons").count(qe.CountRequest(exact=True, filter=_edge_filter(conds))))
+        return int(
+            self._shard("neurons").count(qe.CountRequest(exact=True, filter=_edge_filter(conds)))
+        )
 
     def _n_facet(self, key: str, conds: list[Cond]) -> dict[Any, int]:
         res = self._shard("neurons").facet(
@@ -238,10 +270,17 @@ class EdgeStore(QdrantStoreBase):
     def _n_retrieve(self, ids: list[str], with_vector: bool) -> list[Point]:
         if not ids:
             return []
-        return [_point(p) for p in self._shard("neurons").retrieve(ids, with_payload=True, with_vector=with_vector)]
+        return [
+            _point(p)
+            for p in self._shard("neurons").retrieve(
+                ids, with_payload=True, with_vector=with_vector
+            )
+        ]
 
     def _n_delete(self, conds: list[Cond]) -> None:
-        self._shard("neurons").update(qe.UpdateOperation.delete_points_by_filter(_edge_filter(conds)))
+        self._shard("neurons").update(
+            qe.UpdateOperation.delete_points_by_filter(_edge_filter(conds))
+        )
 
     def _m_put(self, point_id: str, payload: dict[str, Any]) -> None:
         shard = self._shard("models")
@@ -256,7 +295,9 @@ class EdgeStore(QdrantStoreBase):
         shard, out, offset = self._shard("models"), [], None
         flt = _edge_filter([Cond("kind", any=("model",))])
         while True:
-            points, offset = shard.scroll(qe.ScrollRequest(offset=offset, limit=1000, filter=flt, with_payload=True))
+            points, offset = shard.scroll(
+                qe.ScrollRequest(offset=offset, limit=1000, filter=flt, with_payload=True)
+            )
             out.extend(dict(p.payload) for p in points)
             if offset is None:
                 return out

@@ -40,7 +40,11 @@ def _filter(conds: list[Cond]) -> models.Filter | None:
     for c in conds:
         if c.any is not None:
             values = list(c.any)
-            match = models.MatchValue(value=values[0]) if len(values) == 1 else models.MatchAny(any=values)
+            match = (
+                models.MatchValue(value=values[0])
+                if len(values) == 1
+                else models.MatchAny(any=values)
+            )
             must.append(models.FieldCondition(key=c.key, match=match))
         else:
             must.append(models.FieldCondition(key=c.key, range=models.Range(gte=c.gte, lte=c.lte)))
@@ -108,7 +112,7 @@ class RemoteStore(QdrantStoreBase):
         self._load_embedder()
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> "RemoteStore":
+    def from_settings(cls, settings: Settings) -> RemoteStore:
         if settings.url == ":memory:":
             client = QdrantClient(":memory:")
         else:
@@ -119,8 +123,9 @@ class RemoteStore(QdrantStoreBase):
                     prefer_grpc=settings.prefer_grpc,
                     https=True if settings.tls else None,
                     timeout=30,
+                    check_compatibility=False,  # our first request reports an unreachable server
                 )
-            except Exception as e:
+            except Exception as e:  # noqa: BLE001 - a bad URL raises anything
                 raise StoreUnavailable(f"cannot connect to Qdrant at {settings.url}: {e}") from None
         return cls(
             client,
@@ -154,20 +159,36 @@ class RemoteStore(QdrantStoreBase):
                 name,
                 vectors_config=models.VectorParams(size=dim, distance=distance),
                 hnsw_config=models.HnswConfigDiff(
-                    m=self.hnsw_m, ef_construct=self.hnsw_ef_construct, full_scan_threshold=FULL_SCAN_THRESHOLD_KB
+                    m=self.hnsw_m,
+                    ef_construct=self.hnsw_ef_construct,
+                    full_scan_threshold=FULL_SCAN_THRESHOLD_KB,
                 ),
                 shard_number=self.shard_number,
                 replication_factor=self.replication_factor,
             )
         except (UnexpectedResponse, ValueError) as e:  # created meanwhile by another process
             if not self._call(self.client.collection_exists, name):
-                raise StoreUnavailable(f"cannot create collection {name} at {self.url}: {e}") from None
+                raise StoreUnavailable(
+                    f"cannot create collection {name} at {self.url}: {e}"
+                ) from None
         if self._local:
             return
         for key in keywords:
-            self._call(self.client.create_payload_index, name, key, models.PayloadSchemaType.KEYWORD, wait=True)
+            self._call(
+                self.client.create_payload_index,
+                name,
+                key,
+                models.PayloadSchemaType.KEYWORD,
+                wait=True,
+            )
         for key in floats:
-            self._call(self.client.create_payload_index, name, key, models.PayloadSchemaType.FLOAT, wait=True)
+            self._call(
+                self.client.create_payload_index,
+                name,
+                key,
+                models.PayloadSchemaType.FLOAT,
+                wait=True,
+            )
 
     # -- primitives ------------------------------------------------------------------------------
     def _load_embedder(self) -> EmbedderInfo | None:
@@ -177,22 +198,32 @@ class RemoteStore(QdrantStoreBase):
                 try:
                     self._info = EmbedderInfo.from_dict(meta["embedder"])
                 except (KeyError, TypeError, ValueError) as e:
-                    raise StoreCorrupted(f"the embedder record in {self.models_collection} is unreadable: {e}") from None
+                    raise StoreCorrupted(
+                        f"the embedder record in {self.models_collection} is unreadable: {e}"
+                    ) from None
                 if not self._call(self.client.collection_exists, self.neurons_collection):
                     self._info = None
-                    raise StoreCorrupted(f"{self.models_collection} names an embedder but {self.neurons_collection} is missing")
+                    raise StoreCorrupted(
+                        f"{self.models_collection} names an embedder but {self.neurons_collection} is missing"
+                    )
         return self._info
 
     def _save_embedder(self, info: EmbedderInfo) -> None:
         if self._call(self.client.collection_exists, self.neurons_collection):
-            size = self._call(self.client.get_collection, self.neurons_collection).config.params.vectors.size
+            size = self._call(
+                self.client.get_collection, self.neurons_collection
+            ).config.params.vectors.size
             if size != info.dim:
                 raise StoreCorrupted(
                     f"{self.neurons_collection} exists with {size}-d vectors but no embedder record; "
                     f"delete it or use another collection prefix"
                 )
         self._ensure_collection(
-            self.neurons_collection, info.dim, models.Distance.COSINE, list(KEYWORD_FIELDS), list(FLOAT_FIELDS)
+            self.neurons_collection,
+            info.dim,
+            models.Distance.COSINE,
+            list(KEYWORD_FIELDS),
+            list(FLOAT_FIELDS),
         )
         payload = {"kind": "meta", "format_version": FORMAT_VERSION, "embedder": info.to_dict()}
         self._m_put(META_ID, payload)
@@ -236,7 +267,12 @@ class RemoteStore(QdrantStoreBase):
         return [[_point(p) for p in r.points] for r in res]
 
     def _n_scroll(
-        self, conds: list[Cond], limit: int, offset: Any, with_payload: bool | list[str], with_vector: bool
+        self,
+        conds: list[Cond],
+        limit: int,
+        offset: Any,
+        with_payload: bool | list[str],
+        with_vector: bool,
     ) -> tuple[list[Point], Any]:
         points, nxt = self._call(
             self.client.scroll,
@@ -250,11 +286,20 @@ class RemoteStore(QdrantStoreBase):
         return [_point(p) for p in points], nxt
 
     def _n_count(self, conds: list[Cond]) -> int:
-        return int(self._call(self.client.count, self.neurons_collection, count_filter=_filter(conds), exact=True).count)
+        return int(
+            self._call(
+                self.client.count, self.neurons_collection, count_filter=_filter(conds), exact=True
+            ).count
+        )
 
     def _n_facet(self, key: str, conds: list[Cond]) -> dict[Any, int]:
         res = self._call(
-            self.client.facet, self.neurons_collection, key, facet_filter=_filter(conds), limit=FACET_LIMIT, exact=True
+            self.client.facet,
+            self.neurons_collection,
+            key,
+            facet_filter=_filter(conds),
+            limit=FACET_LIMIT,
+            exact=True,
         )
         return {h.value: int(h.count) for h in res.hits}
 
@@ -262,7 +307,11 @@ class RemoteStore(QdrantStoreBase):
         if not ids:
             return []
         found = self._call(
-            self.client.retrieve, self.neurons_collection, ids, with_payload=True, with_vectors=with_vector
+            self.client.retrieve,
+            self.neurons_collection,
+            ids,
+            with_payload=True,
+            with_vectors=with_vector,
         )
         return [_point(p) for p in found]
 
@@ -275,7 +324,9 @@ class RemoteStore(QdrantStoreBase):
         self._call(self.client.upsert, self.models_collection, points=[point], wait=True)
 
     def _m_get(self, point_id: str) -> dict[str, Any] | None:
-        found = self._call(self.client.retrieve, self.models_collection, [point_id], with_payload=True)
+        found = self._call(
+            self.client.retrieve, self.models_collection, [point_id], with_payload=True
+        )
         return dict(found[0].payload or {}) if found else None
 
     def _m_all(self) -> list[dict[str, Any]]:
@@ -283,7 +334,12 @@ class RemoteStore(QdrantStoreBase):
         flt = _filter([Cond("kind", any=("model",))])
         while True:
             points, offset = self._call(
-                self.client.scroll, self.models_collection, scroll_filter=flt, limit=1000, offset=offset, with_payload=True
+                self.client.scroll,
+                self.models_collection,
+                scroll_filter=flt,
+                limit=1000,
+                offset=offset,
+                with_payload=True,
             )
             out.extend(dict(p.payload or {}) for p in points)
             if offset is None:
