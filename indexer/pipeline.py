@@ -280,6 +280,11 @@ class IndexRun:
         if got != expected:
             raise FailedPrecondition(f"generation {rec.target_generation} of {self.model_id!r} holds {got} "
                                      f"neurons, expected {expected}")
+        # Every neuron of the new generation is written: build the vector (HNSW) and payload
+        # indexes now, before the flip, so the first queries on the new generation use them.
+        t_opt = time.perf_counter()
+        self.store.optimize()
+        self.timings["optimize_s"] = time.perf_counter() - t_opt
         entry = self.store.get_model(self.model_id)
         now = time.time()
         entry.status, entry.status_reason = ModelStatus.INDEXED, ""

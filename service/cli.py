@@ -227,7 +227,8 @@ def serve(ctx, address, tokens_file, tls_cert, tls_key, tls_client_ca, workers, 
     try:
         if embedder is not None:
             atlas.embedder()  # fail now, not on the first query, if it does not match the store
-        server = build_server(atlas, address, tokens=tokens, tls=tls, max_workers=workers, close_atlas=True)
+        server = build_server(atlas, address, tokens=tokens, tls=tls, max_workers=workers, close_atlas=True,
+                              home=settings.home)
     except BaseException:
         atlas.close()
         raise

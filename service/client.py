@@ -12,6 +12,7 @@ import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from neuronatlas.core.audit import Audit
 from neuronatlas.core.errors import InvalidArgument
 from neuronatlas.core.queries import Description, ImageQuery, NeuronQuery, StoreStats, TextQuery, VectorQuery
 from neuronatlas.core.records import ModelEntry, NeuronRecord, parse_neuron_key
@@ -155,6 +156,26 @@ class Client:
 
     def stats(self, timeout: float | None = None) -> StoreStats:
         return C.stats_from_pb(self._call("GetStats", pb.GetStatsRequest(), timeout))
+
+    # -- comparison and audit -------------------------------------------------------------------
+    def compare_models(self, model_a: str, model_b: str, layers: list[str] | None = None, *,
+                       tau: float | None = None, activation: bool = True, page_size: int = 0,
+                       page_token: str = "", timeout: float | None = None) -> C.RemoteComparison:
+        """Compare two indexed models (``core.compare``); one page of matched pairs, follow
+        ``next_page_token`` for more. ``activation=False`` skips the CKA view."""
+        req = pb.CompareModelsRequest(model_a=model_a, model_b=model_b, layers=list(layers or []),
+                                      semantic_only=not activation, page_size=page_size, page_token=page_token)
+        if tau is not None:
+            req.tau = float(tau)
+        return C.comparison_from_pb(self._call("CompareModels", req, timeout))
+
+    def audit_model(self, model_id: str, valid: list[str] | None = None, spurious: list[str] | None = None, *,
+                    threshold: float | None = None, timeout: float | None = None) -> Audit:
+        """Audit a model against valid and spurious concepts (``core.audit``)."""
+        req = pb.AuditModelRequest(model_id=model_id, valid=list(valid or []), spurious=list(spurious or []))
+        if threshold is not None:
+            req.threshold = float(threshold)
+        return C.audit_from_pb(self._call("AuditModel", req, timeout))
 
     def health(self, service: str = "", timeout: float | None = None) -> str:
         """The server's health status name, e.g. "SERVING"."""

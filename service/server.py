@@ -53,7 +53,8 @@ class Server:
     """A running NeuronAtlas gRPC server. Use :func:`build_server`, then ``start()``."""
 
     def __init__(self, atlas: Atlas, address: str = "127.0.0.1:50051", *, tokens: TokenSet | None = None,
-                 tls: TlsConfig | None = None, max_workers: int = 16, close_atlas: bool = False):
+                 tls: TlsConfig | None = None, max_workers: int = 16, close_atlas: bool = False,
+                 home: Path | None = None):
         self.atlas = atlas
         self.tokens = tokens or TokenSet()
         self._close_atlas = close_atlas
@@ -68,7 +69,7 @@ class Server:
                 ("grpc.so_reuseport", 0),
             ],
         )
-        pb_grpc.add_NeuronAtlasServiceServicer_to_server(NeuronAtlasServicer(atlas), self.grpc_server)
+        pb_grpc.add_NeuronAtlasServiceServicer_to_server(NeuronAtlasServicer(atlas, home=home), self.grpc_server)
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc_server)
         reflection.enable_server_reflection(

@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import functools
 import logging
+import tempfile
 from collections.abc import Callable
+from pathlib import Path
 
 import grpc
 
 from neuronatlas.core import queries as Q
+from neuronatlas.core.audit import audit_model
+from neuronatlas.core.compare import compare_models
 from neuronatlas.core.errors import InvalidArgument
 from neuronatlas.service import convert as C
 from neuronatlas.service import paging
@@ -26,6 +30,7 @@ MAX_REQUEST_BYTES = Q.MAX_IMAGE_BYTES + 256 * 1024
 SEARCH_PAGE_MAX = 100
 LABEL_PAGE_DEFAULT, LABEL_PAGE_MAX = 20, 100
 MODEL_PAGE_DEFAULT, MODEL_PAGE_MAX = 50, 500
+PAIR_PAGE_DEFAULT, PAIR_PAGE_MAX = 50, 500
 
 
 def _check_deadline(context: grpc.ServicerContext) -> None:
@@ -60,8 +65,18 @@ def rpc(method: Callable) -> Callable:
 class NeuronAtlasServicer(pb_grpc.NeuronAtlasServiceServicer):
     """Implements ``neuronatlas.v1.NeuronAtlasService`` over one shared :class:`Atlas`."""
 
-    def __init__(self, atlas: Q.Atlas):
+    def __init__(self, atlas: Q.Atlas, home: Path | None = None):
         self.atlas = atlas
+        # Settings home: activation sketches are read from it, comparisons cached under
+        # home/cache/compare and audit label embeddings under home/cache/labels. Without one,
+        # a private temporary folder serves as cache (and there are no sketches).
+        self._home = Path(home) if home is not None else None
+
+    @property
+    def home(self) -> Path:
+        if self._home is None:
+            self._home = Path(tempfile.mkdtemp(prefix="neuronatlas-service-"))
+        return self._home
 
     @rpc
     def SearchNeurons(self, request: pb.SearchNeuronsRequest, context) -> pb.SearchNeuronsResponse:
@@ -119,3 +134,19 @@ class NeuronAtlasServicer(pb_grpc.NeuronAtlasServiceServicer):
     @rpc
     def GetStats(self, request: pb.GetStatsRequest, context) -> pb.GetStatsResponse:
         return C.stats_to_pb(Q.stats(self.atlas))
+
+    @rpc
+    def CompareModels(self, request: pb.CompareModelsRequest, context) -> pb.CompareModelsResponse:
+        args = C.compare_args_from_pb(request)
+        size = paging.page_size(request.page_size, PAIR_PAGE_DEFAULT, PAIR_PAGE_MAX)
+        offset = paging.decode_token(request)
+        cmp = compare_models(self.atlas.store, args.pop("model_a"), args.pop("model_b"), home=self.home,
+                             offset=offset, limit=size, **args)
+        nxt = offset + size if offset + size < cmp.pairs_total else None
+        return C.comparison_to_pb(cmp, paging.encode_token(request, nxt))
+
+    @rpc
+    def AuditModel(self, request: pb.AuditModelRequest, context) -> pb.AuditModelResponse:
+        args = C.audit_args_from_pb(request)
+        result = audit_model(self.atlas.store, self.atlas.embedder(), cache_dir=self.home / "cache" / "labels", **args)
+        return C.audit_to_pb(result)

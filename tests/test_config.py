@@ -119,10 +119,6 @@ def test_flag_and_env_errors(home: Path, tmp_path: Path, monkeypatch: pytest.Mon
         load_settings()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="config.py ignores a NEURONATLAS_CONFIG that names a missing file (reported)",
-)
 def test_missing_env_config_file_is_an_error(
     home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
@@ -131,10 +127,14 @@ def test_missing_env_config_file_is_an_error(
         load_settings()
 
 
-@pytest.mark.xfail(
-    strict=True, reason="config.py reads any unknown bool string as False (reported)"
-)
 def test_invalid_bool_is_an_error(home: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("NEURONATLAS_TLS", "ture")
+    with pytest.raises(InvalidArgument):
+        load_settings()
+
+
+@pytest.mark.parametrize("name", ["SHARD_NUMBER", "REPLICATION_FACTOR"])
+def test_cluster_sizes_must_be_positive(home: Path, monkeypatch: pytest.MonkeyPatch, name: str):
+    monkeypatch.setenv(f"NEURONATLAS_{name}", "0")
     with pytest.raises(InvalidArgument):
         load_settings()

@@ -56,7 +56,7 @@ def test_generated_code_imports_as_package() -> None:
     assert service.full_name == "neuronatlas.v1.NeuronAtlasService"
     assert {m.name for m in service.methods} == {
         "SearchNeurons", "GetNeuron", "DescribeNeuron", "FindNeuronsByLabel",
-        "ListModels", "GetModel", "DeleteModel", "GetStats",
+        "ListModels", "GetModel", "DeleteModel", "GetStats", "CompareModels", "AuditModel",
     }
     assert hasattr(neuronatlas_pb2_grpc, "NeuronAtlasServiceStub")
 

@@ -71,9 +71,17 @@ def _coerce(name: str, value: Any) -> Any:
         if kind == "bool":
             if isinstance(value, bool):
                 return value
-            return str(value).strip().lower() in {"1", "true", "yes", "on"}
+            text = str(value).strip().lower()
+            if text in {"1", "true", "yes", "on"}:
+                return True
+            if text in {"0", "false", "no", "off"}:
+                return False
+            raise ValueError(text)
         if kind == "int":
-            return int(value)
+            number = int(value)
+            if name in {"shard_number", "replication_factor"} and number < 1:
+                raise ValueError(number)
+            return number
     except ValueError:
         raise InvalidArgument(f"setting {name}={value!r} is not a valid {kind}", field=name) from None
     return str(value)
@@ -84,8 +92,8 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
     values: dict[str, Any] = {}
     home_env = os.environ.get("NEURONATLAS_HOME")
     home = Path(overrides["home"]) if overrides.get("home") else (Path(home_env) if home_env else default_home())
-    path = config_file or os.environ.get("NEURONATLAS_CONFIG") or (home / "config.toml")
-    path = Path(path).expanduser()
+    explicit = config_file or os.environ.get("NEURONATLAS_CONFIG")
+    path = Path(explicit or (home / "config.toml")).expanduser()
     if path.exists():
         try:
             data = tomllib.loads(path.read_text())
@@ -96,7 +104,7 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
             if k not in _TYPES:
                 raise InvalidArgument(f"unknown setting {k!r} in {path}", field="config")
             values[k] = _coerce(k, v)
-    elif config_file:
+    elif explicit:
         raise InvalidArgument(f"config file {path} does not exist", field="config")
     for name in _TYPES:
         env = os.environ.get(ENV_PREFIX + name.upper())

@@ -388,3 +388,219 @@ class GetStatsResponse(_message.Message):
     embedding_dim: int
     backend: str
     def __init__(self, total_neurons: _Optional[int] = ..., models: _Optional[_Iterable[_Union[ModelStats, _Mapping]]] = ..., store_size_bytes: _Optional[int] = ..., embedder: _Optional[str] = ..., embedder_weights: _Optional[str] = ..., embedding_dim: _Optional[int] = ..., backend: _Optional[str] = ...) -> None: ...
+
+class Matrix(_message.Message):
+    __slots__ = ("rows", "cols", "values", "row_labels", "col_labels")
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    COLS_FIELD_NUMBER: _ClassVar[int]
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    ROW_LABELS_FIELD_NUMBER: _ClassVar[int]
+    COL_LABELS_FIELD_NUMBER: _ClassVar[int]
+    rows: int
+    cols: int
+    values: _containers.RepeatedScalarFieldContainer[float]
+    row_labels: _containers.RepeatedScalarFieldContainer[str]
+    col_labels: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, rows: _Optional[int] = ..., cols: _Optional[int] = ..., values: _Optional[_Iterable[float]] = ..., row_labels: _Optional[_Iterable[str]] = ..., col_labels: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ScoreWithFloor(_message.Message):
+    __slots__ = ("value", "noise_floor")
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    NOISE_FLOOR_FIELD_NUMBER: _ClassVar[int]
+    value: float
+    noise_floor: float
+    def __init__(self, value: _Optional[float] = ..., noise_floor: _Optional[float] = ...) -> None: ...
+
+class DepthAlignment(_message.Message):
+    __slots__ = ("layers", "depth", "matched_depth", "rho", "p_value")
+    LAYERS_FIELD_NUMBER: _ClassVar[int]
+    DEPTH_FIELD_NUMBER: _ClassVar[int]
+    MATCHED_DEPTH_FIELD_NUMBER: _ClassVar[int]
+    RHO_FIELD_NUMBER: _ClassVar[int]
+    P_VALUE_FIELD_NUMBER: _ClassVar[int]
+    layers: _containers.RepeatedScalarFieldContainer[str]
+    depth: _containers.RepeatedScalarFieldContainer[float]
+    matched_depth: _containers.RepeatedScalarFieldContainer[float]
+    rho: ScoreWithFloor
+    p_value: float
+    def __init__(self, layers: _Optional[_Iterable[str]] = ..., depth: _Optional[_Iterable[float]] = ..., matched_depth: _Optional[_Iterable[float]] = ..., rho: _Optional[_Union[ScoreWithFloor, _Mapping]] = ..., p_value: _Optional[float] = ...) -> None: ...
+
+class ConceptCount(_message.Message):
+    __slots__ = ("label", "count_a", "count_b")
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    COUNT_A_FIELD_NUMBER: _ClassVar[int]
+    COUNT_B_FIELD_NUMBER: _ClassVar[int]
+    label: str
+    count_a: int
+    count_b: int
+    def __init__(self, label: _Optional[str] = ..., count_a: _Optional[int] = ..., count_b: _Optional[int] = ...) -> None: ...
+
+class MatchedPair(_message.Message):
+    __slots__ = ("a", "b", "similarity", "a_label", "b_label")
+    A_FIELD_NUMBER: _ClassVar[int]
+    B_FIELD_NUMBER: _ClassVar[int]
+    SIMILARITY_FIELD_NUMBER: _ClassVar[int]
+    A_LABEL_FIELD_NUMBER: _ClassVar[int]
+    B_LABEL_FIELD_NUMBER: _ClassVar[int]
+    a: NeuronRef
+    b: NeuronRef
+    similarity: float
+    a_label: str
+    b_label: str
+    def __init__(self, a: _Optional[_Union[NeuronRef, _Mapping]] = ..., b: _Optional[_Union[NeuronRef, _Mapping]] = ..., similarity: _Optional[float] = ..., a_label: _Optional[str] = ..., b_label: _Optional[str] = ...) -> None: ...
+
+class ComparedModel(_message.Message):
+    __slots__ = ("model_id", "generation", "layers", "layer_sizes", "neuron_count")
+    MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    LAYERS_FIELD_NUMBER: _ClassVar[int]
+    LAYER_SIZES_FIELD_NUMBER: _ClassVar[int]
+    NEURON_COUNT_FIELD_NUMBER: _ClassVar[int]
+    model_id: str
+    generation: int
+    layers: _containers.RepeatedScalarFieldContainer[str]
+    layer_sizes: _containers.RepeatedScalarFieldContainer[int]
+    neuron_count: int
+    def __init__(self, model_id: _Optional[str] = ..., generation: _Optional[int] = ..., layers: _Optional[_Iterable[str]] = ..., layer_sizes: _Optional[_Iterable[int]] = ..., neuron_count: _Optional[int] = ...) -> None: ...
+
+class CompareModelsRequest(_message.Message):
+    __slots__ = ("model_a", "model_b", "layers", "tau", "semantic_only", "page_size", "page_token")
+    MODEL_A_FIELD_NUMBER: _ClassVar[int]
+    MODEL_B_FIELD_NUMBER: _ClassVar[int]
+    LAYERS_FIELD_NUMBER: _ClassVar[int]
+    TAU_FIELD_NUMBER: _ClassVar[int]
+    SEMANTIC_ONLY_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    model_a: str
+    model_b: str
+    layers: _containers.RepeatedScalarFieldContainer[str]
+    tau: float
+    semantic_only: bool
+    page_size: int
+    page_token: str
+    def __init__(self, model_a: _Optional[str] = ..., model_b: _Optional[str] = ..., layers: _Optional[_Iterable[str]] = ..., tau: _Optional[float] = ..., semantic_only: _Optional[bool] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class CompareModelsResponse(_message.Message):
+    __slots__ = ("model_a", "model_b", "layer_similarity", "layer_similarity_floor", "alignment", "alignment_b", "best_match", "matching", "matching_method", "coverage_a_to_b", "coverage_b_to_a", "tau", "floor_exact", "has_activation", "cka", "cka_floor", "cka_alignment", "cka_samples", "shared_concepts", "unique_concepts_a", "unique_concepts_b", "pairs", "total_pairs", "next_page_token", "cached")
+    MODEL_A_FIELD_NUMBER: _ClassVar[int]
+    MODEL_B_FIELD_NUMBER: _ClassVar[int]
+    LAYER_SIMILARITY_FIELD_NUMBER: _ClassVar[int]
+    LAYER_SIMILARITY_FLOOR_FIELD_NUMBER: _ClassVar[int]
+    ALIGNMENT_FIELD_NUMBER: _ClassVar[int]
+    ALIGNMENT_B_FIELD_NUMBER: _ClassVar[int]
+    BEST_MATCH_FIELD_NUMBER: _ClassVar[int]
+    MATCHING_FIELD_NUMBER: _ClassVar[int]
+    MATCHING_METHOD_FIELD_NUMBER: _ClassVar[int]
+    COVERAGE_A_TO_B_FIELD_NUMBER: _ClassVar[int]
+    COVERAGE_B_TO_A_FIELD_NUMBER: _ClassVar[int]
+    TAU_FIELD_NUMBER: _ClassVar[int]
+    FLOOR_EXACT_FIELD_NUMBER: _ClassVar[int]
+    HAS_ACTIVATION_FIELD_NUMBER: _ClassVar[int]
+    CKA_FIELD_NUMBER: _ClassVar[int]
+    CKA_FLOOR_FIELD_NUMBER: _ClassVar[int]
+    CKA_ALIGNMENT_FIELD_NUMBER: _ClassVar[int]
+    CKA_SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    SHARED_CONCEPTS_FIELD_NUMBER: _ClassVar[int]
+    UNIQUE_CONCEPTS_A_FIELD_NUMBER: _ClassVar[int]
+    UNIQUE_CONCEPTS_B_FIELD_NUMBER: _ClassVar[int]
+    PAIRS_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_PAIRS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    CACHED_FIELD_NUMBER: _ClassVar[int]
+    model_a: ComparedModel
+    model_b: ComparedModel
+    layer_similarity: Matrix
+    layer_similarity_floor: Matrix
+    alignment: DepthAlignment
+    alignment_b: DepthAlignment
+    best_match: ScoreWithFloor
+    matching: ScoreWithFloor
+    matching_method: str
+    coverage_a_to_b: ScoreWithFloor
+    coverage_b_to_a: ScoreWithFloor
+    tau: float
+    floor_exact: bool
+    has_activation: bool
+    cka: Matrix
+    cka_floor: Matrix
+    cka_alignment: DepthAlignment
+    cka_samples: int
+    shared_concepts: _containers.RepeatedCompositeFieldContainer[ConceptCount]
+    unique_concepts_a: _containers.RepeatedCompositeFieldContainer[ConceptCount]
+    unique_concepts_b: _containers.RepeatedCompositeFieldContainer[ConceptCount]
+    pairs: _containers.RepeatedCompositeFieldContainer[MatchedPair]
+    total_pairs: int
+    next_page_token: str
+    cached: bool
+    def __init__(self, model_a: _Optional[_Union[ComparedModel, _Mapping]] = ..., model_b: _Optional[_Union[ComparedModel, _Mapping]] = ..., layer_similarity: _Optional[_Union[Matrix, _Mapping]] = ..., layer_similarity_floor: _Optional[_Union[Matrix, _Mapping]] = ..., alignment: _Optional[_Union[DepthAlignment, _Mapping]] = ..., alignment_b: _Optional[_Union[DepthAlignment, _Mapping]] = ..., best_match: _Optional[_Union[ScoreWithFloor, _Mapping]] = ..., matching: _Optional[_Union[ScoreWithFloor, _Mapping]] = ..., matching_method: _Optional[str] = ..., coverage_a_to_b: _Optional[_Union[ScoreWithFloor, _Mapping]] = ..., coverage_b_to_a: _Optional[_Union[ScoreWithFloor, _Mapping]] = ..., tau: _Optional[float] = ..., floor_exact: _Optional[bool] = ..., has_activation: _Optional[bool] = ..., cka: _Optional[_Union[Matrix, _Mapping]] = ..., cka_floor: _Optional[_Union[Matrix, _Mapping]] = ..., cka_alignment: _Optional[_Union[DepthAlignment, _Mapping]] = ..., cka_samples: _Optional[int] = ..., shared_concepts: _Optional[_Iterable[_Union[ConceptCount, _Mapping]]] = ..., unique_concepts_a: _Optional[_Iterable[_Union[ConceptCount, _Mapping]]] = ..., unique_concepts_b: _Optional[_Iterable[_Union[ConceptCount, _Mapping]]] = ..., pairs: _Optional[_Iterable[_Union[MatchedPair, _Mapping]]] = ..., total_pairs: _Optional[int] = ..., next_page_token: _Optional[str] = ..., cached: _Optional[bool] = ...) -> None: ...
+
+class AuditModelRequest(_message.Message):
+    __slots__ = ("model_id", "valid", "spurious", "threshold")
+    MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    VALID_FIELD_NUMBER: _ClassVar[int]
+    SPURIOUS_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    model_id: str
+    valid: _containers.RepeatedScalarFieldContainer[str]
+    spurious: _containers.RepeatedScalarFieldContainer[str]
+    threshold: float
+    def __init__(self, model_id: _Optional[str] = ..., valid: _Optional[_Iterable[str]] = ..., spurious: _Optional[_Iterable[str]] = ..., threshold: _Optional[float] = ...) -> None: ...
+
+class ConceptAudit(_message.Message):
+    __slots__ = ("concept", "kind", "threshold", "aligned_neurons", "share", "layer_share", "best_score")
+    CONCEPT_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    ALIGNED_NEURONS_FIELD_NUMBER: _ClassVar[int]
+    SHARE_FIELD_NUMBER: _ClassVar[int]
+    LAYER_SHARE_FIELD_NUMBER: _ClassVar[int]
+    BEST_SCORE_FIELD_NUMBER: _ClassVar[int]
+    concept: str
+    kind: str
+    threshold: float
+    aligned_neurons: int
+    share: ScoreWithFloor
+    layer_share: _containers.RepeatedScalarFieldContainer[float]
+    best_score: float
+    def __init__(self, concept: _Optional[str] = ..., kind: _Optional[str] = ..., threshold: _Optional[float] = ..., aligned_neurons: _Optional[int] = ..., share: _Optional[_Union[ScoreWithFloor, _Mapping]] = ..., layer_share: _Optional[_Iterable[float]] = ..., best_score: _Optional[float] = ...) -> None: ...
+
+class SpuriousNeuron(_message.Message):
+    __slots__ = ("neuron", "concept", "score", "top_sample_ids")
+    NEURON_FIELD_NUMBER: _ClassVar[int]
+    CONCEPT_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    TOP_SAMPLE_IDS_FIELD_NUMBER: _ClassVar[int]
+    neuron: NeuronRef
+    concept: str
+    score: float
+    top_sample_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, neuron: _Optional[_Union[NeuronRef, _Mapping]] = ..., concept: _Optional[str] = ..., score: _Optional[float] = ..., top_sample_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class AuditModelResponse(_message.Message):
+    __slots__ = ("model_id", "generation", "neuron_count", "layers", "layer_depths", "layer_sizes", "concepts", "valid_share", "spurious_share", "layer_valid_share", "layer_spurious_share", "spurious_neurons")
+    MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    NEURON_COUNT_FIELD_NUMBER: _ClassVar[int]
+    LAYERS_FIELD_NUMBER: _ClassVar[int]
+    LAYER_DEPTHS_FIELD_NUMBER: _ClassVar[int]
+    LAYER_SIZES_FIELD_NUMBER: _ClassVar[int]
+    CONCEPTS_FIELD_NUMBER: _ClassVar[int]
+    VALID_SHARE_FIELD_NUMBER: _ClassVar[int]
+    SPURIOUS_SHARE_FIELD_NUMBER: _ClassVar[int]
+    LAYER_VALID_SHARE_FIELD_NUMBER: _ClassVar[int]
+    LAYER_SPURIOUS_SHARE_FIELD_NUMBER: _ClassVar[int]
+    SPURIOUS_NEURONS_FIELD_NUMBER: _ClassVar[int]
+    model_id: str
+    generation: int
+    neuron_count: int
+    layers: _containers.RepeatedScalarFieldContainer[str]
+    layer_depths: _containers.RepeatedScalarFieldContainer[float]
+    layer_sizes: _containers.RepeatedScalarFieldContainer[int]
+    concepts: _containers.RepeatedCompositeFieldContainer[ConceptAudit]
+    valid_share: ScoreWithFloor
+    spurious_share: ScoreWithFloor
+    layer_valid_share: _containers.RepeatedScalarFieldContainer[float]
+    layer_spurious_share: _containers.RepeatedScalarFieldContainer[float]
+    spurious_neurons: _containers.RepeatedCompositeFieldContainer[SpuriousNeuron]
+    def __init__(self, model_id: _Optional[str] = ..., generation: _Optional[int] = ..., neuron_count: _Optional[int] = ..., layers: _Optional[_Iterable[str]] = ..., layer_depths: _Optional[_Iterable[float]] = ..., layer_sizes: _Optional[_Iterable[int]] = ..., concepts: _Optional[_Iterable[_Union[ConceptAudit, _Mapping]]] = ..., valid_share: _Optional[_Union[ScoreWithFloor, _Mapping]] = ..., spurious_share: _Optional[_Union[ScoreWithFloor, _Mapping]] = ..., layer_valid_share: _Optional[_Iterable[float]] = ..., layer_spurious_share: _Optional[_Iterable[float]] = ..., spurious_neurons: _Optional[_Iterable[_Union[SpuriousNeuron, _Mapping]]] = ...) -> None: ...

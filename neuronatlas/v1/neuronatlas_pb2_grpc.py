@@ -75,6 +75,16 @@ class NeuronAtlasServiceStub:
                 request_serializer=neuronatlas_dot_v1_dot_neuronatlas__pb2.GetStatsRequest.SerializeToString,
                 response_deserializer=neuronatlas_dot_v1_dot_neuronatlas__pb2.GetStatsResponse.FromString,
                 _registered_method=True)
+        self.CompareModels = channel.unary_unary(
+                '/neuronatlas.v1.NeuronAtlasService/CompareModels',
+                request_serializer=neuronatlas_dot_v1_dot_neuronatlas__pb2.CompareModelsRequest.SerializeToString,
+                response_deserializer=neuronatlas_dot_v1_dot_neuronatlas__pb2.CompareModelsResponse.FromString,
+                _registered_method=True)
+        self.AuditModel = channel.unary_unary(
+                '/neuronatlas.v1.NeuronAtlasService/AuditModel',
+                request_serializer=neuronatlas_dot_v1_dot_neuronatlas__pb2.AuditModelRequest.SerializeToString,
+                response_deserializer=neuronatlas_dot_v1_dot_neuronatlas__pb2.AuditModelResponse.FromString,
+                _registered_method=True)
 
 
 class NeuronAtlasServiceServicer:
@@ -137,6 +147,23 @@ class NeuronAtlasServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CompareModels(self, request, context):
+        """Compares two indexed models (semantic view from the neuron vectors, activation view from
+        the activation sketches), every score beside its noise floor. Results are cached by the
+        server per model pair, index generations and options.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AuditModel(self, request, context):
+        """Audits an indexed model against valid and spurious concepts (free text). Needs the
+        server's embedder (FAILED_PRECONDITION on a server started without one).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NeuronAtlasServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -179,6 +206,16 @@ def add_NeuronAtlasServiceServicer_to_server(servicer, server):
                     servicer.GetStats,
                     request_deserializer=neuronatlas_dot_v1_dot_neuronatlas__pb2.GetStatsRequest.FromString,
                     response_serializer=neuronatlas_dot_v1_dot_neuronatlas__pb2.GetStatsResponse.SerializeToString,
+            ),
+            'CompareModels': grpc.unary_unary_rpc_method_handler(
+                    servicer.CompareModels,
+                    request_deserializer=neuronatlas_dot_v1_dot_neuronatlas__pb2.CompareModelsRequest.FromString,
+                    response_serializer=neuronatlas_dot_v1_dot_neuronatlas__pb2.CompareModelsResponse.SerializeToString,
+            ),
+            'AuditModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.AuditModel,
+                    request_deserializer=neuronatlas_dot_v1_dot_neuronatlas__pb2.AuditModelRequest.FromString,
+                    response_serializer=neuronatlas_dot_v1_dot_neuronatlas__pb2.AuditModelResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -398,6 +435,60 @@ class NeuronAtlasService:
             '/neuronatlas.v1.NeuronAtlasService/GetStats',
             neuronatlas_dot_v1_dot_neuronatlas__pb2.GetStatsRequest.SerializeToString,
             neuronatlas_dot_v1_dot_neuronatlas__pb2.GetStatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CompareModels(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/neuronatlas.v1.NeuronAtlasService/CompareModels',
+            neuronatlas_dot_v1_dot_neuronatlas__pb2.CompareModelsRequest.SerializeToString,
+            neuronatlas_dot_v1_dot_neuronatlas__pb2.CompareModelsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AuditModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/neuronatlas.v1.NeuronAtlasService/AuditModel',
+            neuronatlas_dot_v1_dot_neuronatlas__pb2.AuditModelRequest.SerializeToString,
+            neuronatlas_dot_v1_dot_neuronatlas__pb2.AuditModelResponse.FromString,
             options,
             channel_credentials,
             insecure,

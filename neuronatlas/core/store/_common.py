@@ -54,6 +54,11 @@ WRITE_BATCH = 256  # points per write request
 FACET_LIMIT = 1_000_000  # "all values" for facet counts
 # Fields read when ranking label matches (full payloads only for the returned page).
 LABEL_RANK_FIELDS = ["model_id", "layer", "unit", "labels"]
+# search_per_model: the first, unrestricted search fetches per_model * models * OVERFETCH
+# hits (at least MIN, at most MAX); models it leaves incomplete get their own query.
+PER_MODEL_OVERFETCH = 4
+PER_MODEL_MIN_FETCH = 100
+PER_MODEL_MAX_FETCH = 4096
 
 
 @dataclass(frozen=True)
@@ -396,18 +401,65 @@ class QdrantStoreBase(KnowledgeStore):
         q = self._query_vector(vector)
         conds = self._filter_conds(flt)
         models = sorted(self._live_models(flt).items())
-        specs = [
-            QuerySpec(
-                q, [Cond("slot", any=(slot,)), *conds], int(per_model), hnsw_ef=self.search_ef
-            )
-            for _, slot in models
-        ]
-        groups = [[self._hit(p, False) for p in res] for res in self._n_query(specs)]
-        groups = [sorted(g, key=_hit_order) for g in groups if g]
-        groups.sort(key=lambda g: _hit_order(g[0]))
-        if max_models is not None:
-            groups = groups[: int(max_models)]
-        return [h for g in groups for h in g]
+        per_model = int(per_model)
+        top = None if max_models is None else int(max_models)
+        slot_model = {slot: model for model, slot in models}
+
+        # 1. One search over every visible model, over-fetched. Restricted to one model, a
+        #    top-L list is that model's top-per_model whenever it holds >= per_model of the
+        #    model's hits (or the list is not full, i.e. it holds every matching point). This
+        #    is exact for exact search; with HNSW both this and a per-model filtered search are
+        #    approximate (a graph walk may miss a model's best neighbours either way).
+        if len(models) == 1:
+            limit = per_model
+        else:
+            limit = min(max(per_model * len(models) * PER_MODEL_OVERFETCH, PER_MODEL_MIN_FETCH),
+                        PER_MODEL_MAX_FETCH)
+            limit = max(limit, per_model)
+        spec = QuerySpec(q, [*self._slot_conds(flt), *conds], limit, hnsw_ef=self.search_ef)
+        found = self._n_query([spec])[0]
+        exhausted = len(found) < limit  # every matching point is in the list
+        by_model: dict[str, list[Hit]] = {}
+        for p in found:
+            model = slot_model.get(p.payload.get("slot"))
+            if model is not None:
+                by_model.setdefault(model, []).append(self._hit(p, False))
+        groups: dict[str, list[Hit]] = {}
+        pending: list[tuple[str, str]] = []
+        for model, slot in models:
+            hits = sorted(by_model.get(model, []), key=_hit_order)
+            if len(hits) >= per_model or exhausted:
+                if hits:
+                    groups[model] = hits[:per_model]
+            else:
+                pending.append((model, slot))
+
+        # 2. Models the list may hold incompletely. With max_models, a model whose best hit is
+        #    known ranks exactly by it, and a model absent from the list ranks below every
+        #    model whose best hit scores above the list's last score: when max_models of
+        #    those exist, only the incomplete ones among the first max_models need a query.
+        if pending and top is not None:
+            floor = found[-1].score if found else -math.inf
+            ranked = sorted(by_model, key=lambda m: _hit_order(min(by_model[m], key=_hit_order)))
+            ahead = [m for m in ranked if min(by_model[m], key=_hit_order).score > floor]
+            if len(ahead) >= top:
+                keep = set(ahead[:top])
+                pending = [(m, s) for m, s in pending if m in keep]
+        if pending:
+            specs = [
+                QuerySpec(q, [Cond("slot", any=(slot,)), *conds], per_model, hnsw_ef=self.search_ef)
+                for _, slot in pending
+            ]
+            for (model, _), res in zip(pending, self._n_query(specs)):
+                if res:
+                    groups[model] = sorted((self._hit(p, False) for p in res), key=_hit_order)
+                else:
+                    groups.pop(model, None)
+
+        ordered = sorted(groups.values(), key=lambda g: _hit_order(g[0]))
+        if top is not None:
+            ordered = ordered[:top]
+        return [h for g in ordered for h in g]
 
     def find_by_label(
         self,
