@@ -46,9 +46,11 @@ def render_grid(record: NeuronRecord, root: Path, out: Path, columns: int = 5) -
     cols = max(1, min(columns, len(samples)))
     rows = math.ceil(len(samples) / cols)
     caption = _caption(record)
-    header = 0.2 * (caption.count("\n") + 1) + 0.2  # inches of text above the images
-    height = 2.3 * rows + header
-    fig, axes = plt.subplots(rows, cols, figsize=(max(2.2 * cols, 8.0), height), squeeze=False)
+    header = 0.18 * (caption.count("\n") + 1)  # inches of text above the images
+    height = 2.5 * rows + header
+    fig, axes = plt.subplots(
+        rows, cols, figsize=(max(2.2 * cols, 8.0), height), squeeze=False, layout="constrained"
+    )
     for ax in axes.flat:
         ax.axis("off")
     for i, s in enumerate(samples):
@@ -60,8 +62,7 @@ def render_grid(record: NeuronRecord, root: Path, out: Path, columns: int = 5) -
         except OSError:
             ax.text(0.5, 0.5, "missing", ha="center", va="center")
         ax.set_title(f"#{i + 1} {s.activation:.3g}\n{Path(s.sample_id).parent.name or s.sample_id}", fontsize=8)
-    fig.suptitle(caption, fontsize=8, ha="left", va="top", x=0.01, y=0.995)
-    fig.tight_layout(rect=(0, 0, 1, 1 - header / height))
+    fig.suptitle(caption, fontsize=8, ha="left", x=0.01)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=100)
