@@ -55,10 +55,12 @@ FACET_LIMIT = 1_000_000  # "all values" for facet counts
 # Fields read when ranking label matches (full payloads only for the returned page).
 LABEL_RANK_FIELDS = ["model_id", "layer", "unit", "labels"]
 # search_per_model: the first, unrestricted search fetches per_model * models * OVERFETCH
-# hits (at least MIN, at most MAX); models it leaves incomplete get their own query.
+# hits (models: max_models when given; at least MIN, at most MAX); models it may leave
+# incomplete get their own query.
 PER_MODEL_OVERFETCH = 4
 PER_MODEL_MIN_FETCH = 100
 PER_MODEL_MAX_FETCH = 4096
+PER_MODEL_RANK_FIELDS = ["slot", "model_id", "layer", "unit"]
 
 
 @dataclass(frozen=True)
@@ -144,6 +146,11 @@ def _hit_order(h: Hit) -> tuple:
     return (-h.score, h.record.model_id, h.record.layer, h.record.unit)
 
 
+def _point_order(p: Point) -> tuple:
+    """``_hit_order`` of a point read with (at least) PER_MODEL_RANK_FIELDS."""
+    return (-p.score, p.payload["model_id"], p.payload["layer"], int(p.payload["unit"]))
+
+
 class QdrantStoreBase(KnowledgeStore):
     """The contract, written once over backend primitives (``_n_*`` neurons, ``_m_*`` catalogue)."""
 
@@ -173,7 +180,10 @@ class QdrantStoreBase(KnowledgeStore):
     def _n_upsert(self, points: list[Point]) -> None: ...
 
     @abstractmethod
-    def _n_query(self, specs: list[QuerySpec], with_payload: bool = True) -> list[list[Point]]: ...
+    def _n_query(
+        self, specs: list[QuerySpec], with_payload: bool | list[str] = True
+    ) -> list[list[Point]]:
+        """One result list per spec; ``with_payload`` a list: only those payload fields."""
 
     @abstractmethod
     def _n_scroll(
@@ -413,24 +423,26 @@ class QdrantStoreBase(KnowledgeStore):
         if len(models) == 1:
             limit = per_model
         else:
-            limit = min(max(per_model * len(models) * PER_MODEL_OVERFETCH, PER_MODEL_MIN_FETCH),
+            wanted = len(models) if top is None else min(top, len(models))
+            limit = min(max(per_model * wanted * PER_MODEL_OVERFETCH, PER_MODEL_MIN_FETCH),
                         PER_MODEL_MAX_FETCH)
             limit = max(limit, per_model)
         spec = QuerySpec(q, [*self._slot_conds(flt), *conds], limit, hnsw_ef=self.search_ef)
-        found = self._n_query([spec])[0]
+        # Ranking needs a few payload fields only; full payloads are read for the answer.
+        found = self._n_query([spec], with_payload=PER_MODEL_RANK_FIELDS)[0]
         exhausted = len(found) < limit  # every matching point is in the list
-        by_model: dict[str, list[Hit]] = {}
+        by_model: dict[str, list[Point]] = {}
         for p in found:
             model = slot_model.get(p.payload.get("slot"))
             if model is not None:
-                by_model.setdefault(model, []).append(self._hit(p, False))
-        groups: dict[str, list[Hit]] = {}
+                by_model.setdefault(model, []).append(p)
+        groups: dict[str, list[Point]] = {}
         pending: list[tuple[str, str]] = []
         for model, slot in models:
-            hits = sorted(by_model.get(model, []), key=_hit_order)
-            if len(hits) >= per_model or exhausted:
-                if hits:
-                    groups[model] = hits[:per_model]
+            points = sorted(by_model.get(model, []), key=_point_order)
+            if len(points) >= per_model or exhausted:
+                if points:
+                    groups[model] = points[:per_model]
             else:
                 pending.append((model, slot))
 
@@ -440,8 +452,9 @@ class QdrantStoreBase(KnowledgeStore):
         #    those exist, only the incomplete ones among the first max_models need a query.
         if pending and top is not None:
             floor = found[-1].score if found else -math.inf
-            ranked = sorted(by_model, key=lambda m: _hit_order(min(by_model[m], key=_hit_order)))
-            ahead = [m for m in ranked if min(by_model[m], key=_hit_order).score > floor]
+            best = {m: min(ps, key=_point_order) for m, ps in by_model.items()}
+            ranked = sorted(best, key=lambda m: _point_order(best[m]))
+            ahead = [m for m in ranked if best[m].score > floor]
             if len(ahead) >= top:
                 keep = set(ahead[:top])
                 pending = [(m, s) for m, s in pending if m in keep]
@@ -450,16 +463,19 @@ class QdrantStoreBase(KnowledgeStore):
                 QuerySpec(q, [Cond("slot", any=(slot,)), *conds], per_model, hnsw_ef=self.search_ef)
                 for _, slot in pending
             ]
-            for (model, _), res in zip(pending, self._n_query(specs)):
+            results = self._n_query(specs, with_payload=PER_MODEL_RANK_FIELDS)
+            for (model, _), res in zip(pending, results):
                 if res:
-                    groups[model] = sorted((self._hit(p, False) for p in res), key=_hit_order)
-                else:
-                    groups.pop(model, None)
+                    groups[model] = sorted(res, key=_point_order)
 
-        ordered = sorted(groups.values(), key=lambda g: _hit_order(g[0]))
+        ordered = sorted(groups.values(), key=lambda g: _point_order(g[0]))
         if top is not None:
             ordered = ordered[:top]
-        return [h for g in ordered for h in g]
+        chosen = [p for g in ordered for p in g]
+        full = {p.id: p.payload for p in self._n_retrieve([p.id for p in chosen], with_vector=False)}
+        return [
+            Hit(NeuronRecord.from_payload(full[p.id]), float(p.score)) for p in chosen if p.id in full
+        ]
 
     def find_by_label(
         self,

@@ -215,7 +215,14 @@ class EdgeStore(QdrantStoreBase):
         ops = [qe.Point(p.id, p.vector, p.payload) for p in points]
         self._shard("neurons").update(qe.UpdateOperation.upsert_points(ops))
 
-    def _n_query(self, specs: list[QuerySpec], with_payload: bool = True) -> list[list[Point]]:
+    def _n_query(
+        self, specs: list[QuerySpec], with_payload: bool | list[str] = True
+    ) -> list[list[Point]]:
+        wp = (
+            qe.PayloadSelector.Include(with_payload)
+            if isinstance(with_payload, list)
+            else with_payload
+        )
         reqs = [
             qe.QueryRequest(
                 limit=s.limit,
@@ -223,7 +230,7 @@ class EdgeStore(QdrantStoreBase):
                 query=qe.Query.Nearest(s.vector),
                 filter=_edge_filter(s.conds),
                 with_vector=s.with_vector,
-                with_payload=with_payload,
+                with_payload=wp,
                 params=qe.SearchParams(hnsw_ef=s.hnsw_ef, exact=s.exact),
             )
             for s in specs

@@ -233,7 +233,9 @@ class RemoteStore(QdrantStoreBase):
         structs = [models.PointStruct(id=p.id, vector=p.vector, payload=p.payload) for p in points]
         self._call(self.client.upsert, self.neurons_collection, points=structs, wait=True)
 
-    def _n_query(self, specs: list[QuerySpec], with_payload: bool = True) -> list[list[Point]]:
+    def _n_query(
+        self, specs: list[QuerySpec], with_payload: bool | list[str] = True
+    ) -> list[list[Point]]:
         def params(s: QuerySpec) -> models.SearchParams | None:
             return None if self._local else models.SearchParams(hnsw_ef=s.hnsw_ef, exact=s.exact)
 
