@@ -16,7 +16,6 @@ import io
 import json
 import os
 import re
-import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -27,6 +26,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from neuronatlas.core.atomic import atomic_write_bytes, atomic_write_json
 from neuronatlas.core.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from neuronatlas.core.records import EmbedderInfo
 
@@ -63,27 +63,6 @@ class ProbeSet:
     def from_dict(cls, d: dict[str, Any]) -> ProbeSet:
         return cls(d["name"], Path(d["root"]), list(d["files"]), d["sha256"], list(d.get("skipped", [])),
                    d.get("limit"), d.get("signature", ""))
-
-
-def atomic_write_bytes(path: Path, data: bytes, durable: bool = True) -> None:
-    """Write ``data`` to ``path`` so readers see the old file or the whole new one (also after
-    kill -9). ``durable`` also fsyncs, to survive a power cut."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            if durable:
-                os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_json(path: Path, obj: Any, durable: bool = True) -> None:
-    atomic_write_bytes(path, json.dumps(obj, indent=1, sort_keys=True).encode(), durable)
 
 
 def _image_files(folder: Path) -> list[str]:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from neuronatlas.indexer.probes import atomic_write_bytes, atomic_write_json
+from neuronatlas.core.atomic import atomic_write_bytes, atomic_write_json
 from neuronatlas.indexer.topk import RunningStats, StreamingTopK
 
 

@@ -25,8 +25,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
-import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field, fields, is_dataclass
@@ -35,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from neuronatlas.core.atomic import atomic_save_npz
 from neuronatlas.core.errors import FailedPrecondition, InvalidArgument, NotFound, NotIndexed
 from neuronatlas.core.records import ModelEntry, ModelStatus
 from neuronatlas.core.sketches import load_sketch
@@ -606,15 +605,7 @@ def _save(path: Path, cmp: Comparison) -> None:
     tree = _encode(Comparison(a=cmp.a, b=cmp.b, semantic=cmp.semantic, activation=cmp.activation,
                               timings=cmp.timings), arrays, "c")
     arrays["__tree__"] = np.frombuffer(json.dumps(tree).encode(), dtype=np.uint8)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_save_npz(path, arrays)
 
 
 def _load(path: Path) -> Comparison:

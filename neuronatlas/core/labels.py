@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from neuronatlas.core.embedder.base import Embedder
+from neuronatlas.core.atomic import atomic_save_npy
 from neuronatlas.core.errors import InvalidArgument, NotFound
 from neuronatlas.core.records import Label
 
@@ -145,14 +145,7 @@ class LabelScorer:
                 pass  # unreadable cache file: encode again and overwrite it
         matrix = prompt_embeddings(self.embedder, [*self.labels, ""], self.templates)
         if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-            try:
-                with tmp.open("wb") as f:
-                    np.save(f, matrix)
-                os.replace(tmp, path)
-            finally:
-                tmp.unlink(missing_ok=True)
+            atomic_save_npy(path, matrix)
         return matrix
 
     def __len__(self) -> int:

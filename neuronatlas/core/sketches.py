@@ -11,13 +11,12 @@ Files: ``home/sketches/<model_id>/gen<generation>.npz`` (float16, written atomic
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from neuronatlas.core.atomic import atomic_save_npz
 from neuronatlas.core.errors import InvalidArgument, NotFound, StoreCorrupted
 from neuronatlas.core.records import validate_model_id
 
@@ -92,15 +91,7 @@ def save_sketch(
     arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
 
     path = sketch_path(home, model_id, generation)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_save_npz(path, arrays)
     return path
 
 
