@@ -71,3 +71,7 @@ def main() -> None:
     except NeuronAtlasError as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

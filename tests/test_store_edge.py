@@ -131,6 +131,42 @@ def test_empty_or_missing_dir_becomes_a_store(tmp_path: Path):
         assert (p / "store.json").exists()
 
 
+def test_store_without_marker_is_refused_never_wiped(tmp_path: Path):
+    """Deleting store.json by hand must not let the next open recreate (wipe) the store."""
+    path = tmp_path / "store"
+    filled(path).close()
+    (path / "store.json").unlink()
+    before = sorted(str(p.relative_to(path)) for p in path.rglob("*") if p.name != ".lock")
+    for _ in range(2):  # refused every time, and the refusal released its lock
+        with pytest.raises(StoreCorrupted, match="no store.json.*neurons/ shard"):
+            EdgeStore(path)
+    after = sorted(str(p.relative_to(path)) for p in path.rglob("*") if p.name != ".lock")
+    assert after == before and not (path / "store.json").exists()
+
+
+def test_catalogue_without_marker_is_refused(tmp_path: Path):
+    """A store with catalogue entries but no neurons yet is data too."""
+    path = tmp_path / "store"
+    with EdgeStore(path) as s:
+        s.put_model(entry("beta", status=ModelStatus.REGISTERED))
+    (path / "store.json").unlink()
+    with pytest.raises(StoreCorrupted, match="holds 1 entries"):
+        EdgeStore(path)
+    assert (path / "models").is_dir()
+
+
+def test_restored_marker_opens_the_data_again(tmp_path: Path):
+    path = tmp_path / "store"
+    filled(path).close()
+    saved = (path / "store.json").read_text()
+    (path / "store.json").unlink()
+    with pytest.raises(StoreCorrupted):
+        EdgeStore(path)
+    (path / "store.json").write_text(saved)
+    with EdgeStore(path) as again:
+        assert again.count() == 12
+
+
 def test_interrupted_creation_is_redone(tmp_path: Path):
     path = tmp_path / "store"
     EdgeStore(path).close()

@@ -11,13 +11,20 @@ from typing import Any
 
 import numpy as np
 
+from neuronatlas.core.diskspace import disk_full_error, is_disk_full
+
 
 def atomic_write_bytes(path: Path, data: bytes, durable: bool = True) -> None:
     """Write ``data`` to ``path`` through a temp file + rename. ``durable`` also fsyncs, to
     survive a power cut (a rename alone is enough for kill -9)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        if is_disk_full(e):
+            raise disk_full_error(path, e) from None
+        raise
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -25,8 +32,10 @@ def atomic_write_bytes(path: Path, data: bytes, durable: bool = True) -> None:
             if durable:
                 os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if is_disk_full(e):
+            raise disk_full_error(path, e) from None  # type: ignore[arg-type]
         raise
 
 

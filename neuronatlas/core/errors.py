@@ -63,6 +63,10 @@ class StoreUnavailable(StoreError):
     """The remote Qdrant server cannot be reached."""
 
 
+class StorageFull(StoreError):
+    """Too little free disk space to write safely; nothing was written."""
+
+
 class WeightsUnavailable(NeuronAtlasError):
     """Model or embedder weights cannot be loaded (no network, missing file, wrong file)."""
 

@@ -362,6 +362,7 @@ class QdrantStoreBase(KnowledgeStore):
     # -- neurons -----------------------------------------------------------------------------
     def upsert_neurons(self, records: Sequence[NeuronRecord]) -> int:
         points = records_to_points(records, self._bound_dim(for_write=True))
+        self._reserve_space(points)  # a batch that cannot fit is refused before any write
         vis = self._vis
         new_slots = {p.payload["slot"] for p in points}
         if vis is not None and vis.stored_slots is not None and not new_slots <= vis.stored_slots:
@@ -369,6 +370,9 @@ class QdrantStoreBase(KnowledgeStore):
         for i in range(0, len(points), WRITE_BATCH):
             self._n_upsert(points[i : i + WRITE_BATCH])
         return len(points)
+
+    def _reserve_space(self, points: list[Point]) -> None:
+        """Backends that write to local disk refuse a batch that would not fit (no-op here)."""
 
     def get_neuron(
         self, model_id: str, layer: str, unit: int, with_vector: bool = True

@@ -19,6 +19,7 @@ from typing import Any
 
 import qdrant_edge as qe
 
+from neuronatlas.core.diskspace import ensure_free
 from neuronatlas.core.errors import FailedPrecondition, NotAStore, StoreCorrupted, StoreLocked
 from neuronatlas.core.records import EmbedderInfo
 from neuronatlas.core.store._common import (
@@ -98,9 +99,12 @@ class EdgeStore(QdrantStoreBase):
             )
         self._lock()
         try:
+            # Opening maps fresh write-ahead-log pages: on a full disk that is a SIGBUS.
+            ensure_free(self.path, what="open the store")
             if MARKER in entries:
                 self._open_existing()
             else:
+                self._refuse_if_holding_data(entries)
                 self._create()
         except BaseException:
             self._release()
@@ -118,10 +122,45 @@ class EdgeStore(QdrantStoreBase):
             ) from None
         self._lock_fd = fd
 
+    def _refuse_if_holding_data(self, entries: set[str]) -> None:
+        """A directory with shards but no marker is never recreated unless provably empty.
+
+        Creation writes ``models/`` (empty) and then ``store.json``; ``neurons/`` only appears
+        after the marker exists. So the one state without a marker that holds no data is an
+        empty ``models/`` shard and no ``neurons/``: that is an interrupted creation and is
+        redone. Anything else (the marker deleted by hand, a partial copy) is refused, so the
+        next command cannot wipe a user's data.
+        """
+        if "neurons" in entries:
+            raise StoreCorrupted(self._missing_marker_message("it has a neurons/ shard"))
+        if "models" not in entries:
+            return
+        try:
+            shard = qe.EdgeShard.load(str(self.path / "models"))
+        except Exception:  # noqa: BLE001 - the binding raises plain Exception
+            raise StoreCorrupted(
+                self._missing_marker_message("its models/ shard cannot be read")
+            ) from None
+        try:
+            n_points = int(shard.count(qe.CountRequest(exact=True)))
+        finally:
+            shard.close()
+        if n_points:
+            raise StoreCorrupted(
+                self._missing_marker_message(f"its models/ shard holds {n_points} entries")
+            )
+
+    def _missing_marker_message(self, why: str) -> str:
+        return (
+            f"{self.path} has no {MARKER} but {why}; refusing to open it so that nothing is "
+            f"overwritten. Restore {MARKER} from a backup or copy, or move the directory away "
+            "to start a new store"
+        )
+
     def _create(self) -> None:
-        # Leftovers of a creation that never reached store.json hold no data: start over.
-        for name in ("models", "neurons"):
-            shutil.rmtree(self.path / name, ignore_errors=True)
+        # Only reached for an empty directory or an interrupted creation (an empty models/
+        # shard, see _refuse_if_holding_data): nothing in it holds data, so start over.
+        shutil.rmtree(self.path / "models", ignore_errors=True)
         self._models = qe.EdgeShard.create(
             str(self.path / "models"),
             qe.EdgeConfig(vectors=qe.EdgeVectorParams(size=1, distance=qe.Distance.Dot)),
@@ -193,6 +232,7 @@ class EdgeStore(QdrantStoreBase):
 
     def _save_embedder(self, info: EmbedderInfo) -> None:
         self._shard("models")
+        ensure_free(self.path, 64 << 20, what="create the neuron shard")
         shutil.rmtree(self.path / "neurons", ignore_errors=True)  # orphan of an interrupted bind
         shard = qe.EdgeShard.create(str(self.path / "neurons"), self._neuron_config(info.dim))
         for name in KEYWORD_FIELDS:
@@ -211,7 +251,13 @@ class EdgeStore(QdrantStoreBase):
             shard.close()
             raise
 
+    def _reserve_space(self, points: list[Point]) -> None:
+        # WAL + segment + index, generously: vector bytes + ~2 KiB of payload, twice over.
+        need = 2 * sum(4 * len(p.vector) + 2048 for p in points)
+        ensure_free(self.path, need, what=f"write {len(points)} neurons")
+
     def _n_upsert(self, points: list[Point]) -> None:
+        self._reserve_space(points)  # per batch too: a long write can fill the disk midway
         ops = [qe.Point(p.id, p.vector, p.payload) for p in points]
         self._shard("neurons").update(qe.UpdateOperation.upsert_points(ops))
 
@@ -291,6 +337,7 @@ class EdgeStore(QdrantStoreBase):
 
     def _m_put(self, point_id: str, payload: dict[str, Any]) -> None:
         shard = self._shard("models")
+        ensure_free(self.path, what="write the catalogue")
         shard.update(qe.UpdateOperation.upsert_points([qe.Point(point_id, [1.0], payload)]))
         shard.flush()
 
@@ -316,6 +363,10 @@ class EdgeStore(QdrantStoreBase):
 
     # -- maintenance ---------------------------------------------------------------------------
     def optimize(self) -> None:
+        if self._neurons is not None and self._info is not None:
+            # optimisation rewrites segments (vectors, payloads, graph) before dropping the old
+            need = self._n_count([]) * (8 * self._info.dim + 2048)
+            ensure_free(self.path, need, what="optimise the store")
         for which in ("models", "neurons"):
             if which == "neurons" and self._neurons is None:
                 continue
