@@ -42,7 +42,10 @@ def synthetic_models(layers: int, units: int, dim: int, related: bool, seed: int
         b = a[perm] + 0.3 * rng.standard_normal(a.shape).astype(np.float32)
     else:
         b = draw()
-    norm = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)
+
+    def norm(x):
+        return x / np.linalg.norm(x, axis=1, keepdims=True)
+
     return norm(a), norm(b)
 
 
@@ -50,9 +53,16 @@ def model_vectors(name: str, vecs: np.ndarray, layers: int, units: int):
     from neuronatlas.core.compare import ModelSide, ModelVectors
     from neuronatlas.core.records import ModelEntry
 
-    side = ModelSide(name, 0, [f"layer{i}" for i in range(layers)], np.linspace(0, 1, layers),
-                     np.full(layers, units), np.repeat(np.arange(layers), units), np.tile(np.arange(units), layers),
-                     [""] * len(vecs))
+    side = ModelSide(
+        name,
+        0,
+        [f"layer{i}" for i in range(layers)],
+        np.linspace(0, 1, layers),
+        np.full(layers, units),
+        np.repeat(np.arange(layers), units),
+        np.tile(np.arange(units), layers),
+        [""] * len(vecs),
+    )
     return ModelVectors(ModelEntry(name), side, vecs, np.arange(layers + 1) * units)
 
 
@@ -71,12 +81,28 @@ def store_load(a: np.ndarray, layers: int, units: int) -> tuple[float, float]:
     with tempfile.TemporaryDirectory() as tmp, EdgeStore(Path(tmp) / "store") as store:
         store.bind_embedder(EmbedderInfo("bench", "random:0", a.shape[1]))
         t = time.perf_counter()
-        recs = [NeuronRecord("a", f"layer{i // units}", i // units, (i // units) / max(layers - 1, 1), i % units, a[i])
-                for i in range(len(a))]
+        recs = [
+            NeuronRecord(
+                "a",
+                f"layer{i // units}",
+                i // units,
+                (i // units) / max(layers - 1, 1),
+                i % units,
+                a[i],
+            )
+            for i in range(len(a))
+        ]
         for s in range(0, len(recs), 2000):
-            store.upsert_neurons(recs[s:s + 2000])
-        store.put_model(ModelEntry("a", status=ModelStatus.INDEXED,
-                                   layers=[LayerInfo(f"layer{i}", i, i / max(layers - 1, 1), units) for i in range(layers)]))
+            store.upsert_neurons(recs[s : s + 2000])
+        store.put_model(
+            ModelEntry(
+                "a",
+                status=ModelStatus.INDEXED,
+                layers=[
+                    LayerInfo(f"layer{i}", i, i / max(layers - 1, 1), units) for i in range(layers)
+                ],
+            )
+        )
         write_s = time.perf_counter() - t
         t = time.perf_counter()
         mv = load_model_vectors(store, "a")
@@ -86,7 +112,9 @@ def store_load(a: np.ndarray, layers: int, units: int) -> tuple[float, float]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--layers", type=int, default=10)
     ap.add_argument("--units", type=int, default=1000)
     ap.add_argument("--dim", type=int, default=512)
@@ -105,7 +133,10 @@ def main() -> None:
         a, b = synthetic_models(args.layers, args.units, args.dim, related)
         if related and not args.no_store:
             write_s, load_s = store_load(a, args.layers, args.units)
-        va, vb = model_vectors("a", a, args.layers, args.units), model_vectors("b", b, args.layers, args.units)
+        va, vb = (
+            model_vectors("a", a, args.layers, args.units),
+            model_vectors("b", b, args.layers, args.units),
+        )
         semantic_view(va, vb)  # warm-up (imports, BLAS threads)
         times = []
         for _ in range(args.repeat):
@@ -116,34 +147,54 @@ def main() -> None:
         semantic_view(va, vb)
         _, peak = tracemalloc.get_traced_memory()
         tracemalloc.stop()
-        rows.append((("related (noisy permuted copy)" if related else "unrelated (independent)"),
-                     min(times), float(np.median(times)), peak / 2**20, view))
+        rows.append(
+            (
+                ("related (noisy permuted copy)" if related else "unrelated (independent)"),
+                min(times),
+                float(np.median(times)),
+                peak / 2**20,
+                view,
+            )
+        )
 
     rng = np.random.default_rng(1)
-    acts = [rng.standard_normal((args.samples, args.units)).astype(np.float32) for _ in range(args.layers)]
+    acts = [
+        rng.standard_normal((args.samples, args.units)).astype(np.float32)
+        for _ in range(args.layers)
+    ]
     t = time.perf_counter()
     cka_matrix(acts, acts)
     cka_matrix(acts, acts, perm=rng.permutation(args.samples))
     cka_s = time.perf_counter() - t
 
-    lines = [f"## compare_models: {args.layers} layers x {args.units} neurons per model ({n:,} vs {n:,}), "
-             f"{args.dim}-d", "",
-             f"Machine: {platform.machine()}, {__import__('os').cpu_count()} CPU cores, "
-             f"numpy {np.__version__}. Command: `python bench/bench_compare.py"
-             f"{'' if (args.layers, args.units, args.dim) == (10, 1000, 512) else ' ...'}`", "",
-             "| case | semantic view best of %d (s) | median (s) | peak traced memory (MiB) | matching | "
-             "matching score (floor) | coverage A (floor) | depth rho (floor) |" % args.repeat,
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"## compare_models: {args.layers} layers x {args.units} neurons per model ({n:,} vs {n:,}), "
+        f"{args.dim}-d",
+        "",
+        f"Machine: {platform.machine()}, {__import__('os').cpu_count()} CPU cores, "
+        f"numpy {np.__version__}. Command: `python bench/bench_compare.py"
+        f"{'' if (args.layers, args.units, args.dim) == (10, 1000, 512) else ' ...'}`",
+        "",
+        "| case | semantic view best of %d (s) | median (s) | peak traced memory (MiB) | matching | "
+        "matching score (floor) | coverage A (floor) | depth rho (floor) |" % args.repeat,
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for name, best, med, peak, v in rows:
-        lines.append(f"| {name} | {best:.2f} | {med:.2f} | {peak:.0f} | {v.matching_method} | "
-                     f"{v.matching.value:.3f} ({v.matching.baseline:.3f}) | {v.coverage_a.value:.1%} "
-                     f"({v.coverage_a.baseline:.1%}) | {v.alignment.rho.value:+.2f} ({v.alignment.rho.baseline:+.2f}) |")
-    lines += ["", "| other cost | value |", "|---|---|",
-              f"| write {n:,} neurons into an Edge store (setup, once) | {write_s:.1f} s |",
-              f"| load {n:,} neurons with vectors from the Edge store (`load_model_vectors`) | {load_s:.2f} s |",
-              f"| activation view: CKA {args.layers}x{args.layers} layers + permuted-sample floor, "
-              f"{args.samples} samples x {args.units} units | {cka_s:.2f} s |",
-              f"| process peak RSS | {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB |"]
+        lines.append(
+            f"| {name} | {best:.2f} | {med:.2f} | {peak:.0f} | {v.matching_method} | "
+            f"{v.matching.value:.3f} ({v.matching.baseline:.3f}) | {v.coverage_a.value:.1%} "
+            f"({v.coverage_a.baseline:.1%}) | {v.alignment.rho.value:+.2f} ({v.alignment.rho.baseline:+.2f}) |"
+        )
+    lines += [
+        "",
+        "| other cost | value |",
+        "|---|---|",
+        f"| write {n:,} neurons into an Edge store (setup, once) | {write_s:.1f} s |",
+        f"| load {n:,} neurons with vectors from the Edge store (`load_model_vectors`) | {load_s:.2f} s |",
+        f"| activation view: CKA {args.layers}x{args.layers} layers + permuted-sample floor, "
+        f"{args.samples} samples x {args.units} units | {cka_s:.2f} s |",
+        f"| process peak RSS | {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB |",
+    ]
     text = "\n".join(lines) + "\n"
     print(text)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -49,8 +49,9 @@ def synthetic_vectors(n: int, dim: int, seed: int, centre_seed: int = 0) -> np.n
     out = np.empty((n, dim), np.float32)
     for s in range(0, n, 100_000):
         e = min(n, s + 100_000)
-        v = centres[rng.integers(0, CLUSTERS, e - s)] + rng.standard_normal((e - s, dim)).astype(np.float32) * (
-            1.0 / np.sqrt(dim))
+        v = centres[rng.integers(0, CLUSTERS, e - s)] + rng.standard_normal((e - s, dim)).astype(
+            np.float32
+        ) * (1.0 / np.sqrt(dim))
         out[s:e] = v / np.linalg.norm(v, axis=1, keepdims=True)
     return out
 
@@ -71,7 +72,14 @@ def key_of(i: int, units: int) -> str:
 
 
 def build_store(path: Path, vectors: np.ndarray, info) -> float:
-    from neuronatlas.core.records import Label, LayerInfo, ModelEntry, ModelStatus, NeuronRecord, TopSample
+    from neuronatlas.core.records import (
+        Label,
+        LayerInfo,
+        ModelEntry,
+        ModelStatus,
+        NeuronRecord,
+        TopSample,
+    )
     from neuronatlas.core.store.edge import EdgeStore
 
     n = len(vectors)
@@ -82,26 +90,58 @@ def build_store(path: Path, vectors: np.ndarray, info) -> float:
         store.bind_embedder(info)
         for m in range(MODELS):
             model_id = f"m{m:03d}"
-            layers = [LayerInfo(f"layer{l}", l, l / (LAYERS - 1), units, "conv") for l in range(LAYERS)]
-            store.put_model(ModelEntry(model_id, architecture="synthetic", layers=layers, status=ModelStatus.INDEXING))
+            layers = [
+                LayerInfo(f"layer{l}", l, l / (LAYERS - 1), units, "conv") for l in range(LAYERS)
+            ]
+            store.put_model(
+                ModelEntry(
+                    model_id, architecture="synthetic", layers=layers, status=ModelStatus.INDEXING
+                )
+            )
             recs = []
             for j in range(per_model):
                 i = m * per_model + j
                 layer, unit = divmod(j, units)
-                recs.append(NeuronRecord(
-                    model_id, f"layer{layer}", layer, layer / (LAYERS - 1), unit, vectors[i],
-                    top_samples=[TopSample(f"probe/{(i * 7 + t) % 10000:05d}.jpg", (i * 7 + t) % 10000, 1.0 - t / 10)
-                                 for t in range(5)],
-                    labels={"broden": [Label(vocab[(i + t) % len(vocab)], 0.1 - t / 100) for t in range(3)]},
-                    label_set=[vocab[i % len(vocab)]], clarity=float((i % 100) / 100)))
+                recs.append(
+                    NeuronRecord(
+                        model_id,
+                        f"layer{layer}",
+                        layer,
+                        layer / (LAYERS - 1),
+                        unit,
+                        vectors[i],
+                        top_samples=[
+                            TopSample(
+                                f"probe/{(i * 7 + t) % 10000:05d}.jpg",
+                                (i * 7 + t) % 10000,
+                                1.0 - t / 10,
+                            )
+                            for t in range(5)
+                        ],
+                        labels={
+                            "broden": [
+                                Label(vocab[(i + t) % len(vocab)], 0.1 - t / 100) for t in range(3)
+                            ]
+                        },
+                        label_set=[vocab[i % len(vocab)]],
+                        clarity=float((i % 100) / 100),
+                    )
+                )
                 if len(recs) == 2000:
                     store.upsert_neurons(recs)
                     recs = []
             if recs:
                 store.upsert_neurons(recs)
-            store.put_model(ModelEntry(model_id, architecture="synthetic", layers=layers, status=ModelStatus.INDEXED))
+            store.put_model(
+                ModelEntry(
+                    model_id, architecture="synthetic", layers=layers, status=ModelStatus.INDEXED
+                )
+            )
             if m % 10 == 9:
-                print(f"  wrote {(m + 1) * per_model} neurons ({time.perf_counter() - t0:.0f} s)", flush=True)
+                print(
+                    f"  wrote {(m + 1) * per_model} neurons ({time.perf_counter() - t0:.0f} s)",
+                    flush=True,
+                )
         print("  building HNSW ...", flush=True)
         store.optimize()
     return time.perf_counter() - t0
@@ -149,26 +189,41 @@ async def drive(address: str, requests: list, concurrency: int) -> tuple[np.ndar
     return lat, wall, responses
 
 
-def run_case(address: str, requests: list, concurrency: int, warmup: list | None = None) -> tuple[dict, list]:
+def run_case(
+    address: str, requests: list, concurrency: int, warmup: list | None = None
+) -> tuple[dict, list]:
     """Warm up (by default with the first requests), then measure every request."""
     warmup = requests[: min(len(requests), 2 * concurrency)] if warmup is None else warmup
     asyncio.run(drive(address, warmup, concurrency))
     lat, wall, responses = asyncio.run(drive(address, requests, concurrency))
-    return {"p50_ms": float(np.percentile(lat, 50) * 1e3), "p99_ms": float(np.percentile(lat, 99) * 1e3),
-            "qps": len(requests) / wall, "n": len(requests)}, responses
+    return {
+        "p50_ms": float(np.percentile(lat, 50) * 1e3),
+        "p99_ms": float(np.percentile(lat, 99) * 1e3),
+        "qps": len(requests) / wall,
+        "n": len(requests),
+    }, responses
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--neurons", type=int, default=100_000)
     ap.add_argument("--dim", type=int, default=512, help="embedding dimension (CLIP ViT-B/32: 512)")
-    ap.add_argument("--embedder", default="open_clip:ViT-B-32:random:0",
-                    help="text embedder for text queries (random weights: same cost as the real model)")
+    ap.add_argument(
+        "--embedder",
+        default="open_clip:ViT-B-32:random:0",
+        help="text embedder for text queries (random weights: same cost as the real model)",
+    )
     ap.add_argument("--concurrency", type=int, default=32)
     ap.add_argument("--requests", type=int, default=3000, help="requests per warm scenario")
-    ap.add_argument("--group-requests", type=int, default=300, help="requests per per-model scenario")
+    ap.add_argument(
+        "--group-requests", type=int, default=300, help="requests per per-model scenario"
+    )
     ap.add_argument("--cold-requests", type=int, default=300)
-    ap.add_argument("--workdir", type=Path, default=WORK, help="where the synthetic store is cached")
+    ap.add_argument(
+        "--workdir", type=Path, default=WORK, help="where the synthetic store is cached"
+    )
     ap.add_argument("--recall-queries", type=int, default=200)
     ap.add_argument("--workers", type=int, default=32, help="server RPC threads")
     ap.add_argument("--rebuild", action="store_true")
@@ -194,14 +249,27 @@ def main() -> None:
         shutil.rmtree(store, ignore_errors=True)
         print(f"building a store of {args.neurons} neurons in {store} ...", flush=True)
         build_s = build_store(store, vectors, info)
-        marker.write_text(json.dumps({"neurons": args.neurons, "dim": args.dim, "build_s": build_s}))
+        marker.write_text(
+            json.dumps({"neurons": args.neurons, "dim": args.dim, "build_s": build_s})
+        )
     else:
         build_s = json.loads(marker.read_text()).get("build_s")
 
     port_file = args.workdir / f"port-{os.getpid()}"
     port_file.unlink(missing_ok=True)
-    proc = subprocess.Popen([sys.executable, __file__, "--serve", str(store), str(port_file),
-                             "--embedder", args.embedder, "--workers", str(args.workers)])
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            __file__,
+            "--serve",
+            str(store),
+            str(port_file),
+            "--embedder",
+            args.embedder,
+            "--workers",
+            str(args.workers),
+        ]
+    )
     try:
         t0 = time.time()
         while not port_file.exists():
@@ -212,32 +280,64 @@ def main() -> None:
         address = f"127.0.0.1:{port_file.read_text()}"
         rng = np.random.default_rng(1)
         qvec = synthetic_vectors(max(args.requests, args.recall_queries), args.dim, seed=2)
-        texts = [f"a photo of something {w}" for w in ("striped", "dotted", "red", "furry", "metal", "wet", "round",
-                                                       "tall")] * 8
+        texts = [
+            f"a photo of something {w}"
+            for w in ("striped", "dotted", "red", "furry", "metal", "wet", "round", "tall")
+        ] * 8
         cases = []
-        vec_reqs = [pb.SearchNeuronsRequest(vector=pb.Vector(values=v), top_k=10) for v in qvec[: args.requests]]
+        vec_reqs = [
+            pb.SearchNeuronsRequest(vector=pb.Vector(values=v), top_k=10)
+            for v in qvec[: args.requests]
+        ]
         n_grp = max(args.group_requests, min(args.recall_queries, args.requests))
-        grp_reqs = [pb.SearchNeuronsRequest(vector=pb.Vector(values=v), top_k=100, per_model=1, page_size=100)
-                    for v in qvec[:n_grp]]
+        grp_reqs = [
+            pb.SearchNeuronsRequest(
+                vector=pb.Vector(values=v), top_k=100, per_model=1, page_size=100
+            )
+            for v in qvec[:n_grp]
+        ]
         txt = [texts[i] for i in rng.integers(0, len(texts), args.requests)]
         cases.append(("vector", "unfiltered, top_k=10", vec_reqs))
         cases.append(("vector", "per_model=1, 100 models", grp_reqs))
-        cases.append(("text (cached)", "unfiltered, top_k=10", [pb.SearchNeuronsRequest(text=t, top_k=10) for t in txt]))
-        cases.append(("text (cached)", "per_model=1, 100 models",
-                      [pb.SearchNeuronsRequest(text=t, top_k=100, per_model=1, page_size=100)
-                       for t in txt[: args.group_requests]]))
-        cold = [pb.SearchNeuronsRequest(text=f"cold query number {i} about {texts[i % 8][22:]}", top_k=10)
-                for i in range(args.cold_requests)]
+        cases.append(
+            (
+                "text (cached)",
+                "unfiltered, top_k=10",
+                [pb.SearchNeuronsRequest(text=t, top_k=10) for t in txt],
+            )
+        )
+        cases.append(
+            (
+                "text (cached)",
+                "per_model=1, 100 models",
+                [
+                    pb.SearchNeuronsRequest(text=t, top_k=100, per_model=1, page_size=100)
+                    for t in txt[: args.group_requests]
+                ],
+            )
+        )
+        cold = [
+            pb.SearchNeuronsRequest(
+                text=f"cold query number {i} about {texts[i % 8][22:]}", top_k=10
+            )
+            for i in range(args.cold_requests)
+        ]
         cases.append(("text (cold)", "unfiltered, top_k=10", cold))
         rows, responses = [], {}
         for kind, mode, reqs in cases:
             # cold texts must not be warmed up: warm the server with other unseen texts instead
-            warm = [pb.SearchNeuronsRequest(text=f"warm-up text {i}", top_k=10) for i in range(2 * args.concurrency)]
+            warm = [
+                pb.SearchNeuronsRequest(text=f"warm-up text {i}", top_k=10)
+                for i in range(2 * args.concurrency)
+            ]
             stats, resp = run_case(address, reqs, args.concurrency, warm if reqs is cold else None)
             responses[(kind, mode)] = resp
             rows.append((kind, mode, stats))
-            print(f"  {kind:14s} {mode:26s} p50 {stats['p50_ms']:7.2f} ms  p99 {stats['p99_ms']:7.2f} ms  "
-                  f"{stats['qps']:7.0f} q/s", flush=True)
+            print(
+                f"  {kind:14s} {mode:26s} p50 {stats['p50_ms']:7.2f} ms  p99 {stats['p99_ms']:7.2f} ms  "
+                f"{stats['qps']:7.0f} q/s",
+                flush=True,
+            )
         single, _ = run_case(address, vec_reqs[:500], 1)
         rows.append(("vector", "unfiltered, 1 client", single))
 
@@ -245,8 +345,12 @@ def main() -> None:
         q = qvec[: args.recall_queries]
         exact = np.argsort(-(q @ vectors.T), axis=1)[:, :10]
         served = responses[("vector", "unfiltered, top_k=10")][: args.recall_queries]
-        recall = np.mean([len({key_of(i, units) for i in exact[j]} & {h.key for h in served[j].results}) / 10
-                          for j in range(len(q))])
+        recall = np.mean(
+            [
+                len({key_of(i, units) for i in exact[j]} & {h.key for h in served[j].results}) / 10
+                for j in range(len(q))
+            ]
+        )
         per_model = units * LAYERS
         grp = responses[("vector", "per_model=1, 100 models")][: args.recall_queries]
         hits = total = 0
@@ -261,28 +365,44 @@ def main() -> None:
 
     size = sum(f.stat().st_blocks * 512 for f in store.rglob("*") if f.is_file())
     load = os.getloadavg()[0]
-    header = (f"## {args.neurons:,} neurons, dim {args.dim}, {MODELS} models, {args.concurrency} concurrent clients\n\n"
-              f"Host: {platform.machine()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}; "
-              f"server and load generator on the same host; load average {load:.1f} at the end (the host "
-              f"is shared with other jobs). Store {size / 2**20:.0f} MiB on disk, "
-              f"built in {build_s:.0f} s (write + HNSW). Text embedder `{args.embedder}` on CPU.\n\n"
-              f"Command: `python bench/bench_grpc.py --neurons {args.neurons} --requests {args.requests} "
-              f"--group-requests {args.group_requests} --cold-requests {args.cold_requests}`\n\n")
-    table = ["| query | mode | requests | p50 ms | p99 ms | throughput q/s |", "|---|---|---|---|---|---|"]
+    header = (
+        f"## {args.neurons:,} neurons, dim {args.dim}, {MODELS} models, {args.concurrency} concurrent clients\n\n"
+        f"Host: {platform.machine()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}; "
+        f"server and load generator on the same host; load average {load:.1f} at the end (the host "
+        f"is shared with other jobs). Store {size / 2**20:.0f} MiB on disk, "
+        f"built in {build_s:.0f} s (write + HNSW). Text embedder `{args.embedder}` on CPU.\n\n"
+        f"Command: `python bench/bench_grpc.py --neurons {args.neurons} --requests {args.requests} "
+        f"--group-requests {args.group_requests} --cold-requests {args.cold_requests}`\n\n"
+    )
+    table = [
+        "| query | mode | requests | p50 ms | p99 ms | throughput q/s |",
+        "|---|---|---|---|---|---|",
+    ]
     for kind, mode, s in rows:
-        table.append(f"| {kind} | {mode} | {s['n']} | {s['p50_ms']:.2f} | {s['p99_ms']:.2f} | {s['qps']:.0f} |")
+        table.append(
+            f"| {kind} | {mode} | {s['n']} | {s['p50_ms']:.2f} | {s['p99_ms']:.2f} | {s['qps']:.0f} |"
+        )
     table.append("")
-    table.append(f"recall@10 vs exact (unfiltered, {len(q)} queries): **{recall:.3f}**; "
-                 f"per-model best-neuron recall: **{hits / total:.3f}**")
+    table.append(
+        f"recall@10 vs exact (unfiltered, {len(q)} queries): **{recall:.3f}**; "
+        f"per-model best-neuron recall: **{hits / total:.3f}**"
+    )
     text = header + "\n".join(table) + "\n"
     print("\n" + text)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    old = RESULTS.read_text() if RESULTS.exists() else "# gRPC benchmark\n\nWritten by `bench/bench_grpc.py`.\n\n"
+    old = (
+        RESULTS.read_text()
+        if RESULTS.exists()
+        else "# gRPC benchmark\n\nWritten by `bench/bench_grpc.py`.\n\n"
+    )
     marker_line = f"## {args.neurons:,} neurons"
     sections = [s for s in old.split("\n## ") if s and not ("## " + s).startswith(marker_line)]
     head, rest = sections[0], sections[1:]
-    RESULTS.write_text("\n## ".join([head.rstrip() + "\n"] + [s.rstrip() + "\n" for s in rest]).rstrip() + "\n\n"
-                       + text)
+    RESULTS.write_text(
+        "\n## ".join([head.rstrip() + "\n"] + [s.rstrip() + "\n" for s in rest]).rstrip()
+        + "\n\n"
+        + text
+    )
 
 
 if __name__ == "__main__":

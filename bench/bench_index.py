@@ -46,9 +46,8 @@ def _rss_mb() -> float:
 
 # -- stages (run in a child process) ---------------------------------------------------------
 def stage_embed(home: Path, embedder_spec: str, limit: int | None, batch: int) -> dict:
-    from neuronatlas.indexer.probes import probe_embeddings
-
     from neuronatlas.core.embedder import load_embedder
+    from neuronatlas.indexer.probes import probe_embeddings
 
     probe = _probe(home, limit)
     emb = load_embedder(embedder_spec, device="cpu")
@@ -60,6 +59,7 @@ def stage_embed(home: Path, embedder_spec: str, limit: int | None, batch: int) -
 def stage_bare(home: Path, depth: int, limit: int | None, batch: int) -> dict:
     """The baseline: same loader, same model, no hooks, nothing kept."""
     import torch
+
     from neuronatlas.indexer.probes import batches
     from neuronatlas.indexer.sources import build_model
 
@@ -73,22 +73,37 @@ def stage_bare(home: Path, depth: int, limit: int | None, batch: int) -> dict:
 
 
 def stage_index(home: Path, embedder_spec: str, depth: int, limit: int | None, batch: int) -> dict:
-    from neuronatlas.indexer.api import register_model
-    from neuronatlas.indexer.pipeline import IndexOptions, index_model
-
     from neuronatlas.core.embedder import load_embedder
     from neuronatlas.core.store.edge import EdgeStore
+    from neuronatlas.indexer.api import register_model
+    from neuronatlas.indexer.pipeline import IndexOptions, index_model
 
     probe = _probe(home, limit)
     emb = load_embedder(embedder_spec, device="cpu")
     with EdgeStore(home / "store") as store:
-        register_model(store, f"resnet{depth}", {"kind": "cifar_resnet", "depth": depth, "weights": str(_weights(depth))})
+        register_model(
+            store,
+            f"resnet{depth}",
+            {"kind": "cifar_resnet", "depth": depth, "weights": str(_weights(depth))},
+        )
         t = time.perf_counter()
-        entry = index_model(store, emb, f"resnet{depth}", probe, home, {"broden": VOCAB},
-                            IndexOptions(batch_size=batch, progress=False))
+        entry = index_model(
+            store,
+            emb,
+            f"resnet{depth}",
+            probe,
+            home,
+            {"broden": VOCAB},
+            IndexOptions(batch_size=batch, progress=False),
+        )
         wall = time.perf_counter() - t
-    return {"wall_s": wall, "index_wall_s": entry.index_wall_s, "neurons": entry.neuron_count,
-            "timings": entry.extra["index"]["timings"], "images": len(probe)}
+    return {
+        "wall_s": wall,
+        "index_wall_s": entry.index_wall_s,
+        "neurons": entry.neuron_count,
+        "timings": entry.extra["index"]["timings"],
+        "images": len(probe),
+    }
 
 
 def _child(stage: str, **kw) -> dict:
@@ -100,8 +115,10 @@ def _child(stage: str, **kw) -> dict:
 def _env() -> str:
     import torch
 
-    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
-            f"{torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.1f} at start")
+    return (
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.1f} at start"
+    )
 
 
 def _write(name: str, text: str) -> None:
@@ -114,31 +131,73 @@ def _write(name: str, text: str) -> None:
 def overhead(args) -> None:
     home = WORK / f"overhead-{args.limit or 'all'}"
     env = _env()
-    emb = _child("embed", home=str(home), embedder_spec=args.embedder, limit=args.limit, batch=args.batch)
-    warm = _child("index", home=str(home), embedder_spec=args.embedder, depth=args.depth, limit=args.limit,
-                  batch=args.batch)
+    emb = _child(
+        "embed", home=str(home), embedder_spec=args.embedder, limit=args.limit, batch=args.batch
+    )
+    warm = _child(
+        "index",
+        home=str(home),
+        embedder_spec=args.embedder,
+        depth=args.depth,
+        limit=args.limit,
+        batch=args.batch,
+    )
     bare = _child("bare", home=str(home), depth=args.depth, limit=args.limit, batch=args.batch)
-    idx = _child("index", home=str(home), embedder_spec=args.embedder, depth=args.depth, limit=args.limit,
-                 batch=args.batch)
+    idx = _child(
+        "index",
+        home=str(home),
+        embedder_spec=args.embedder,
+        depth=args.depth,
+        limit=args.limit,
+        batch=args.batch,
+    )
     t = idx["timings"]
     rows = [
         ("bare forward pass (loader + model, no hooks)", bare["wall_s"], 1.0, bare["rss_mb"]),
-        ("index, first run (label prompts encoded)", warm["index_wall_s"], warm["index_wall_s"] / bare["wall_s"],
-         warm["rss_mb"]),
-        ("index, re-index (all caches warm)", idx["index_wall_s"], idx["index_wall_s"] / bare["wall_s"], idx["rss_mb"]),
-        ("  of which forward pass + top-k + stats + sketch", t["forward_s"], t["forward_s"] / bare["wall_s"], None),
-        ("  of which vectors, labels, scores, store writes", t["write_s"], t["write_s"] / bare["wall_s"], None),
+        (
+            "index, first run (label prompts encoded)",
+            warm["index_wall_s"],
+            warm["index_wall_s"] / bare["wall_s"],
+            warm["rss_mb"],
+        ),
+        (
+            "index, re-index (all caches warm)",
+            idx["index_wall_s"],
+            idx["index_wall_s"] / bare["wall_s"],
+            idx["rss_mb"],
+        ),
+        (
+            "  of which forward pass + top-k + stats + sketch",
+            t["forward_s"],
+            t["forward_s"] / bare["wall_s"],
+            None,
+        ),
+        (
+            "  of which vectors, labels, scores, store writes",
+            t["write_s"],
+            t["write_s"] / bare["wall_s"],
+            None,
+        ),
     ]
-    lines = [f"# Indexing overhead: CIFAR ResNet-{args.depth}, {bare['images']} CIFAR-10 test images", "",
-             f"Command: `python bench/bench_index.py overhead --depth {args.depth}"
-             + (f" --limit {args.limit}" if args.limit else "") + "`  ", f"Machine: {env}  ",
-             f"Embedder {args.embedder} (probe embeddings cached beforehand: {emb['wall_s']:.1f} s for "
-             f"{emb['images']} images), vocabulary broden ({VOCAB.name}), k=20, batch {args.batch}, "
-             f"{idx['neurons']} neurons in the Edge store.", "",
-             "| stage | wall s | / bare forward | peak RSS MB |", "|---|---:|---:|---:|"]
+    lines = [
+        f"# Indexing overhead: CIFAR ResNet-{args.depth}, {bare['images']} CIFAR-10 test images",
+        "",
+        f"Command: `python bench/bench_index.py overhead --depth {args.depth}"
+        + (f" --limit {args.limit}" if args.limit else "")
+        + "`  ",
+        f"Machine: {env}  ",
+        f"Embedder {args.embedder} (probe embeddings cached beforehand: {emb['wall_s']:.1f} s for "
+        f"{emb['images']} images), vocabulary broden ({VOCAB.name}), k=20, batch {args.batch}, "
+        f"{idx['neurons']} neurons in the Edge store.",
+        "",
+        "| stage | wall s | / bare forward | peak RSS MB |",
+        "|---|---:|---:|---:|",
+    ]
     for name, s, ratio, rss in rows:
         lines.append(f"| {name} | {s:.1f} | {ratio:.3f} | {'' if rss is None else f'{rss:.0f}'} |")
-    _write(f"index_overhead{'' if not args.limit else f'-{args.limit}'}.md", "\n".join(lines) + "\n")
+    _write(
+        f"index_overhead{'' if not args.limit else f'-{args.limit}'}.md", "\n".join(lines) + "\n"
+    )
 
 
 def zoo(args) -> None:
@@ -149,26 +208,49 @@ def zoo(args) -> None:
 
         shutil.rmtree(home)
     env = _env()
-    emb = _child("embed", home=str(home), embedder_spec=args.embedder, limit=args.limit, batch=args.batch)
+    emb = _child(
+        "embed", home=str(home), embedder_spec=args.embedder, limit=args.limit, batch=args.batch
+    )
     rows = [("CLIP pass over the probe set", emb["wall_s"], "", emb["rss_mb"])]
     total = emb["wall_s"]
     for depth in (20, 32, 44, 56):
-        r = _child("index", home=str(home), embedder_spec=args.embedder, depth=depth, limit=args.limit,
-                   batch=args.batch)
+        r = _child(
+            "index",
+            home=str(home),
+            embedder_spec=args.embedder,
+            depth=depth,
+            limit=args.limit,
+            batch=args.batch,
+        )
         t = r["timings"]
-        rows.append((f"resnet{depth}: {r['neurons']} neurons (forward {t['forward_s']:.1f} s, write "
-                     f"{t['write_s']:.1f} s, embeddings from cache {t['embed_s']:.2f} s)", r["index_wall_s"], "",
-                     r["rss_mb"]))
+        rows.append(
+            (
+                f"resnet{depth}: {r['neurons']} neurons (forward {t['forward_s']:.1f} s, write "
+                f"{t['write_s']:.1f} s, embeddings from cache {t['embed_s']:.2f} s)",
+                r["index_wall_s"],
+                "",
+                r["rss_mb"],
+            )
+        )
         total += r["index_wall_s"]
-    lines = [f"# Four CIFAR ResNets from scratch, {emb['images']} probe images, embedder {args.embedder}", "",
-             f"Command: `python bench/bench_index.py zoo --embedder {args.embedder}"
-             + (f" --limit {args.limit}" if args.limit else "") + "`  ", f"Machine: {env}  ",
-             f"Random-weight embedder (no downloads here); vocabulary broden, k=20, batch {args.batch}.", "",
-             "| stage | wall s | peak RSS MB |", "|---|---:|---:|"]
+    lines = [
+        f"# Four CIFAR ResNets from scratch, {emb['images']} probe images, embedder {args.embedder}",
+        "",
+        f"Command: `python bench/bench_index.py zoo --embedder {args.embedder}"
+        + (f" --limit {args.limit}" if args.limit else "")
+        + "`  ",
+        f"Machine: {env}  ",
+        f"Random-weight embedder (no downloads here); vocabulary broden, k=20, batch {args.batch}.",
+        "",
+        "| stage | wall s | peak RSS MB |",
+        "|---|---:|---:|",
+    ]
     for name, s, _, rss in rows:
         lines.append(f"| {name} | {s:.1f} | {rss:.0f} |")
     lines.append(f"| **total** | **{total:.1f}** | |")
-    _write(f"index_zoo-{tag}{'' if not args.limit else f'-{args.limit}'}.md", "\n".join(lines) + "\n")
+    _write(
+        f"index_zoo-{tag}{'' if not args.limit else f'-{args.limit}'}.md", "\n".join(lines) + "\n"
+    )
 
 
 def main() -> None:
@@ -179,10 +261,14 @@ def main() -> None:
         result["rss_mb"] = _rss_mb()
         print(json.dumps(result))
         return
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("what", choices=["overhead", "zoo"])
     p.add_argument("--depth", type=int, default=56)
-    p.add_argument("--limit", type=int, default=None, help="class-balanced subset of the 10,000 images")
+    p.add_argument(
+        "--limit", type=int, default=None, help="class-balanced subset of the 10,000 images"
+    )
     p.add_argument("--embedder", default="open_clip:na-tiny:random:0")
     p.add_argument("--batch", type=int, default=256)
     args = p.parse_args()

@@ -80,7 +80,9 @@ def bench_embedder() -> list[tuple[str, str, float, float]]:
         t0 = time.perf_counter()
         scorer = LabelScorer(emb, vocab, name="broden")
         build = time.perf_counter() - t0
-        rows.append(("LabelScorer build (4 templates)", f"{len(vocab)} labels", build * 1e3, float("nan")))
+        rows.append(
+            ("LabelScorer build (4 templates)", f"{len(vocab)} labels", build * 1e3, float("nan"))
+        )
         v = np.random.default_rng(1).normal(size=(2048, emb.dim)).astype(np.float32)
         t, mem = timed(lambda: scorer.label_sets(v))
         rows.append(("LabelScorer.label_sets", f"2048 vectors x {len(vocab)} labels", t * 1e3, mem))

@@ -51,20 +51,28 @@ class _Images(torch.utils.data.Dataset):
 
 def ours(home: Path, spec: str, probe, depths: list[int]) -> tuple[float, dict]:
     """Wall time for embedding the probe set once + indexing ``depths``; resnet56 top-k."""
-    from neuronatlas.indexer.api import register_model
-    from neuronatlas.indexer.pipeline import IndexOptions, index_model
-
     from neuronatlas.core.embedder import load_embedder
     from neuronatlas.core.store.edge import EdgeStore
+    from neuronatlas.indexer.api import register_model
+    from neuronatlas.indexer.pipeline import IndexOptions, index_model
 
     t = time.perf_counter()
     emb = load_embedder(spec, device="cpu")
     out = {}
     with EdgeStore(home / "store") as store:
         for d in depths:
-            register_model(store, f"r{d}", {"kind": "cifar_resnet", "depth": d, "weights": str(_weights(d))})
-            index_model(store, emb, f"r{d}", probe, home, None,
-                        IndexOptions(layers=["conv1", "layer*"], k=K, batch_size=128, progress=False))
+            register_model(
+                store, f"r{d}", {"kind": "cifar_resnet", "depth": d, "weights": str(_weights(d))}
+            )
+            index_model(
+                store,
+                emb,
+                f"r{d}",
+                probe,
+                home,
+                None,
+                IndexOptions(layers=["conv1", "layer*"], k=K, batch_size=128, progress=False),
+            )
         if 56 in depths:
             for r in store.scroll_neurons("r56"):
                 out[(r.layer, r.unit)] = ([s.index for s in r.top_samples], r.polysemanticity)
@@ -73,10 +81,11 @@ def ours(home: Path, spec: str, probe, depths: list[int]) -> tuple[float, dict]:
 
 def theirs(ckpt: Path, arch: str, probe, depths: list[int]) -> tuple[float, dict]:
     import semanticlens as sl
-    from neuronatlas.indexer.layers import candidate_layers
-    from neuronatlas.indexer.sources import build_model
     from semanticlens.component_visualization.activation_based import ActivationComponentVisualizer
     from semanticlens.foundation_models.clip import OpenClip
+
+    from neuronatlas.indexer.layers import candidate_layers
+    from neuronatlas.indexer.sources import build_model
 
     t = time.perf_counter()
     fm = OpenClip(arch, pretrained=str(ckpt))
@@ -85,8 +94,15 @@ def theirs(ckpt: Path, arch: str, probe, depths: list[int]) -> tuple[float, dict
     for d in depths:
         built = build_model({"kind": "cifar_resnet", "depth": d, "weights": str(_weights(d))})
         layers = [n for n in candidate_layers(built.module) if n != "linear"]
-        cv = ActivationComponentVisualizer(built.module, _Images(probe, built.input.transform()), _Images(probe),
-                                           layer_names=layers, num_samples=K, device="cpu", cache_dir=None)
+        cv = ActivationComponentVisualizer(
+            built.module,
+            _Images(probe, built.input.transform()),
+            _Images(probe),
+            layer_names=layers,
+            num_samples=K,
+            device="cpu",
+            cache_dir=None,
+        )
         db = lens.compute_concept_db(cv, batch_size=128)
         lens.eval_clarity(db)
         lens.eval_redundancy({n: v.mean(1) for n, v in db.items()})
@@ -100,16 +116,23 @@ def theirs(ckpt: Path, arch: str, probe, depths: list[int]) -> tuple[float, dict
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--limit", type=int, default=1000)
-    p.add_argument("--arch", default="na-tiny", help="open_clip architecture (random weights, saved once)")
-    p.add_argument("--four", action="store_true", help="also time the four-model zoo (slow: sklearn KMeans per neuron)")
+    p.add_argument(
+        "--arch", default="na-tiny", help="open_clip architecture (random weights, saved once)"
+    )
+    p.add_argument(
+        "--four",
+        action="store_true",
+        help="also time the four-model zoo (slow: sklearn KMeans per neuron)",
+    )
     args = p.parse_args()
     torch.manual_seed(0)
 
-    from neuronatlas.indexer.probes import open_probe_set
-
     from neuronatlas.core.embedder.openclip import register_tiny_config, save_random_checkpoint
+    from neuronatlas.indexer.probes import open_probe_set
 
     register_tiny_config()
     if WORK.exists():
@@ -139,7 +162,8 @@ def main() -> None:
         f"# NeuronAtlas indexer vs semanticlens {__import__('semanticlens').__version__ if hasattr(__import__('semanticlens'), '__version__') else '0.2.1'}",
         "",
         f"Command: `/tmp/slvenv/bin/python bench/bench_semanticlens.py --limit {args.limit} --arch {args.arch}"
-        + (" --four" if args.four else "") + "`  ",
+        + (" --four" if args.four else "")
+        + "`  ",
         f"{len(probe)} class-balanced CIFAR-10 test JPEGs, open_clip {args.arch} with random weights saved to one "
         f"checkpoint that both load, k={K}, spatial mean, conv layers only, CPU ({os.cpu_count()} cores, "
         f"load average {os.getloadavg()[0]:.1f} at the end). NeuronAtlas times include writing the Edge store, "

@@ -106,7 +106,10 @@ def timed(fn, queries) -> tuple[list, np.ndarray]:
 
 
 def recall(found: list[list[str]], truth: np.ndarray, models: int) -> float:
-    hits = sum(len(set(f) & {key_of(int(i), models) for i in t}) for f, t in zip(found, truth))
+    hits = sum(
+        len(set(f) & {key_of(int(i), models) for i in t})
+        for f, t in zip(found, truth, strict=False)
+    )
     return hits / truth.size
 
 
@@ -179,7 +182,7 @@ def bench_edge(n, args, x, q, truth, truth_f, qmodel, best, lines) -> None:
         flts = [SearchFilter(model_ids=(f"m{m:03d}",)) for m in qmodel]
         res, lat = timed(
             lambda qf: [h.record.key for h in store.search(qf[0], limit=k, flt=qf[1])],
-            list(zip(q, flts)),
+            list(zip(q, flts, strict=False)),
         )
         lines.append(
             row(f"edge, filtered by one model (ef={ef})", n, lat, recall(res, truth_f, args.models))

@@ -6,13 +6,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from neuronatlas.indexer.pipeline import IndexOptions, index_model
-from neuronatlas.indexer.probes import open_probe_set
-from neuronatlas.indexer.sources import build_model
-
 from neuronatlas.core.errors import AlreadyExists, NotFound
 from neuronatlas.core.records import ModelEntry, ModelStatus, validate_model_id
 from neuronatlas.core.store import KnowledgeStore
+from neuronatlas.indexer.pipeline import IndexOptions, index_model
+from neuronatlas.indexer.probes import open_probe_set
+from neuronatlas.indexer.sources import build_model
 
 _PATH_KEYS = ("weights", "path")
 
@@ -53,7 +52,8 @@ def register_model(
     if old is not None and not replace:
         raise AlreadyExists(
             f"model {model_id!r} is already registered with another source ({old.source}); "
-            "use another id or replace it")
+            "use another id or replace it"
+        )
     entry = ModelEntry(
         model_id=model_id,
         display_name=display_name or model_id,
@@ -64,8 +64,10 @@ def register_model(
         tags=list(tags or []),
         notes=notes,
         generation=old.generation if old is not None else 0,
-        extra={"input": built.input.to_dict(),
-               "parameters": int(sum(p.numel() for p in built.module.parameters()))},
+        extra={
+            "input": built.input.to_dict(),
+            "parameters": int(sum(p.numel() for p in built.module.parameters())),
+        },
     )
     if old is not None:
         entry.created_at, entry.updated_at = old.created_at, time.time()

@@ -53,7 +53,9 @@ class CifarResNet(nn.Module):
     def __init__(self, depth: int = 20, num_classes: int = 10):
         super().__init__()
         if depth < 8 or (depth - 2) % 6 != 0:
-            raise InvalidArgument(f"CIFAR ResNet depth must be 6n+2 (20, 32, 44, 56, ...), not {depth}", field="depth")
+            raise InvalidArgument(
+                f"CIFAR ResNet depth must be 6n+2 (20, 32, 44, 56, ...), not {depth}", field="depth"
+            )
         n = (depth - 2) // 6
         self.depth = depth
         self.conv1 = nn.Conv2d(3, 16, 3, stride=1, padding=1, bias=False)
@@ -100,7 +102,9 @@ def load_cifar_resnet(depth: int, weights: str | Path | None) -> CifarResNet:
     # checkpoints from older PyTorch lack BatchNorm's num_batches_tracked; load_state_dict fills it
     missing = sorted(k for k in set(expected) - set(state) if not k.endswith("num_batches_tracked"))
     unexpected = sorted(set(state) - set(expected))
-    bad_shape = sorted(k for k in set(state) & set(expected) if tuple(state[k].shape) != tuple(expected[k].shape))
+    bad_shape = sorted(
+        k for k in set(state) & set(expected) if tuple(state[k].shape) != tuple(expected[k].shape)
+    )
     if missing or unexpected or bad_shape:
         parts = []
         if missing:

@@ -6,12 +6,12 @@ import math
 import textwrap
 from pathlib import Path
 
-from neuronatlas.indexer.probes import load_probe_set
 from PIL import Image
 
 from neuronatlas.core.errors import FailedPrecondition
 from neuronatlas.core.records import NeuronRecord
 from neuronatlas.core.store import KnowledgeStore
+from neuronatlas.indexer.probes import load_probe_set
 
 
 def probe_root(store: KnowledgeStore, home: Path, model_id: str) -> Path:
@@ -24,8 +24,10 @@ def probe_root(store: KnowledgeStore, home: Path, model_id: str) -> Path:
 
 
 def _caption(record: NeuronRecord) -> str:
-    parts = [f"{record.key}  (depth {record.depth:.2f}, clarity {record.clarity:.2f}, "
-             f"polysemanticity {record.polysemanticity:.2f}, redundancy {record.redundancy:.2f})"]
+    parts = [
+        f"{record.key}  (depth {record.depth:.2f}, clarity {record.clarity:.2f}, "
+        f"polysemanticity {record.polysemanticity:.2f}, redundancy {record.redundancy:.2f})"
+    ]
     for vocab, labels in record.labels.items():
         parts.append(f"{vocab}: " + ", ".join(f"{lab.label} ({lab.score:.3f})" for lab in labels))
     if record.label_set:
@@ -61,7 +63,10 @@ def render_grid(record: NeuronRecord, root: Path, out: Path, columns: int = 5) -
                 ax.imshow(im.convert("RGB"))
         except OSError:
             ax.text(0.5, 0.5, "missing", ha="center", va="center")
-        ax.set_title(f"#{i + 1} {s.activation:.3g}\n{Path(s.sample_id).parent.name or s.sample_id}", fontsize=8)
+        ax.set_title(
+            f"#{i + 1} {s.activation:.3g}\n{Path(s.sample_id).parent.name or s.sample_id}",
+            fontsize=8,
+        )
     fig.suptitle(caption, fontsize=8, ha="left", x=0.01)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -70,6 +75,8 @@ def render_grid(record: NeuronRecord, root: Path, out: Path, columns: int = 5) -
     return out
 
 
-def show_neuron(store: KnowledgeStore, home: Path, model_id: str, layer: str, unit: int, out: Path) -> Path:
+def show_neuron(
+    store: KnowledgeStore, home: Path, model_id: str, layer: str, unit: int, out: Path
+) -> Path:
     record = store.get_neuron(model_id, layer, unit, with_vector=False)
     return render_grid(record, probe_root(store, home, model_id), out)

@@ -82,10 +82,16 @@ def select_layers(model: nn.Module, selection: list[str] | None) -> list[str]:
     available = candidate_layers(model)
     if not selection:
         if not available:
-            raise InvalidArgument("no Conv2d, Linear or transformer-block layers found; name layers explicitly",
-                                  field="layers")
+            raise InvalidArgument(
+                "no Conv2d, Linear or transformer-block layers found; name layers explicitly",
+                field="layers",
+            )
         return available
-    modules = {n for n, _ in model.named_modules() if n} if not isinstance(model, torch.jit.ScriptModule) else set()
+    modules = (
+        {n for n, _ in model.named_modules() if n}
+        if not isinstance(model, torch.jit.ScriptModule)
+        else set()
+    )
     chosen: list[str] = []
     for item in selection:
         if any(ch in item for ch in "*?["):
@@ -93,13 +99,19 @@ def select_layers(model: nn.Module, selection: list[str] | None) -> list[str]:
         else:
             hits = [item] if item in modules or item == OUTPUT else []
         if not hits:
-            shown = ", ".join(available[:40]) + (f", ... ({len(available)} in all)" if len(available) > 40 else "")
-            raise InvalidArgument(f"unknown layer {item!r}; available layers: {shown}", field="layers")
+            shown = ", ".join(available[:40]) + (
+                f", ... ({len(available)} in all)" if len(available) > 40 else ""
+            )
+            raise InvalidArgument(
+                f"unknown layer {item!r}; available layers: {shown}", field="layers"
+            )
         chosen += [h for h in hits if h not in chosen]
     return chosen
 
 
-def pool(out: torch.Tensor, conv_agg: str = "mean", token_agg: str = "cls", tokens_first: bool = False) -> torch.Tensor:
+def pool(
+    out: torch.Tensor, conv_agg: str = "mean", token_agg: str = "cls", tokens_first: bool = False
+) -> torch.Tensor:
     """One value per neuron per image: (B, units) float32."""
     if isinstance(out, (tuple, list)):
         out = out[0]
@@ -111,29 +123,43 @@ def pool(out: torch.Tensor, conv_agg: str = "mean", token_agg: str = "cls", toke
             x = x.transpose(0, 1)
         x = x[:, 0] if token_agg == "cls" else x.mean(dim=1)
     elif x.ndim != 2:
-        raise InvalidArgument(f"cannot aggregate a layer output of shape {tuple(out.shape)}", field="layers")
+        raise InvalidArgument(
+            f"cannot aggregate a layer output of shape {tuple(out.shape)}", field="layers"
+        )
     return x.float().cpu()
 
 
 def check_aggregation(conv_agg: str, token_agg: str) -> None:
     if conv_agg not in CONV_AGGREGATIONS:
-        raise InvalidArgument(f"conv aggregation must be one of {CONV_AGGREGATIONS}, not {conv_agg!r}",
-                              field="aggregation")
+        raise InvalidArgument(
+            f"conv aggregation must be one of {CONV_AGGREGATIONS}, not {conv_agg!r}",
+            field="aggregation",
+        )
     if token_agg not in TOKEN_AGGREGATIONS:
-        raise InvalidArgument(f"token aggregation must be one of {TOKEN_AGGREGATIONS}, not {token_agg!r}",
-                              field="aggregation")
+        raise InvalidArgument(
+            f"token aggregation must be one of {TOKEN_AGGREGATIONS}, not {token_agg!r}",
+            field="aggregation",
+        )
 
 
 class ActivationTap:
     """Forward hooks that keep the pooled output of each layer for the current batch."""
 
-    def __init__(self, model: nn.Module, layers: list[LayerSpec], conv_agg: str = "mean", token_agg: str = "cls"):
+    def __init__(
+        self,
+        model: nn.Module,
+        layers: list[LayerSpec],
+        conv_agg: str = "mean",
+        token_agg: str = "cls",
+    ):
         check_aggregation(conv_agg, token_agg)
         self.model, self.layers = model, layers
         self.conv_agg, self.token_agg = conv_agg, token_agg
         self.pooled: dict[str, torch.Tensor] = {}
         self._handles = []
-        modules = dict(model.named_modules()) if not isinstance(model, torch.jit.ScriptModule) else {}
+        modules = (
+            dict(model.named_modules()) if not isinstance(model, torch.jit.ScriptModule) else {}
+        )
         for spec in layers:
             if spec.name != OUTPUT:
                 self._handles.append(modules[spec.name].register_forward_hook(self._hook(spec)))
@@ -141,7 +167,9 @@ class ActivationTap:
     def _hook(self, spec: LayerSpec):
         def hook(_module, _inputs, output):
             if spec.name not in self.pooled:  # a module run twice contributes its first call
-                self.pooled[spec.name] = pool(output, self.conv_agg, self.token_agg, spec.tokens_first)
+                self.pooled[spec.name] = pool(
+                    output, self.conv_agg, self.token_agg, spec.tokens_first
+                )
 
         return hook
 
@@ -159,7 +187,9 @@ class ActivationTap:
         self._handles = []
 
 
-def resolve_layers(model: nn.Module, selection: list[str] | None, input_shape: tuple[int, ...]) -> list[LayerSpec]:
+def resolve_layers(
+    model: nn.Module, selection: list[str] | None, input_shape: tuple[int, ...]
+) -> list[LayerSpec]:
     """Select layers, then run one dry forward pass to get forward order, unit counts and
     token layouts."""
     names = select_layers(model, selection)
@@ -186,7 +216,9 @@ def resolve_layers(model: nn.Module, selection: list[str] | None, input_shape: t
         with torch.inference_mode():
             out = model(x)
     except Exception as e:
-        raise InvalidArgument(f"the model fails on a {tuple(x.shape)} input: {e}", field="source") from None
+        raise InvalidArgument(
+            f"the model fails on a {tuple(x.shape)} input: {e}", field="source"
+        ) from None
     finally:
         for h in handles:
             h.remove()
@@ -196,15 +228,28 @@ def resolve_layers(model: nn.Module, selection: list[str] | None, input_shape: t
         order.append(OUTPUT)
     unused = [n for n in names if n not in shapes]
     if unused:
-        raise InvalidArgument(f"layers never run in a forward pass: {', '.join(unused)}", field="layers")
+        raise InvalidArgument(
+            f"layers never run in a forward pass: {', '.join(unused)}", field="layers"
+        )
     specs = []
     for i, name in enumerate(order):
         shape = shapes[name]
         tokens_first = len(shape) == 3 and shape[0] != batch and shape[1] == batch
         if len(shape) not in (2, 3, 4):
-            raise InvalidArgument(f"layer {name} outputs shape {shape}; only 2-4 dimensions are supported",
-                                  field="layers")
+            raise InvalidArgument(
+                f"layer {name} outputs shape {shape}; only 2-4 dimensions are supported",
+                field="layers",
+            )
         units = shape[1] if len(shape) in (2, 4) else shape[-1]
         kind = _kind(modules[name]) if name in modules else OUTPUT
-        specs.append(LayerSpec(name, kind, int(units), i, i / (len(order) - 1) if len(order) > 1 else 0.0, tokens_first))
+        specs.append(
+            LayerSpec(
+                name,
+                kind,
+                int(units),
+                i,
+                i / (len(order) - 1) if len(order) > 1 else 0.0,
+                tokens_first,
+            )
+        )
     return specs

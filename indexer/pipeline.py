@@ -21,10 +21,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from neuronatlas.indexer.layers import ActivationTap, LayerSpec, check_aggregation, resolve_layers
-from neuronatlas.indexer.probes import ProbeSet, batches, embedder_key, probe_embeddings
-from neuronatlas.indexer.runstate import ForwardState, RunDir, RunRecord, fingerprint
-from neuronatlas.indexer.sources import BuiltModel, build_model
 from tqdm import tqdm
 
 from neuronatlas.core import labels as labels_mod
@@ -33,6 +29,10 @@ from neuronatlas.core.errors import FailedPrecondition, InvalidArgument, NotFoun
 from neuronatlas.core.records import LayerInfo, ModelEntry, ModelStatus, NeuronRecord, TopSample
 from neuronatlas.core.sketches import SKETCH_SAMPLES, delete_sketches, save_sketch
 from neuronatlas.core.store import KnowledgeStore
+from neuronatlas.indexer.layers import ActivationTap, LayerSpec, check_aggregation, resolve_layers
+from neuronatlas.indexer.probes import ProbeSet, batches, embedder_key, probe_embeddings
+from neuronatlas.indexer.runstate import ForwardState, RunDir, RunRecord, fingerprint
+from neuronatlas.indexer.sources import BuiltModel, build_model
 
 
 @dataclass
@@ -55,7 +55,9 @@ def embedder_id(info: Any) -> str:
     return f"{info.name}@{info.weights}"
 
 
-def _vocab_scorers(embedder: Any, vocabularies: dict[str, Path] | None, cache_dir: Path) -> list[tuple[str, Any]]:
+def _vocab_scorers(
+    embedder: Any, vocabularies: dict[str, Path] | None, cache_dir: Path
+) -> list[tuple[str, Any]]:
     """(vocabulary name, LabelScorer) pairs; missing or empty files raise before any write."""
     out = []
     for name, path in (vocabularies or {}).items():
@@ -71,8 +73,16 @@ def _vocab_scorers(embedder: Any, vocabularies: dict[str, Path] | None, cache_di
 class IndexRun:
     """Indexes one registered model; ``run()`` returns the final catalogue entry."""
 
-    def __init__(self, store: KnowledgeStore, embedder: Any, model_id: str, probe: ProbeSet, home: Path,
-                 vocabularies: dict[str, Path] | None = None, options: IndexOptions | None = None):
+    def __init__(
+        self,
+        store: KnowledgeStore,
+        embedder: Any,
+        model_id: str,
+        probe: ProbeSet,
+        home: Path,
+        vocabularies: dict[str, Path] | None = None,
+        options: IndexOptions | None = None,
+    ):
         self.store, self.embedder, self.model_id, self.probe = store, embedder, model_id, probe
         self.home = Path(home)
         self.vocabularies = {k: Path(v) for k, v in (vocabularies or {}).items()}
@@ -87,14 +97,17 @@ class IndexRun:
         if opt.k < 1 or opt.k > len(self.probe):
             raise InvalidArgument(
                 f"k={opt.k} but probe set {self.probe.name!r} has {len(self.probe)} images; use 1 <= k <= "
-                f"{len(self.probe)}", field="k")
+                f"{len(self.probe)}",
+                field="k",
+            )
         if opt.batch_size < 1:
             raise InvalidArgument("batch size must be >= 1", field="batch_size")
         built = build_model(entry.source)
         if entry.weights_sha256 and built.weights_sha256 != entry.weights_sha256:
             raise FailedPrecondition(
                 f"the weights of {self.model_id!r} changed since registration "
-                f"({entry.weights_sha256[:12]} -> {built.weights_sha256[:12]}); register it again")
+                f"({entry.weights_sha256[:12]} -> {built.weights_sha256[:12]}); register it again"
+            )
         specs = resolve_layers(built.module, opt.layers, (3, built.input.size, built.input.size))
         check_aggregation(opt.conv_aggregation, opt.token_aggregation)
         scorers = _vocab_scorers(self.embedder, self.vocabularies, self.home / "cache" / "labels")
@@ -103,13 +116,22 @@ class IndexRun:
 
     def _fingerprint(self, built: BuiltModel, specs: list[LayerSpec]) -> str:
         o = self.opt
-        return fingerprint({
-            "weights": built.weights_sha256, "input": built.input.to_dict(), "probe": self.probe.sha256,
-            "embedder": embedder_key(self.embedder.info), "layers": [s.name for s in specs], "k": o.k,
-            "batch_size": o.batch_size, "aggregation": [o.conv_aggregation, o.token_aggregation],
-            "weighted": o.weighted, "top_labels": o.top_labels, "beta": o.beta,
-            "vocab": {n: str(p.resolve()) for n, p in sorted(self.vocabularies.items())},
-        })
+        return fingerprint(
+            {
+                "weights": built.weights_sha256,
+                "input": built.input.to_dict(),
+                "probe": self.probe.sha256,
+                "embedder": embedder_key(self.embedder.info),
+                "layers": [s.name for s in specs],
+                "k": o.k,
+                "batch_size": o.batch_size,
+                "aggregation": [o.conv_aggregation, o.token_aggregation],
+                "weighted": o.weighted,
+                "top_labels": o.top_labels,
+                "beta": o.beta,
+                "vocab": {n: str(p.resolve()) for n, p in sorted(self.vocabularies.items())},
+            }
+        )
 
     # -- the run ---------------------------------------------------------------------------
     def run(self) -> ModelEntry:
@@ -131,7 +153,9 @@ class IndexRun:
         self._mark_started(entry, live, rec.target_generation)
         try:
             te = time.perf_counter()
-            emb = probe_embeddings(self.home, self.probe, self.embedder, self.opt.batch_size, self.opt.progress)
+            emb = probe_embeddings(
+                self.home, self.probe, self.embedder, self.opt.batch_size, self.opt.progress
+            )
             self.timings["embed_s"] = time.perf_counter() - te
             state = self._forward(built, specs, rundir, rec)
             t1 = time.perf_counter()
@@ -139,9 +163,17 @@ class IndexRun:
             self.timings["write_s"] = time.perf_counter() - t1
             n_sketch = min(SKETCH_SAMPLES, len(self.probe))
             if n_sketch >= 2:
-                save_sketch(self.home, self.model_id, rec.target_generation, np.arange(n_sketch),
-                            {s.name: state.sketch[s.name] for s in specs}, probe_set=self.probe.id)
-            final = self._finish(entry, built, live, rec, layer_infos, rec.elapsed_s + time.perf_counter() - t0)
+                save_sketch(
+                    self.home,
+                    self.model_id,
+                    rec.target_generation,
+                    np.arange(n_sketch),
+                    {s.name: state.sketch[s.name] for s in specs},
+                    probe_set=self.probe.id,
+                )
+            final = self._finish(
+                entry, built, live, rec, layer_infos, rec.elapsed_s + time.perf_counter() - t0
+            )
         except BaseException as e:
             rec.elapsed_s += time.perf_counter() - t0
             rundir.save_record(rec)
@@ -156,13 +188,21 @@ class IndexRun:
         if live is None:
             entry.status, entry.status_reason = ModelStatus.INDEXING, ""
             entry.generation = target
-        entry.extra = {**entry.extra, "reindex": {"status": "indexing", "generation": target,
-                                                  "started_at": time.time()}} if live is not None else entry.extra
+        entry.extra = (
+            {
+                **entry.extra,
+                "reindex": {"status": "indexing", "generation": target, "started_at": time.time()},
+            }
+            if live is not None
+            else entry.extra
+        )
         entry.updated_at = time.time()
         self.store.put_model(entry)
 
     def _mark_failed(self, live: int | None, err: BaseException) -> None:
-        reason = "interrupted" if isinstance(err, KeyboardInterrupt) else f"{type(err).__name__}: {err}"
+        reason = (
+            "interrupted" if isinstance(err, KeyboardInterrupt) else f"{type(err).__name__}: {err}"
+        )
         try:
             entry = self.store.get_model(self.model_id)
         except Exception:
@@ -180,7 +220,9 @@ class IndexRun:
             pass
 
     # -- forward phase ---------------------------------------------------------------------
-    def _forward(self, built: BuiltModel, specs: list[LayerSpec], rundir: RunDir, rec: RunRecord) -> ForwardState:
+    def _forward(
+        self, built: BuiltModel, specs: list[LayerSpec], rundir: RunDir, rec: RunRecord
+    ) -> ForwardState:
         t0 = time.perf_counter()
         n = len(self.probe)
         n_sketch = min(SKETCH_SAMPLES, n)
@@ -191,16 +233,33 @@ class IndexRun:
         self.resumed_from = state.samples_done
         if state.samples_done >= n:
             return state
-        dev = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if self.opt.device == "auto"
-                           else self.opt.device)
+        dev = torch.device(
+            ("cuda" if torch.cuda.is_available() else "cpu")
+            if self.opt.device == "auto"
+            else self.opt.device
+        )
         built.module.to(dev)
-        tap = ActivationTap(built.module, specs, self.opt.conv_aggregation, self.opt.token_aggregation)
-        bar = tqdm(total=n, initial=state.samples_done, desc=f"forward {self.model_id}", unit="img",
-                   disable=not self.opt.progress)
+        tap = ActivationTap(
+            built.module, specs, self.opt.conv_aggregation, self.opt.token_aggregation
+        )
+        bar = tqdm(
+            total=n,
+            initial=state.samples_done,
+            desc=f"forward {self.model_id}",
+            unit="img",
+            disable=not self.opt.progress,
+        )
         try:
             with torch.inference_mode():
-                for i, (start, x) in enumerate(batches(self.probe, built.input.transform(), self.opt.batch_size,
-                                                        state.samples_done, self.opt.workers)):
+                for i, (start, x) in enumerate(
+                    batches(
+                        self.probe,
+                        built.input.transform(),
+                        self.opt.batch_size,
+                        state.samples_done,
+                        self.opt.workers,
+                    )
+                ):
                     pooled = tap(x.to(dev, non_blocking=True))
                     b = x.shape[0]
                     for name in names:
@@ -231,19 +290,40 @@ class IndexRun:
         w[w.sum(1) == 0] = 1.0  # a neuron never active above 0 falls back to the plain mean
         return scores.neuron_vectors(topk_emb, w)
 
-    def _write(self, specs: list[LayerSpec], state: ForwardState, emb: np.ndarray, scorers: list[Any],
-               rundir: RunDir, rec: RunRecord) -> list[LayerInfo]:
+    def _write(
+        self,
+        specs: list[LayerSpec],
+        state: ForwardState,
+        emb: np.ndarray,
+        scorers: list[Any],
+        rundir: RunDir,
+        rec: RunRecord,
+    ) -> list[LayerInfo]:
         per_layer = {}
         for s in specs:
             vals, idx = state.topk[s.name].result()
             topk_emb = emb[idx]  # (units, k, d)
-            per_layer[s.name] = (vals, idx, self._vectors(vals, topk_emb),
-                                 np.asarray(scores.clarity(topk_emb)), np.asarray(scores.polysemanticity(topk_emb)))
+            per_layer[s.name] = (
+                vals,
+                idx,
+                self._vectors(vals, topk_emb),
+                np.asarray(scores.clarity(topk_emb)),
+                np.asarray(scores.polysemanticity(topk_emb)),
+            )
         all_vecs = np.concatenate([per_layer[s.name][2] for s in specs])
-        redundancy = np.asarray(scores.redundancy(all_vecs)) if len(all_vecs) > 1 else np.zeros(len(all_vecs))
+        redundancy = (
+            np.asarray(scores.redundancy(all_vecs))
+            if len(all_vecs) > 1
+            else np.zeros(len(all_vecs))
+        )
         offsets = np.cumsum([0] + [s.units for s in specs])
         infos = []
-        bar = tqdm(total=int(offsets[-1]), desc=f"write {self.model_id}", unit="neuron", disable=not self.opt.progress)
+        bar = tqdm(
+            total=int(offsets[-1]),
+            desc=f"write {self.model_id}",
+            unit="neuron",
+            disable=not self.opt.progress,
+        )
         for li, s in enumerate(specs):
             infos.append(LayerInfo(s.name, s.index, s.depth, s.units, s.kind))
             if s.name in rec.written_layers:
@@ -252,19 +332,34 @@ class IndexRun:
             vals, idx, vecs, clar, poly = per_layer[s.name]
             stats = state.stats[s.name].result()
             tops = {name: sc.top(vecs, n=self.opt.top_labels) for name, sc in scorers}
-            sets = (labels_mod.combined_label_sets([sc for _, sc in scorers], vecs, beta=self.opt.beta)
-                    if scorers else [[] for _ in range(s.units)])
+            sets = (
+                labels_mod.combined_label_sets([sc for _, sc in scorers], vecs, beta=self.opt.beta)
+                if scorers
+                else [[] for _ in range(s.units)]
+            )
             records = []
             for u in range(s.units):
-                records.append(NeuronRecord(
-                    model_id=self.model_id, layer=s.name, layer_index=s.index, depth=s.depth, unit=u,
-                    vector=vecs[u].astype(np.float32),
-                    top_samples=[TopSample(self.probe.files[int(j)], int(j), float(v)) for v, j in zip(vals[u], idx[u])],
-                    labels={name: t[u] for name, t in tops.items()}, label_set=sets[u],
-                    clarity=float(clar[u]), polysemanticity=float(poly[u]),
-                    redundancy=float(redundancy[offsets[li] + u]),
-                    stats={k: float(v[u]) for k, v in stats.items()}, generation=rec.target_generation,
-                ))
+                records.append(
+                    NeuronRecord(
+                        model_id=self.model_id,
+                        layer=s.name,
+                        layer_index=s.index,
+                        depth=s.depth,
+                        unit=u,
+                        vector=vecs[u].astype(np.float32),
+                        top_samples=[
+                            TopSample(self.probe.files[int(j)], int(j), float(v))
+                            for v, j in zip(vals[u], idx[u], strict=False)
+                        ],
+                        labels={name: t[u] for name, t in tops.items()},
+                        label_set=sets[u],
+                        clarity=float(clar[u]),
+                        polysemanticity=float(poly[u]),
+                        redundancy=float(redundancy[offsets[li] + u]),
+                        stats={k: float(v[u]) for k, v in stats.items()},
+                        generation=rec.target_generation,
+                    )
+                )
             self.store.upsert_neurons(records)
             rec.written_layers.append(s.name)
             rundir.save_record(rec)
@@ -273,13 +368,22 @@ class IndexRun:
         return infos
 
     # -- the flip --------------------------------------------------------------------------
-    def _finish(self, entry: ModelEntry, built: BuiltModel, live: int | None, rec: RunRecord,
-                infos: list[LayerInfo], wall_s: float) -> ModelEntry:
+    def _finish(
+        self,
+        entry: ModelEntry,
+        built: BuiltModel,
+        live: int | None,
+        rec: RunRecord,
+        infos: list[LayerInfo],
+        wall_s: float,
+    ) -> ModelEntry:
         expected = sum(i.neurons for i in infos)
         got = self.store.count(self.model_id, rec.target_generation)
         if got != expected:
-            raise FailedPrecondition(f"generation {rec.target_generation} of {self.model_id!r} holds {got} "
-                                     f"neurons, expected {expected}")
+            raise FailedPrecondition(
+                f"generation {rec.target_generation} of {self.model_id!r} holds {got} "
+                f"neurons, expected {expected}"
+            )
         # Every neuron of the new generation is written: build the vector (HNSW) and payload
         # indexes now, before the flip, so the first queries on the new generation use them.
         t_opt = time.perf_counter()
@@ -297,10 +401,15 @@ class IndexRun:
         extra = {k: v for k, v in entry.extra.items() if k != "reindex"}
         opts = asdict(self.opt)
         opts.pop("progress")
-        extra["index"] = {"options": opts, "probe_images": len(self.probe), "probe_skipped": len(self.probe.skipped),
-                          "resumed_from_sample": self.resumed_from,
-                          "vocabularies": sorted(self.vocabularies), "input": built.input.to_dict(),
-                          "timings": {k: round(v, 3) for k, v in self.timings.items()}}
+        extra["index"] = {
+            "options": opts,
+            "probe_images": len(self.probe),
+            "probe_skipped": len(self.probe.skipped),
+            "resumed_from_sample": self.resumed_from,
+            "vocabularies": sorted(self.vocabularies),
+            "input": built.input.to_dict(),
+            "timings": {k: round(v, 3) for k, v in self.timings.items()},
+        }
         entry.extra = extra
         self.store.put_model(entry)  # the flip: one write makes the new generation live
         if live is not None and live != rec.target_generation:
@@ -309,7 +418,14 @@ class IndexRun:
         return entry
 
 
-def index_model(store: KnowledgeStore, embedder: Any, model_id: str, probe: ProbeSet, home: Path,
-                vocabularies: dict[str, Path] | None = None, options: IndexOptions | None = None) -> ModelEntry:
+def index_model(
+    store: KnowledgeStore,
+    embedder: Any,
+    model_id: str,
+    probe: ProbeSet,
+    home: Path,
+    vocabularies: dict[str, Path] | None = None,
+    options: IndexOptions | None = None,
+) -> ModelEntry:
     """Index (or re-index, or resume indexing) a registered model. See module docstring."""
     return IndexRun(store, embedder, model_id, probe, home, vocabularies, options).run()

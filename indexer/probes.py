@@ -61,8 +61,15 @@ class ProbeSet:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ProbeSet:
-        return cls(d["name"], Path(d["root"]), list(d["files"]), d["sha256"], list(d.get("skipped", [])),
-                   d.get("limit"), d.get("signature", ""))
+        return cls(
+            d["name"],
+            Path(d["root"]),
+            list(d["files"]),
+            d["sha256"],
+            list(d.get("skipped", [])),
+            d.get("limit"),
+            d.get("signature", ""),
+        )
 
 
 def _image_files(folder: Path) -> list[str]:
@@ -117,10 +124,14 @@ def _readable(path: Path) -> bool:
         return False
 
 
-def scan_probe_folder(name: str, folder: str | Path, limit: int | None = None, progress: bool = False) -> ProbeSet:
+def scan_probe_folder(
+    name: str, folder: str | Path, limit: int | None = None, progress: bool = False
+) -> ProbeSet:
     """Scan, validate and hash a folder of images (does not register it)."""
     if not _NAME_RE.fullmatch(name or ""):
-        raise InvalidArgument(f"probe-set name {name!r} must be letters, digits, '.', '_' or '-'", field="probe")
+        raise InvalidArgument(
+            f"probe-set name {name!r} must be letters, digits, '.', '_' or '-'", field="probe"
+        )
     root = Path(folder).expanduser().resolve()
     if not root.is_dir():
         raise NotFound(f"probe folder {root} does not exist")
@@ -147,7 +158,12 @@ def _registry(home: Path) -> Path:
 
 
 def register_probe_set(
-    home: Path, name: str, folder: str | Path, limit: int | None = None, replace: bool = False, progress: bool = False
+    home: Path,
+    name: str,
+    folder: str | Path,
+    limit: int | None = None,
+    replace: bool = False,
+    progress: bool = False,
 ) -> ProbeSet:
     """Register a probe folder under ``name``. Same content again is a no-op; other content
     under a taken name needs ``replace=True`` (else AlreadyExists)."""
@@ -166,15 +182,20 @@ def register_probe_set(
     return probe
 
 
-def open_probe_set(home: Path, name: str, folder: str | Path, limit: int | None = None,
-                   progress: bool = False) -> ProbeSet:
+def open_probe_set(
+    home: Path, name: str, folder: str | Path, limit: int | None = None, progress: bool = False
+) -> ProbeSet:
     """The registered probe set ``name`` if it still matches ``folder`` (same root, limit and
     file sizes/mtimes: no re-hashing), else register the folder under ``name``."""
     root = Path(folder).expanduser().resolve()
     path = _registry(home) / f"{name}.json"
     if path.is_file() and root.is_dir():
         old = load_probe_set(home, name)
-        if old.root == root and old.limit == limit and old.signature == stat_signature(root, _candidates(root, limit)):
+        if (
+            old.root == root
+            and old.limit == limit
+            and old.signature == stat_signature(root, _candidates(root, limit))
+        ):
             return old
     return register_probe_set(home, name, root, limit, progress=progress)
 
@@ -213,12 +234,16 @@ class ProbeImages(torch.utils.data.Dataset):
         return self.transform(img)
 
 
-def batches(probe: ProbeSet, transform: Callable, batch_size: int, start: int = 0, workers: int = 0):
+def batches(
+    probe: ProbeSet, transform: Callable, batch_size: int, start: int = 0, workers: int = 0
+):
     """Yield (first sample index, (b, C, H, W) tensor) in sample order from ``start``."""
     ds = ProbeImages(probe, transform)
     if start:
         ds = torch.utils.data.Subset(ds, range(start, len(probe)))
-    loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers)
+    loader = torch.utils.data.DataLoader(
+        ds, batch_size=batch_size, shuffle=False, num_workers=workers
+    )
     pos = start
     for x in loader:
         yield pos, x
@@ -242,7 +267,10 @@ def probe_embeddings(
     if path.is_file() and manifest.is_file():
         meta = json.loads(manifest.read_text())
         emb = np.load(path)
-        if meta.get("probe_sha256") == probe.sha256 and emb.shape == (len(probe), embedder.info.dim):
+        if meta.get("probe_sha256") == probe.sha256 and emb.shape == (
+            len(probe),
+            embedder.info.dim,
+        ):
             return emb
     out = np.zeros((len(probe), embedder.info.dim), np.float32)
     bar = tqdm(total=len(probe), desc=f"embed {probe.name}", unit="img", disable=not progress)
@@ -254,6 +282,14 @@ def probe_embeddings(
     buf = io.BytesIO()
     np.save(buf, out)
     atomic_write_bytes(path, buf.getvalue())
-    atomic_write_json(manifest, {"probe": probe.id, "probe_sha256": probe.sha256, "embedder": embedder.info.to_dict(),
-                                 "count": len(probe), "files": probe.files})
+    atomic_write_json(
+        manifest,
+        {
+            "probe": probe.id,
+            "probe_sha256": probe.sha256,
+            "embedder": embedder.info.to_dict(),
+            "count": len(probe),
+            "files": probe.files,
+        },
+    )
     return out

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from neuronatlas.core.atomic import atomic_write_bytes, atomic_write_json
 from neuronatlas.indexer.topk import RunningStats, StreamingTopK
 
@@ -69,7 +70,9 @@ class RunDir:
             return None
 
     def save_record(self, rec: RunRecord) -> None:
-        atomic_write_json(self.record_path, rec.__dict__, durable=False)  # rename is enough for kill -9
+        atomic_write_json(
+            self.record_path, rec.__dict__, durable=False
+        )  # rename is enough for kill -9
 
     def save_state(self, state: ForwardState) -> None:
         arrays: dict[str, np.ndarray] = {"samples_done": np.array(state.samples_done)}
@@ -96,9 +99,15 @@ class RunDir:
                     return None
                 topk, stats, sketch = {}, {}, {}
                 for i, n in enumerate(names):
-                    topk[n] = StreamingTopK.from_state({k: z[f"{i}.topk.{k}"] for k in ("values", "indices", "seen")})
+                    topk[n] = StreamingTopK.from_state(
+                        {k: z[f"{i}.topk.{k}"] for k in ("values", "indices", "seen")}
+                    )
                     stats[n] = RunningStats.from_state(
-                        {k: z[f"{i}.stats.{k}"] for k in ("n", "mean", "m2", "min", "max", "positive")})
+                        {
+                            k: z[f"{i}.stats.{k}"]
+                            for k in ("n", "mean", "m2", "min", "max", "positive")
+                        }
+                    )
                     sketch[n] = np.array(z[f"{i}.sketch"])
                 return ForwardState(topk, stats, sketch, int(z["samples_done"]))
         except (OSError, KeyError, ValueError):

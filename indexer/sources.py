@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from neuronatlas.indexer.cifar_resnet import CIFAR_MEAN, CIFAR_STD, load_cifar_resnet
 from torch import nn
 
 from neuronatlas.core.errors import (
@@ -32,6 +31,7 @@ from neuronatlas.core.errors import (
     NeuronAtlasError,
     WeightsUnavailable,
 )
+from neuronatlas.indexer.cifar_resnet import CIFAR_MEAN, CIFAR_STD, load_cifar_resnet
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -115,7 +115,9 @@ def _load_state_file(module: nn.Module, path: Path, what: str) -> None:
         module.load_state_dict(obj, strict=True)
     except RuntimeError as e:
         first = str(e).splitlines()[0:3]
-        raise WeightsUnavailable(f"{what} weights {path.name} do not fit the architecture: {' '.join(first)}") from None
+        raise WeightsUnavailable(
+            f"{what} weights {path.name} do not fit the architecture: {' '.join(first)}"
+        ) from None
 
 
 def _input_spec(source: dict[str, Any], default: InputSpec) -> InputSpec:
@@ -127,9 +129,13 @@ def _input_spec(source: dict[str, Any], default: InputSpec) -> InputSpec:
             r = source["resize"]
             spec = InputSpec(spec.size, int(r) if r else None, spec.mean, spec.std)
         if "mean" in source:
-            spec = InputSpec(spec.size, spec.resize, tuple(float(v) for v in source["mean"]), spec.std)
+            spec = InputSpec(
+                spec.size, spec.resize, tuple(float(v) for v in source["mean"]), spec.std
+            )
         if "std" in source:
-            spec = InputSpec(spec.size, spec.resize, spec.mean, tuple(float(v) for v in source["std"]))
+            spec = InputSpec(
+                spec.size, spec.resize, spec.mean, tuple(float(v) for v in source["std"])
+            )
     except (TypeError, ValueError):
         raise InvalidArgument(f"bad input transform in source {source}", field="source") from None
     if len(spec.mean) != len(spec.std):
@@ -141,12 +147,19 @@ def _cifar_resnet(source: dict[str, Any]) -> BuiltModel:
     try:
         depth = int(source.get("depth", 20))
     except (TypeError, ValueError):
-        raise InvalidArgument(f"cifar_resnet depth {source.get('depth')!r} is not an integer", field="depth") from None
+        raise InvalidArgument(
+            f"cifar_resnet depth {source.get('depth')!r} is not an integer", field="depth"
+        ) from None
     weights = source.get("weights")
     module = _seeded(source, lambda: load_cifar_resnet(depth, weights))
     sha = file_sha256(Path(weights).expanduser()) if weights else state_sha256(module)
-    return BuiltModel(module, _input_spec(source, InputSpec(32, None, CIFAR_MEAN, CIFAR_STD)),
-                      f"cifar_resnet{depth}", sha, "CIFAR-10 (image classification, 10 classes)")
+    return BuiltModel(
+        module,
+        _input_spec(source, InputSpec(32, None, CIFAR_MEAN, CIFAR_STD)),
+        f"cifar_resnet{depth}",
+        sha,
+        "CIFAR-10 (image classification, 10 classes)",
+    )
 
 
 def _torchvision(source: dict[str, Any]) -> BuiltModel:
@@ -163,9 +176,13 @@ def _torchvision(source: dict[str, Any]) -> BuiltModel:
             enum = torchvision.models.get_model_weights(name)[str(weights)]
             module = torchvision.models.get_model(name, weights=enum, **kwargs)
         except KeyError:
-            raise InvalidArgument(f"torchvision {name} has no weights {weights!r}", field="weights") from None
+            raise InvalidArgument(
+                f"torchvision {name} has no weights {weights!r}", field="weights"
+            ) from None
         except Exception as e:
-            raise WeightsUnavailable(f"torchvision weights {name}/{weights} cannot be loaded: {e}") from None
+            raise WeightsUnavailable(
+                f"torchvision weights {name}/{weights} cannot be loaded: {e}"
+            ) from None
         sha = state_sha256(module)
         training = f"ImageNet-1k ({weights})"
     else:
@@ -177,14 +194,18 @@ def _torchvision(source: dict[str, Any]) -> BuiltModel:
         else:
             sha = state_sha256(module)
         training = ""
-    return BuiltModel(module.eval(), _input_spec(source, InputSpec()), f"torchvision:{name}", sha, training)
+    return BuiltModel(
+        module.eval(), _input_spec(source, InputSpec()), f"torchvision:{name}", sha, training
+    )
 
 
 def _timm(source: dict[str, Any]) -> BuiltModel:
     try:
         import timm
     except ImportError:
-        raise FailedPrecondition("timm sources need the 'timm' package: pip install 'neuronatlas[timm]'") from None
+        raise FailedPrecondition(
+            "timm sources need the 'timm' package: pip install 'neuronatlas[timm]'"
+        ) from None
     name = str(source.get("name", ""))
     weights = source.get("weights")
     kwargs = dict(source.get("kwargs", {}))
@@ -200,10 +221,12 @@ def _timm(source: dict[str, Any]) -> BuiltModel:
         sha = state_sha256(module)
     cfg = timm.data.resolve_data_config({}, model=module)
     size = int(cfg["input_size"][-1])
-    img_size = getattr(getattr(module, "patch_embed", None), "img_size", None)  # ViTs built for another size
+    img_size = getattr(
+        getattr(module, "patch_embed", None), "img_size", None
+    )  # ViTs built for another size
     if img_size:
         size = int(img_size[-1] if isinstance(img_size, (tuple, list)) else img_size)
-    resize = int(round(size / float(cfg.get("crop_pct", 0.875))))
+    resize = round(size / float(cfg.get("crop_pct", 0.875)))
     default = InputSpec(size, resize, tuple(cfg["mean"]), tuple(cfg["std"]))
     return BuiltModel(module.eval(), _input_spec(source, default), f"timm:{name}", sha, "")
 
@@ -214,29 +237,49 @@ def _torchscript(source: dict[str, Any]) -> BuiltModel:
         module = torch.jit.load(str(path), map_location="cpu")
     except Exception as e:
         raise WeightsUnavailable(f"TorchScript file {path} cannot be loaded: {e}") from None
-    return BuiltModel(module.eval(), _input_spec(source, InputSpec()), f"torchscript:{path.name}", file_sha256(path), "")
+    return BuiltModel(
+        module.eval(),
+        _input_spec(source, InputSpec()),
+        f"torchscript:{path.name}",
+        file_sha256(path),
+        "",
+    )
 
 
 def _python(source: dict[str, Any]) -> BuiltModel:
     ref = str(source.get("factory", ""))
     mod_name, _, fn_name = ref.partition(":")
     if not mod_name or not fn_name:
-        raise InvalidArgument(f"python factory {ref!r} must look like package.module:function", field="factory")
+        raise InvalidArgument(
+            f"python factory {ref!r} must look like package.module:function", field="factory"
+        )
     try:
         fn = getattr(importlib.import_module(mod_name), fn_name)
     except (ImportError, AttributeError) as e:
-        raise InvalidArgument(f"cannot import model factory {ref!r}: {e}", field="factory") from None
+        raise InvalidArgument(
+            f"cannot import model factory {ref!r}: {e}", field="factory"
+        ) from None
     try:
         module = _seeded(source, lambda: fn(**dict(source.get("kwargs", {}))))
     except NeuronAtlasError:
         raise
     except Exception as e:  # whatever the user's factory raises
-        raise InvalidArgument(f"model factory {ref!r} failed: {type(e).__name__}: {e}", field="factory") from None
+        raise InvalidArgument(
+            f"model factory {ref!r} failed: {type(e).__name__}: {e}", field="factory"
+        ) from None
     if not isinstance(module, nn.Module):
-        raise InvalidArgument(f"model factory {ref!r} returned {type(module).__name__}, not an nn.Module", field="factory")
+        raise InvalidArgument(
+            f"model factory {ref!r} returned {type(module).__name__}, not an nn.Module",
+            field="factory",
+        )
     arch = str(source.get("architecture", type(module).__name__))
-    return BuiltModel(module.eval(), _input_spec(source, InputSpec()), arch, state_sha256(module),
-                      str(source.get("training_data", "")))
+    return BuiltModel(
+        module.eval(),
+        _input_spec(source, InputSpec()),
+        arch,
+        state_sha256(module),
+        str(source.get("training_data", "")),
+    )
 
 
 BUILDERS: dict[str, Callable[[dict[str, Any]], BuiltModel]] = {
@@ -251,10 +294,13 @@ BUILDERS: dict[str, Callable[[dict[str, Any]], BuiltModel]] = {
 def build_model(source: dict[str, Any]) -> BuiltModel:
     """Build the module a source dict describes (eval mode, CPU)."""
     if not isinstance(source, dict) or "kind" not in source:
-        raise InvalidArgument(f"model source must be a dict with a 'kind', got {source!r}", field="source")
+        raise InvalidArgument(
+            f"model source must be a dict with a 'kind', got {source!r}", field="source"
+        )
     builder = BUILDERS.get(str(source["kind"]))
     if builder is None:
         raise InvalidArgument(
-            f"unknown model source kind {source['kind']!r}; one of {', '.join(sorted(BUILDERS))}", field="source"
+            f"unknown model source kind {source['kind']!r}; one of {', '.join(sorted(BUILDERS))}",
+            field="source",
         )
     return builder(source)

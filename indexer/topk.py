@@ -29,10 +29,14 @@ class StreamingTopK:
     def update(self, acts: torch.Tensor, start: int) -> None:
         """Merge a (batch, units) block whose first row is sample ``start``."""
         if acts.ndim != 2 or acts.shape[1] != self.units:
-            raise InvalidArgument(f"activations of shape {tuple(acts.shape)}, expected (*, {self.units})")
+            raise InvalidArgument(
+                f"activations of shape {tuple(acts.shape)}, expected (*, {self.units})"
+            )
         n = acts.shape[0]
         if start != self.seen:
-            raise InvalidArgument(f"batches must arrive in order: expected sample {self.seen}, got {start}")
+            raise InvalidArgument(
+                f"batches must arrive in order: expected sample {self.seen}, got {start}"
+            )
         vals = acts.detach().float().t()
         vals = torch.where(torch.isnan(vals), float("-inf"), vals)  # NaN never wins
         idx = torch.arange(start, start + n, dtype=torch.int64).expand(self.units, n)
@@ -52,7 +56,11 @@ class StreamingTopK:
         return self.values.numpy().copy(), self.indices.numpy().copy()
 
     def state(self) -> dict[str, np.ndarray]:
-        return {"values": self.values.numpy(), "indices": self.indices.numpy(), "seen": np.array(self.seen)}
+        return {
+            "values": self.values.numpy(),
+            "indices": self.indices.numpy(),
+            "seen": np.array(self.seen),
+        }
 
     @classmethod
     def from_state(cls, state: dict[str, np.ndarray]) -> StreamingTopK:
@@ -103,8 +111,14 @@ class RunningStats:
         }
 
     def state(self) -> dict[str, np.ndarray]:
-        return {"n": np.array(self.n), "mean": self.mean, "m2": self.m2, "min": self.min, "max": self.max,
-                "positive": self.positive}
+        return {
+            "n": np.array(self.n),
+            "mean": self.mean,
+            "m2": self.m2,
+            "min": self.min,
+            "max": self.max,
+            "positive": self.positive,
+        }
 
     @classmethod
     def from_state(cls, state: dict[str, np.ndarray]) -> RunningStats:

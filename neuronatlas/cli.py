@@ -23,20 +23,42 @@ _COMMAND_MODULES = (
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="neuronatlas")
-@click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
-              help="TOML config file (default: $NEURONATLAS_HOME/config.toml).")
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="TOML config file (default: $NEURONATLAS_HOME/config.toml).",
+)
 @click.option("--home", default=None, help="Data directory (env NEURONATLAS_HOME).")
-@click.option("--backend", type=click.Choice(["edge", "remote"]), default=None,
-              help="Store backend: embedded Qdrant Edge (default) or a Qdrant server.")
-@click.option("--store", "store_path", default=None, help="Embedded store directory (default <home>/store).")
+@click.option(
+    "--backend",
+    type=click.Choice(["edge", "remote"]),
+    default=None,
+    help="Store backend: embedded Qdrant Edge (default) or a Qdrant server.",
+)
+@click.option(
+    "--store", "store_path", default=None, help="Embedded store directory (default <home>/store)."
+)
 @click.option("--qdrant-url", "url", default=None, help="Remote Qdrant URL (env NEURONATLAS_URL).")
-@click.option("--embedder", default=None,
-              help="Embedder spec: open_clip:ARCH:TAG|/path/ckpt.pt or py:package.module:factory.")
+@click.option(
+    "--embedder",
+    default=None,
+    help="Embedder spec: open_clip:ARCH:TAG|/path/ckpt.pt or py:package.module:factory.",
+)
 @click.pass_context
 def cli(ctx: click.Context, config_file, home, backend, store_path, url, embedder) -> None:
     """NeuronAtlas: index the neurons of vision models and query them across a model zoo."""
-    ctx.obj = {"settings_args": dict(config_file=config_file, home=home, backend=backend,
-                                     store_path=store_path, url=url, embedder=embedder)}
+    ctx.obj = {
+        "settings_args": {
+            "config_file": config_file,
+            "home": home,
+            "backend": backend,
+            "store_path": store_path,
+            "url": url,
+            "embedder": embedder,
+        }
+    }
 
 
 def settings_from(ctx: click.Context):

@@ -42,10 +42,15 @@ class TokenSet:
 
     def add(self, scope: str, token: str, where: str = "tokens") -> None:
         if scope not in SCOPES:
-            raise InvalidArgument(f"{where}: unknown scope {scope!r} (use read or admin)", field="tokens")
+            raise InvalidArgument(
+                f"{where}: unknown scope {scope!r} (use read or admin)", field="tokens"
+            )
         if len(token) < MIN_TOKEN_CHARS or re.search(r"\s", token):
-            raise InvalidArgument(f"{where}: a {scope} token is shorter than {MIN_TOKEN_CHARS} characters or "
-                                  "contains whitespace", field="tokens")
+            raise InvalidArgument(
+                f"{where}: a {scope} token is shorter than {MIN_TOKEN_CHARS} characters or "
+                "contains whitespace",
+                field="tokens",
+            )
         self._tokens.append((token.encode(), scope))
 
     def parse(self, text: str, where: str) -> None:
@@ -61,7 +66,9 @@ class TokenSet:
                 self.add(scope.strip().lower(), token, f"{where} line {n}")
 
     @classmethod
-    def load(cls, file: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None) -> "TokenSet":
+    def load(
+        cls, file: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None
+    ) -> TokenSet:
         """Tokens from the environment and the given (or ``NEURONATLAS_TOKENS_FILE``) file."""
         env = os.environ if env is None else env
         out = cls()
@@ -73,7 +80,9 @@ class TokenSet:
             try:
                 text = p.read_text()
             except OSError as e:
-                raise InvalidArgument(f"cannot read tokens file {p}: {e.strerror}", field="tokens_file") from None
+                raise InvalidArgument(
+                    f"cannot read tokens file {p}: {e.strerror}", field="tokens_file"
+                ) from None
             out.parse(text, str(p))
         return out
 
@@ -130,11 +139,15 @@ class AuthInterceptor(grpc.ServerInterceptor):
             return continuation(details)
         token = _bearer(details.invocation_metadata)
         if not token:
-            return _reject(Unauthenticated("missing bearer token (metadata 'authorization: Bearer <token>')"))
+            return _reject(
+                Unauthenticated("missing bearer token (metadata 'authorization: Bearer <token>')")
+            )
         scope = self.tokens.scope_of(token)
         if scope is None:
             log.warning("rejected call to %s: unknown token", details.method)
             return _reject(Unauthenticated("unknown bearer token"))
         if need == ADMIN and scope != ADMIN:
-            return _reject(PermissionDenied(f"{details.method.rsplit('/', 1)[-1]} needs the admin scope"))
+            return _reject(
+                PermissionDenied(f"{details.method.rsplit('/', 1)[-1]} needs the admin scope")
+            )
         return continuation(details)

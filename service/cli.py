@@ -38,7 +38,9 @@ class Direct:
 
         self.atlas = Q.Atlas(open_store(settings), load, backend=settings.backend)
 
-    def search_hits(self, query: Q.Query, flt: SearchFilter | None, top_k: int, per_model: int) -> list[Hit]:
+    def search_hits(
+        self, query: Q.Query, flt: SearchFilter | None, top_k: int, per_model: int
+    ) -> list[Hit]:
         return Q.search_neurons(self.atlas, query, flt, top_k=top_k, per_model=per_model).items
 
     def get_neuron(self, ref: str, include_vector: bool = False) -> NeuronRecord:
@@ -47,7 +49,9 @@ class Direct:
     def describe_neuron(self, ref: str, labels: list[str], top_n: int) -> Q.Description:
         return Q.describe_neuron(self.atlas, *parse_neuron_key(ref), labels=labels, top_n=top_n)
 
-    def find_hits(self, label: str, prefix: bool, flt: SearchFilter | None, limit: int) -> list[Hit]:
+    def find_hits(
+        self, label: str, prefix: bool, flt: SearchFilter | None, limit: int
+    ) -> list[Hit]:
         return Q.find_by_label(self.atlas, label, prefix=prefix, flt=flt, limit=limit).items
 
     def all_models(self) -> list[ModelEntry]:
@@ -66,7 +70,9 @@ class Remote:
     def __init__(self, client: Any):
         self.client = client
 
-    def search_hits(self, query: Q.Query, flt: SearchFilter | None, top_k: int, per_model: int) -> list[Hit]:
+    def search_hits(
+        self, query: Q.Query, flt: SearchFilter | None, top_k: int, per_model: int
+    ) -> list[Hit]:
         kw: dict[str, Any] = {}
         if isinstance(query, Q.TextQuery):
             kw["text"] = query.text
@@ -84,12 +90,19 @@ class Remote:
     def describe_neuron(self, ref: str, labels: list[str], top_n: int) -> Q.Description:
         return self.client.describe_neuron(ref, labels=labels, top_n=top_n)
 
-    def find_hits(self, label: str, prefix: bool, flt: SearchFilter | None, limit: int) -> list[Hit]:
+    def find_hits(
+        self, label: str, prefix: bool, flt: SearchFilter | None, limit: int
+    ) -> list[Hit]:
         hits: list[Hit] = []
         token = ""
         while len(hits) < limit:
-            page = self.client.find_by_label(label, prefix=prefix, filter=flt,
-                                             page_size=min(100, limit - len(hits)), page_token=token)
+            page = self.client.find_by_label(
+                label,
+                prefix=prefix,
+                filter=flt,
+                page_size=min(100, limit - len(hits)),
+                page_token=token,
+            )
             hits.extend(page.hits)
             token = page.next_page_token
             if not token:
@@ -109,13 +122,29 @@ class Remote:
 def connection_options(fn: Callable) -> Callable:
     """--server/--token/--tls/--timeout/--json, and a ``backend`` argument for the command."""
 
-    @click.option("--server", envvar="NEURONATLAS_SERVER", default=None, metavar="HOST:PORT",
-                  help="Query this NeuronAtlas server (env NEURONATLAS_SERVER); default: open the store directly.")
-    @click.option("--token", envvar="NEURONATLAS_TOKEN", default=None, help="Bearer token (env NEURONATLAS_TOKEN).")
+    @click.option(
+        "--server",
+        envvar="NEURONATLAS_SERVER",
+        default=None,
+        metavar="HOST:PORT",
+        help="Query this NeuronAtlas server (env NEURONATLAS_SERVER); default: open the store directly.",
+    )
+    @click.option(
+        "--token",
+        envvar="NEURONATLAS_TOKEN",
+        default=None,
+        help="Bearer token (env NEURONATLAS_TOKEN).",
+    )
     @click.option("--tls", "tls", is_flag=True, help="Connect with TLS (system roots).")
-    @click.option("--ca-cert", type=click.Path(dir_okay=False, exists=True), default=None,
-                  help="Connect with TLS trusting this PEM CA bundle.")
-    @click.option("--timeout", type=float, default=30.0, show_default=True, help="Deadline per call, seconds.")
+    @click.option(
+        "--ca-cert",
+        type=click.Path(dir_okay=False, exists=True),
+        default=None,
+        help="Connect with TLS trusting this PEM CA bundle.",
+    )
+    @click.option(
+        "--timeout", type=float, default=30.0, show_default=True, help="Deadline per call, seconds."
+    )
     @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
     @click.pass_context
     @functools.wraps(fn)
@@ -146,7 +175,7 @@ def _fmt(v: Any) -> str:
 def table(headers: list[str], rows: list[list[Any]]) -> str:
     cells = [[_fmt(c) for c in r] for r in rows]
     widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
-    line = lambda r: "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip()  # noqa: E731
+    line = lambda r: "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)).rstrip()  # noqa: E731
     return "\n".join([line(headers), line(["-" * w for w in widths])] + [line(r) for r in cells])
 
 
@@ -161,49 +190,107 @@ def _top_label(rec: NeuronRecord) -> str:
 
 def _hit_dict(h: Hit) -> dict[str, Any]:
     r = h.record
-    return {"neuron": r.key, "model_id": r.model_id, "layer": r.layer, "unit": r.unit, "score": h.score,
-            "depth": r.depth, "clarity": r.clarity,
-            "top_labels": [{"label": l.label, "score": l.score} for ls in r.labels.values() for l in ls[:1]]}
+    return {
+        "neuron": r.key,
+        "model_id": r.model_id,
+        "layer": r.layer,
+        "unit": r.unit,
+        "score": h.score,
+        "depth": r.depth,
+        "clarity": r.clarity,
+        "top_labels": [
+            {"label": l.label, "score": l.score} for ls in r.labels.values() for l in ls[:1]
+        ],
+    }
 
 
 def _hits_out(hits: list[Hit], as_json: bool) -> None:
-    rows = [[i + 1, h.record.key, h.score, h.record.depth, h.record.clarity, _top_label(h.record)]
-            for i, h in enumerate(hits)]
-    _emit(as_json, [_hit_dict(h) for h in hits],
-          lambda: table(["#", "neuron", "score", "depth", "clarity", "top label"], rows) if hits else "no neurons")
+    rows = [
+        [i + 1, h.record.key, h.score, h.record.depth, h.record.clarity, _top_label(h.record)]
+        for i, h in enumerate(hits)
+    ]
+    _emit(
+        as_json,
+        [_hit_dict(h) for h in hits],
+        lambda: (
+            table(["#", "neuron", "score", "depth", "clarity", "top label"], rows)
+            if hits
+            else "no neurons"
+        ),
+    )
 
 
 def _filter(models, layers, depth_min, depth_max, min_clarity, label=None) -> SearchFilter | None:
-    flt = SearchFilter(model_ids=tuple(models) or None, layers=tuple(layers) or None, depth_min=depth_min,
-                       depth_max=depth_max, min_clarity=min_clarity, label=label)
+    flt = SearchFilter(
+        model_ids=tuple(models) or None,
+        layers=tuple(layers) or None,
+        depth_min=depth_min,
+        depth_max=depth_max,
+        min_clarity=min_clarity,
+        label=label,
+    )
     return None if flt == SearchFilter() else flt
 
 
 def filter_options(fn: Callable) -> Callable:
-    for opt in reversed([
-        click.option("--model", "models", multiple=True, help="Only this model (repeatable)."),
-        click.option("--layer", "layers", multiple=True, help="Only this layer name (repeatable)."),
-        click.option("--depth-min", type=float, default=None, help="Lowest relative depth (0-1)."),
-        click.option("--depth-max", type=float, default=None, help="Highest relative depth (0-1)."),
-        click.option("--min-clarity", type=float, default=None, help="Lowest clarity score."),
-    ]):
+    for opt in reversed(
+        [
+            click.option("--model", "models", multiple=True, help="Only this model (repeatable)."),
+            click.option(
+                "--layer", "layers", multiple=True, help="Only this layer name (repeatable)."
+            ),
+            click.option(
+                "--depth-min", type=float, default=None, help="Lowest relative depth (0-1)."
+            ),
+            click.option(
+                "--depth-max", type=float, default=None, help="Highest relative depth (0-1)."
+            ),
+            click.option("--min-clarity", type=float, default=None, help="Lowest clarity score."),
+        ]
+    ):
         fn = opt(fn)
     return fn
 
 
 # -- commands -----------------------------------------------------------------------------------
 @click.command()
-@click.option("--address", envvar="NEURONATLAS_ADDRESS", default="127.0.0.1:50051", show_default=True,
-              help="host:port to listen on (port 0 = any free port).")
-@click.option("--tokens-file", type=click.Path(dir_okay=False), default=None,
-              help="File of 'scope:token' lines (scopes read, admin); also env NEURONATLAS_TOKENS(_FILE).")
-@click.option("--tls-cert", type=click.Path(dir_okay=False, exists=True), default=None, help="PEM certificate.")
-@click.option("--tls-key", type=click.Path(dir_okay=False, exists=True), default=None, help="PEM private key.")
-@click.option("--tls-client-ca", type=click.Path(dir_okay=False, exists=True), default=None,
-              help="Require client certificates signed by this CA (mutual TLS).")
-@click.option("--workers", type=click.IntRange(1, 256), default=16, show_default=True, help="RPC threads.")
-@click.option("--no-embedder", is_flag=True, help="Serve vector and neuron queries only (no CLIP model).")
-@click.option("--grace", type=float, default=5.0, show_default=True, help="Shutdown grace period, seconds.")
+@click.option(
+    "--address",
+    envvar="NEURONATLAS_ADDRESS",
+    default="127.0.0.1:50051",
+    show_default=True,
+    help="host:port to listen on (port 0 = any free port).",
+)
+@click.option(
+    "--tokens-file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="File of 'scope:token' lines (scopes read, admin); also env NEURONATLAS_TOKENS(_FILE).",
+)
+@click.option(
+    "--tls-cert",
+    type=click.Path(dir_okay=False, exists=True),
+    default=None,
+    help="PEM certificate.",
+)
+@click.option(
+    "--tls-key", type=click.Path(dir_okay=False, exists=True), default=None, help="PEM private key."
+)
+@click.option(
+    "--tls-client-ca",
+    type=click.Path(dir_okay=False, exists=True),
+    default=None,
+    help="Require client certificates signed by this CA (mutual TLS).",
+)
+@click.option(
+    "--workers", type=click.IntRange(1, 256), default=16, show_default=True, help="RPC threads."
+)
+@click.option(
+    "--no-embedder", is_flag=True, help="Serve vector and neuron queries only (no CLIP model)."
+)
+@click.option(
+    "--grace", type=float, default=5.0, show_default=True, help="Shutdown grace period, seconds."
+)
 @click.pass_context
 def serve(ctx, address, tokens_file, tls_cert, tls_key, tls_client_ca, workers, no_embedder, grace):
     """Run the gRPC service (health checking and reflection included) until SIGTERM/Ctrl-C."""
@@ -214,42 +301,79 @@ def serve(ctx, address, tokens_file, tls_cert, tls_key, tls_client_ca, workers, 
     from neuronatlas.service.auth import TokenSet
     from neuronatlas.service.server import TlsConfig, build_server
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     settings = settings_from(ctx)
     if bool(tls_cert) != bool(tls_key):
         raise InvalidArgument("--tls-cert and --tls-key go together", field="tls")
     if tls_client_ca and not tls_cert:
         raise InvalidArgument("--tls-client-ca needs --tls-cert and --tls-key", field="tls")
     tokens = TokenSet.load(tokens_file)
-    tls = TlsConfig(Path(tls_cert), Path(tls_key), Path(tls_client_ca) if tls_client_ca else None) if tls_cert else None
+    tls = (
+        TlsConfig(Path(tls_cert), Path(tls_key), Path(tls_client_ca) if tls_client_ca else None)
+        if tls_cert
+        else None
+    )
     embedder = None if no_embedder else load_embedder(settings.embedder, settings.device)
     atlas = Q.Atlas(open_store(settings), embedder, backend=settings.backend)
     try:
         if embedder is not None:
             atlas.embedder()  # fail now, not on the first query, if it does not match the store
-        server = build_server(atlas, address, tokens=tokens, tls=tls, max_workers=workers, close_atlas=True,
-                              home=settings.home)
+        server = build_server(
+            atlas,
+            address,
+            tokens=tokens,
+            tls=tls,
+            max_workers=workers,
+            close_atlas=True,
+            home=settings.home,
+        )
     except BaseException:
         atlas.close()
         raise
     server.start()
     if not tokens:
-        logging.getLogger("neuronatlas.service").warning("no tokens configured: the service is open to anyone")
+        logging.getLogger("neuronatlas.service").warning(
+            "no tokens configured: the service is open to anyone"
+        )
     click.echo(f"neuronatlas serving on {server.address}", err=True)
     server.wait()
 
 
 @click.command()
 @click.argument("text", required=False)
-@click.option("--image", type=click.Path(dir_okay=False, exists=True), default=None, help="Query with an image file.")
-@click.option("--like", default=None, metavar="MODEL/LAYER/UNIT", help="Neurons similar to this neuron.")
+@click.option(
+    "--image",
+    type=click.Path(dir_okay=False, exists=True),
+    default=None,
+    help="Query with an image file.",
+)
+@click.option(
+    "--like", default=None, metavar="MODEL/LAYER/UNIT", help="Neurons similar to this neuron."
+)
 @filter_options
 @click.option("--label", default=None, help="Only neurons carrying exactly this label.")
-@click.option("--top-k", type=int, default=10, show_default=True, help="Results (models with --per-model).")
+@click.option(
+    "--top-k", type=int, default=10, show_default=True, help="Results (models with --per-model)."
+)
 @click.option("--per-model", type=int, default=0, help="Best N neurons of each model.")
 @connection_options
-def search(backend, as_json, text, image, like, models, layers, depth_min, depth_max, min_clarity, label,
-           top_k, per_model):
+def search(
+    backend,
+    as_json,
+    text,
+    image,
+    like,
+    models,
+    layers,
+    depth_min,
+    depth_max,
+    min_clarity,
+    label,
+    top_k,
+    per_model,
+):
     """Neurons matching TEXT (or --image / --like), best first."""
     from neuronatlas.core.errors import InvalidArgument
 
@@ -262,36 +386,60 @@ def search(backend, as_json, text, image, like, models, layers, depth_min, depth
         query = Q.ImageQuery(Path(image).read_bytes())
     else:
         query = Q.NeuronQuery(*parse_neuron_key(like))
-    hits = backend.search_hits(query, _filter(models, layers, depth_min, depth_max, min_clarity, label), top_k, per_model)
+    hits = backend.search_hits(
+        query, _filter(models, layers, depth_min, depth_max, min_clarity, label), top_k, per_model
+    )
     _hits_out(hits, as_json)
 
 
 @click.command()
 @click.argument("ref", metavar="MODEL/LAYER/UNIT")
-@click.option("--vector", "with_vector", is_flag=True, help="Include the embedding vector (JSON only).")
+@click.option(
+    "--vector", "with_vector", is_flag=True, help="Include the embedding vector (JSON only)."
+)
 @connection_options
 def neuron(backend, as_json, ref, with_vector):
     """Everything stored about one neuron."""
     rec = backend.get_neuron(ref, include_vector=with_vector)
 
     def text() -> str:
-        lines = [f"neuron      {rec.key}", f"layer       {rec.layer} (index {rec.layer_index}, depth {rec.depth:.2f})",
-                 f"clarity     {rec.clarity:.3f}   polysemanticity {rec.polysemanticity:.3f}   "
-                 f"redundancy {rec.redundancy:.3f}",
-                 "stats       " + "  ".join(f"{k}={v:.3g}" for k, v in rec.stats.items()),
-                 "label set   " + ", ".join(rec.label_set)]
+        lines = [
+            f"neuron      {rec.key}",
+            f"layer       {rec.layer} (index {rec.layer_index}, depth {rec.depth:.2f})",
+            f"clarity     {rec.clarity:.3f}   polysemanticity {rec.polysemanticity:.3f}   "
+            f"redundancy {rec.redundancy:.3f}",
+            "stats       " + "  ".join(f"{k}={v:.3g}" for k, v in rec.stats.items()),
+            "label set   " + ", ".join(rec.label_set),
+        ]
         for vocab, labels in rec.labels.items():
             lines.append(f"{vocab:<11} " + ", ".join(f"{l.label} ({l.score:.3f})" for l in labels))
-        lines += ["", table(["#", "top sample", "activation"],
-                            [[i + 1, s.sample_id, s.activation] for i, s in enumerate(rec.top_samples)])]
+        lines += [
+            "",
+            table(
+                ["#", "top sample", "activation"],
+                [[i + 1, s.sample_id, s.activation] for i, s in enumerate(rec.top_samples)],
+            ),
+        ]
         return "\n".join(lines)
 
-    data = {"neuron": rec.key, "model_id": rec.model_id, "layer": rec.layer, "unit": rec.unit,
-            "layer_index": rec.layer_index, "depth": rec.depth, "clarity": rec.clarity,
-            "polysemanticity": rec.polysemanticity, "redundancy": rec.redundancy, "stats": rec.stats,
-            "labels": {v: [{"label": l.label, "score": l.score} for l in ls] for v, ls in rec.labels.items()},
-            "label_set": rec.label_set, "top_samples": [s.to_dict() for s in rec.top_samples],
-            "generation": rec.generation}
+    data = {
+        "neuron": rec.key,
+        "model_id": rec.model_id,
+        "layer": rec.layer,
+        "unit": rec.unit,
+        "layer_index": rec.layer_index,
+        "depth": rec.depth,
+        "clarity": rec.clarity,
+        "polysemanticity": rec.polysemanticity,
+        "redundancy": rec.redundancy,
+        "stats": rec.stats,
+        "labels": {
+            v: [{"label": l.label, "score": l.score} for l in ls] for v, ls in rec.labels.items()
+        },
+        "label_set": rec.label_set,
+        "top_samples": [s.to_dict() for s in rec.top_samples],
+        "generation": rec.generation,
+    }
     if with_vector:
         data["vector"] = [float(x) for x in rec.vector]
     _emit(as_json, data, text)
@@ -304,9 +452,18 @@ def labels():
 
 @labels.command("describe")
 @click.argument("ref", metavar="MODEL/LAYER/UNIT")
-@click.option("--label", "custom", multiple=True, help="Score these labels instead of the stored ones (repeatable).")
-@click.option("--labels-file", type=click.Path(dir_okay=False, exists=True), default=None,
-              help="Score the labels of this vocabulary file instead.")
+@click.option(
+    "--label",
+    "custom",
+    multiple=True,
+    help="Score these labels instead of the stored ones (repeatable).",
+)
+@click.option(
+    "--labels-file",
+    type=click.Path(dir_okay=False, exists=True),
+    default=None,
+    help="Score the labels of this vocabulary file instead.",
+)
 @click.option("--top-n", type=int, default=5, show_default=True, help="Labels per vocabulary.")
 @connection_options
 def labels_describe(backend, as_json, ref, custom, labels_file, top_n):
@@ -317,10 +474,24 @@ def labels_describe(backend, as_json, ref, custom, labels_file, top_n):
 
         names += load_vocabulary(labels_file)
     d = backend.describe_neuron(ref, names, top_n)
-    rows = [[vocab, i + 1, l.label, l.score] for vocab, ls in d.labels.items() for i, l in enumerate(ls)]
-    _emit(as_json, {"neuron": f"{d.model_id}/{d.layer}/{d.unit}", "label_set": d.label_set,
-                    "labels": {v: [{"label": l.label, "score": l.score} for l in ls] for v, ls in d.labels.items()}},
-          lambda: table(["vocabulary", "#", "label", "score"], rows) + "\nlabel set: " + ", ".join(d.label_set))
+    rows = [
+        [vocab, i + 1, l.label, l.score] for vocab, ls in d.labels.items() for i, l in enumerate(ls)
+    ]
+    _emit(
+        as_json,
+        {
+            "neuron": f"{d.model_id}/{d.layer}/{d.unit}",
+            "label_set": d.label_set,
+            "labels": {
+                v: [{"label": l.label, "score": l.score} for l in ls] for v, ls in d.labels.items()
+            },
+        },
+        lambda: (
+            table(["vocabulary", "#", "label", "score"], rows)
+            + "\nlabel set: "
+            + ", ".join(d.label_set)
+        ),
+    )
 
 
 @labels.command("find")
@@ -329,9 +500,13 @@ def labels_describe(backend, as_json, ref, custom, labels_file, top_n):
 @filter_options
 @click.option("--limit", type=click.IntRange(1, 10000), default=20, show_default=True)
 @connection_options
-def labels_find(backend, as_json, label, prefix, models, layers, depth_min, depth_max, min_clarity, limit):
+def labels_find(
+    backend, as_json, label, prefix, models, layers, depth_min, depth_max, min_clarity, limit
+):
     """Neurons carrying LABEL across models, ranked by the label's score."""
-    hits = backend.find_hits(label, prefix, _filter(models, layers, depth_min, depth_max, min_clarity), limit)
+    hits = backend.find_hits(
+        label, prefix, _filter(models, layers, depth_min, depth_max, min_clarity), limit
+    )
     _hits_out(hits, as_json)
 
 
@@ -340,10 +515,19 @@ def labels_find(backend, as_json, label, prefix, models, layers, depth_min, dept
 def models(backend, as_json):
     """The model catalogue."""
     entries = backend.all_models()
-    rows = [[m.model_id, m.architecture, m.status.value, len(m.layers), m.neuron_count, m.embedder] for m in entries]
-    _emit(as_json, [{**m.to_payload(), "neuron_count": m.neuron_count} for m in entries],
-          lambda: table(["model", "architecture", "status", "layers", "neurons", "embedder"], rows)
-          if entries else "no models")
+    rows = [
+        [m.model_id, m.architecture, m.status.value, len(m.layers), m.neuron_count, m.embedder]
+        for m in entries
+    ]
+    _emit(
+        as_json,
+        [{**m.to_payload(), "neuron_count": m.neuron_count} for m in entries],
+        lambda: (
+            table(["model", "architecture", "status", "layers", "neurons", "embedder"], rows)
+            if entries
+            else "no models"
+        ),
+    )
 
 
 @click.command()
@@ -351,17 +535,40 @@ def models(backend, as_json):
 def stats(backend, as_json):
     """Neuron counts per model and layer, and the store size."""
     s = backend.stats()
-    data = {"total_neurons": s.total_neurons, "size_bytes": s.size_bytes, "backend": s.backend,
-            "embedder": s.embedder.to_dict() if s.embedder else None,
-            "models": [{"model_id": m.model_id, "status": m.status.value, "neurons": m.neurons, "layers": m.layers}
-                       for m in s.models]}
+    data = {
+        "total_neurons": s.total_neurons,
+        "size_bytes": s.size_bytes,
+        "backend": s.backend,
+        "embedder": s.embedder.to_dict() if s.embedder else None,
+        "models": [
+            {
+                "model_id": m.model_id,
+                "status": m.status.value,
+                "neurons": m.neurons,
+                "layers": m.layers,
+            }
+            for m in s.models
+        ],
+    }
 
     def text() -> str:
-        rows = [[m.model_id, m.status.value, layer, n] for m in s.models for layer, n in m.layers.items()]
-        emb = f"{s.embedder.name} ({s.embedder.weights}, dim {s.embedder.dim})" if s.embedder else "none"
-        head = (f"neurons {s.total_neurons}   models {len(s.models)}   size {s.size_bytes / 2**20:.1f} MiB   "
-                f"embedder {emb}")
-        return head + ("\n\n" + table(["model", "status", "layer", "neurons"], rows) if rows else "")
+        rows = [
+            [m.model_id, m.status.value, layer, n]
+            for m in s.models
+            for layer, n in m.layers.items()
+        ]
+        emb = (
+            f"{s.embedder.name} ({s.embedder.weights}, dim {s.embedder.dim})"
+            if s.embedder
+            else "none"
+        )
+        head = (
+            f"neurons {s.total_neurons}   models {len(s.models)}   size {s.size_bytes / 2**20:.1f} MiB   "
+            f"embedder {emb}"
+        )
+        return head + (
+            "\n\n" + table(["model", "status", "layer", "neurons"], rows) if rows else ""
+        )
 
     _emit(as_json, data, text)
 

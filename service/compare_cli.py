@@ -15,11 +15,21 @@ def _split(values: tuple[str, ...]) -> list[str]:
 @click.command("compare")
 @click.argument("model_a")
 @click.argument("model_b")
-@click.option("--out", type=click.Path(file_okay=False), required=True,
-              help="Report folder: summary.txt, pairs.tsv and the PNG figures.")
-@click.option("--layer", "layers", multiple=True, help="Only these layers (repeat or comma-separate).")
-@click.option("--tau", type=float, default=None,
-              help="Coverage threshold (cosine); default: 95th percentile of the noise floor.")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False),
+    required=True,
+    help="Report folder: summary.txt, pairs.tsv and the PNG figures.",
+)
+@click.option(
+    "--layer", "layers", multiple=True, help="Only these layers (repeat or comma-separate)."
+)
+@click.option(
+    "--tau",
+    type=float,
+    default=None,
+    help="Coverage threshold (cosine); default: 95th percentile of the noise floor.",
+)
 @click.option("--semantic-only", is_flag=True, help="Skip the activation (CKA) view.")
 @click.option("--pairs", default=15, show_default=True, help="Matched pairs listed in the summary.")
 @click.option("--no-cache", is_flag=True, help="Recompute even if a cached result exists.")
@@ -33,27 +43,45 @@ def compare_cmd(ctx, model_a, model_b, out, layers, tau, semantic_only, pairs, n
 
     settings = settings_from(ctx)
     with open_store(settings) as store:
-        cmp = compare_models(store, model_a, model_b, _split(layers) or None, home=settings.home, tau=tau,
-                             activation=not semantic_only, limit=pairs, use_cache=not no_cache)
+        cmp = compare_models(
+            store,
+            model_a,
+            model_b,
+            _split(layers) or None,
+            home=settings.home,
+            tau=tau,
+            activation=not semantic_only,
+            limit=pairs,
+            use_cache=not no_cache,
+        )
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     text = comparison_summary(cmp, pairs=pairs)
     (out / "summary.txt").write_text(text)
     with open(out / "pairs.tsv", "w") as fh:
         fh.write("similarity\ta_layer\ta_unit\ta_label\tb_layer\tb_unit\tb_label\n")
-        fh.writelines(f"{p.similarity:.5f}\t{p.a_layer}\t{p.a_unit}\t{p.a_label}\t"
-                     f"{p.b_layer}\t{p.b_unit}\t{p.b_label}\n" for p in cmp.page(0, cmp.pairs_total))
+        fh.writelines(
+            f"{p.similarity:.5f}\t{p.a_layer}\t{p.a_unit}\t{p.a_label}\t"
+            f"{p.b_layer}\t{p.b_unit}\t{p.b_label}\n"
+            for p in cmp.page(0, cmp.pairs_total)
+        )
     figures = comparison_figures(cmp, out)
     click.echo(text)
-    click.echo("wrote " + ", ".join(str(p) for p in [out / "summary.txt", out / "pairs.tsv", *figures]))
+    click.echo(
+        "wrote " + ", ".join(str(p) for p in [out / "summary.txt", out / "pairs.tsv", *figures])
+    )
 
 
 @click.command("audit")
 @click.argument("model")
 @click.option("--valid", multiple=True, help="Valid concept (repeat or comma-separate).")
 @click.option("--spurious", multiple=True, help="Spurious concept (repeat or comma-separate).")
-@click.option("--threshold", type=float, default=None,
-              help="Alignment score threshold; default: calibrated per concept on the noise floor.")
+@click.option(
+    "--threshold",
+    type=float,
+    default=None,
+    help="Alignment score threshold; default: calibrated per concept on the noise floor.",
+)
 @click.option("--out", type=click.Path(file_okay=False), required=True, help="Report folder.")
 @click.pass_context
 def audit_cmd(ctx, model, valid, spurious, threshold, out):
@@ -67,8 +95,15 @@ def audit_cmd(ctx, model, valid, spurious, threshold, out):
     settings = settings_from(ctx)
     embedder = load_embedder(settings.embedder, settings.device)
     with open_store(settings) as store:
-        result = audit_model(store, embedder, model, _split(valid), _split(spurious), threshold=threshold,
-                             cache_dir=settings.cache_dir / "labels")
+        result = audit_model(
+            store,
+            embedder,
+            model,
+            _split(valid),
+            _split(spurious),
+            threshold=threshold,
+            cache_dir=settings.cache_dir / "labels",
+        )
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     text = audit_summary(result)

@@ -15,7 +15,16 @@ from google.protobuf import struct_pb2, timestamp_pb2
 from google.protobuf.json_format import MessageToDict
 
 from neuronatlas.core.errors import InvalidArgument
-from neuronatlas.core.queries import Description, ImageQuery, ModelCount, NeuronQuery, Query, StoreStats, TextQuery, VectorQuery
+from neuronatlas.core.queries import (
+    Description,
+    ImageQuery,
+    ModelCount,
+    NeuronQuery,
+    Query,
+    StoreStats,
+    TextQuery,
+    VectorQuery,
+)
 from neuronatlas.core.records import (
     EmbedderInfo,
     Label,
@@ -122,7 +131,9 @@ def top_labels(rec: NeuronRecord) -> list[Label]:
 
 def _quality(rec: NeuronRecord) -> pb.QualityScores:
     return pb.QualityScores(
-        clarity=float(rec.clarity), polysemanticity=float(rec.polysemanticity), redundancy=float(rec.redundancy)
+        clarity=float(rec.clarity),
+        polysemanticity=float(rec.polysemanticity),
+        redundancy=float(rec.redundancy),
     )
 
 
@@ -163,8 +174,10 @@ def neuron_to_pb(rec: NeuronRecord, include_vector: bool = False) -> pb.Neuron:
         layer_index=int(rec.layer_index),
         depth=float(rec.depth),
         label_set=list(rec.label_set),
-        top_samples=[pb.TopSample(sample_id=s.sample_id, index=int(s.index), activation=float(s.activation))
-                     for s in rec.top_samples],
+        top_samples=[
+            pb.TopSample(sample_id=s.sample_id, index=int(s.index), activation=float(s.activation))
+            for s in rec.top_samples
+        ],
         quality=_quality(rec),
         stats={k: float(v) for k, v in rec.stats.items()},
         generation=int(rec.generation),
@@ -196,7 +209,9 @@ def neuron_from_pb(n: pb.Neuron) -> NeuronRecord:
 
 
 def description_to_pb(d: Description) -> pb.DescribeNeuronResponse:
-    out = pb.DescribeNeuronResponse(neuron=ref_to_pb(d.model_id, d.layer, d.unit), label_set=list(d.label_set))
+    out = pb.DescribeNeuronResponse(
+        neuron=ref_to_pb(d.model_id, d.layer, d.unit), label_set=list(d.label_set)
+    )
     for vocab, labels in d.labels.items():
         out.labels[vocab].labels.extend(_labels_to_pb(labels))
     return out
@@ -204,8 +219,11 @@ def description_to_pb(d: Description) -> pb.DescribeNeuronResponse:
 
 def description_from_pb(r: pb.DescribeNeuronResponse) -> Description:
     return Description(
-        r.neuron.model_id, r.neuron.layer, r.neuron.unit,
-        {v: _labels_from_pb(ls.labels) for v, ls in sorted(r.labels.items())}, list(r.label_set),
+        r.neuron.model_id,
+        r.neuron.layer,
+        r.neuron.unit,
+        {v: _labels_from_pb(ls.labels) for v, ls in sorted(r.labels.items())},
+        list(r.label_set),
     )
 
 
@@ -219,8 +237,12 @@ def _ts(seconds: float) -> timestamp_pb2.Timestamp | None:
 
 def _struct(d: dict) -> struct_pb2.Struct:
     s = struct_pb2.Struct()
-    s.update({k: (str(v) if not isinstance(v, (str, int, float, bool, type(None), list, dict)) else v)
-              for k, v in d.items()})
+    s.update(
+        {
+            k: (str(v) if not isinstance(v, (str, int, float, bool, type(None), list, dict)) else v)
+            for k, v in d.items()
+        }
+    )
     return s
 
 
@@ -232,7 +254,10 @@ def model_to_pb(m: ModelEntry) -> pb.Model:
         source=_struct(m.source),
         weights_sha256=m.weights_sha256,
         training_data=m.training_data,
-        layers=[pb.Layer(name=l.name, index=l.index, depth=l.depth, neurons=l.neurons, kind=l.kind) for l in m.layers],
+        layers=[
+            pb.Layer(name=l.name, index=l.index, depth=l.depth, neurons=l.neurons, kind=l.kind)
+            for l in m.layers
+        ],
         embedder=m.embedder,
         probe_set=m.probe_set,
         status=_STATUS_TO_PB[m.status],
@@ -243,7 +268,11 @@ def model_to_pb(m: ModelEntry) -> pb.Model:
         notes=m.notes,
         neuron_count=m.neuron_count,
     )
-    for name, secs in (("create_time", m.created_at), ("update_time", m.updated_at), ("index_time", m.indexed_at)):
+    for name, secs in (
+        ("create_time", m.created_at),
+        ("update_time", m.updated_at),
+        ("index_time", m.indexed_at),
+    ):
         ts = _ts(secs)
         if ts is not None:
             getattr(out, name).CopyFrom(ts)
@@ -281,8 +310,15 @@ def stats_to_pb(s: StoreStats) -> pb.GetStatsResponse:
     e = s.embedder
     return pb.GetStatsResponse(
         total_neurons=s.total_neurons,
-        models=[pb.ModelStats(model_id=m.model_id, status=_STATUS_TO_PB[m.status], neurons=m.neurons, layers=m.layers)
-                for m in s.models],
+        models=[
+            pb.ModelStats(
+                model_id=m.model_id,
+                status=_STATUS_TO_PB[m.status],
+                neurons=m.neurons,
+                layers=m.layers,
+            )
+            for m in s.models
+        ],
         store_size_bytes=s.size_bytes,
         embedder=e.name if e else "",
         embedder_weights=e.weights if e else "",
@@ -294,10 +330,19 @@ def stats_to_pb(s: StoreStats) -> pb.GetStatsResponse:
 def stats_from_pb(r: pb.GetStatsResponse) -> StoreStats:
     return StoreStats(
         total_neurons=r.total_neurons,
-        models=[ModelCount(m.model_id, _STATUS_FROM_PB.get(m.status, ModelStatus.REGISTERED), m.neurons,
-                           dict(sorted(m.layers.items(), key=lambda kv: kv[0]))) for m in r.models],
+        models=[
+            ModelCount(
+                m.model_id,
+                _STATUS_FROM_PB.get(m.status, ModelStatus.REGISTERED),
+                m.neurons,
+                dict(sorted(m.layers.items(), key=lambda kv: kv[0])),
+            )
+            for m in r.models
+        ],
         size_bytes=r.store_size_bytes,
-        embedder=EmbedderInfo(r.embedder, r.embedder_weights, r.embedding_dim) if r.embedder else None,
+        embedder=EmbedderInfo(r.embedder, r.embedder_weights, r.embedding_dim)
+        if r.embedder
+        else None,
         backend=r.backend,
     )
 
@@ -310,8 +355,13 @@ def hit_key(hit: Hit) -> str:
 # -- comparison and audit ----------------------------------------------------------------------
 def matrix_to_pb(m: np.ndarray, row_labels: list[str], col_labels: list[str]) -> pb.Matrix:
     m = np.asarray(m, dtype=np.float32)
-    return pb.Matrix(rows=int(m.shape[0]), cols=int(m.shape[1]), values=m.ravel().tolist(),
-                     row_labels=list(row_labels), col_labels=list(col_labels))
+    return pb.Matrix(
+        rows=int(m.shape[0]),
+        cols=int(m.shape[1]),
+        values=m.ravel().tolist(),
+        row_labels=list(row_labels),
+        col_labels=list(col_labels),
+    )
 
 
 def matrix_from_pb(m: pb.Matrix) -> np.ndarray:
@@ -330,18 +380,30 @@ def _score_from_pb(s: pb.ScoreWithFloor):
 
 
 def _alignment_to_pb(al, layers: list[str]) -> pb.DepthAlignment:
-    return pb.DepthAlignment(layers=list(layers), depth=np.asarray(al.depth, np.float32).tolist(),
-                             matched_depth=np.asarray(al.matched_depth, np.float32).tolist(),
-                             rho=_score_to_pb(al.rho), p_value=float(al.p_value))
+    return pb.DepthAlignment(
+        layers=list(layers),
+        depth=np.asarray(al.depth, np.float32).tolist(),
+        matched_depth=np.asarray(al.matched_depth, np.float32).tolist(),
+        rho=_score_to_pb(al.rho),
+        p_value=float(al.p_value),
+    )
 
 
 def _concept_counts_to_pb(items) -> list[pb.ConceptCount]:
-    return [pb.ConceptCount(label=c.label, count_a=int(c.count_a), count_b=int(c.count_b)) for c in items]
+    return [
+        pb.ConceptCount(label=c.label, count_a=int(c.count_a), count_b=int(c.count_b))
+        for c in items
+    ]
 
 
 def _side_to_pb(side) -> pb.ComparedModel:
-    return pb.ComparedModel(model_id=side.model_id, generation=int(side.generation), layers=list(side.layers),
-                            layer_sizes=[int(n) for n in side.sizes], neuron_count=len(side.layer_of))
+    return pb.ComparedModel(
+        model_id=side.model_id,
+        generation=int(side.generation),
+        layers=list(side.layers),
+        layer_sizes=[int(n) for n in side.sizes],
+        neuron_count=len(side.layer_of),
+    )
 
 
 def compare_args_from_pb(req: pb.CompareModelsRequest) -> dict:
@@ -354,31 +416,56 @@ def compare_args_from_pb(req: pb.CompareModelsRequest) -> dict:
         raise InvalidArgument(f"at most {MAX_FILTER_ITEMS} layers", field="layers")
     for layer in req.layers:
         if not layer or len(layer) > MAX_LAYER_CHARS:
-            raise InvalidArgument(f"layer names must be 1-{MAX_LAYER_CHARS} characters", field="layers")
+            raise InvalidArgument(
+                f"layer names must be 1-{MAX_LAYER_CHARS} characters", field="layers"
+            )
     tau = float(req.tau) if req.HasField("tau") else None
     if tau is not None and not (math.isfinite(tau) and -1.0 <= tau <= 1.0):
         raise InvalidArgument(f"tau must be a cosine in [-1, 1], not {tau}", field="tau")
-    return dict(model_a=req.model_a, model_b=req.model_b, layers=list(req.layers) or None, tau=tau,
-                activation=not req.semantic_only)
+    return {
+        "model_a": req.model_a,
+        "model_b": req.model_b,
+        "layers": list(req.layers) or None,
+        "tau": tau,
+        "activation": not req.semantic_only,
+    }
 
 
 def comparison_to_pb(cmp, next_page_token: str = "") -> pb.CompareModelsResponse:
     """A core ``Comparison`` (with its page of pairs) as a CompareModelsResponse."""
     s, a, b = cmp.semantic, cmp.a, cmp.b
     out = pb.CompareModelsResponse(
-        model_a=_side_to_pb(a), model_b=_side_to_pb(b),
+        model_a=_side_to_pb(a),
+        model_b=_side_to_pb(b),
         layer_similarity=matrix_to_pb(s.layer_similarity, a.layers, b.layers),
         layer_similarity_floor=matrix_to_pb(s.layer_similarity_baseline, a.layers, b.layers),
-        alignment=_alignment_to_pb(s.alignment, a.layers), alignment_b=_alignment_to_pb(s.alignment_b, b.layers),
-        best_match=_score_to_pb(s.best_match), matching=_score_to_pb(s.matching), matching_method=s.matching_method,
-        coverage_a_to_b=_score_to_pb(s.coverage_a), coverage_b_to_a=_score_to_pb(s.coverage_b), tau=float(s.tau),
-        floor_exact=bool(s.null_exact), has_activation=cmp.activation is not None,
-        shared_concepts=_concept_counts_to_pb(s.shared), unique_concepts_a=_concept_counts_to_pb(s.unique_a),
+        alignment=_alignment_to_pb(s.alignment, a.layers),
+        alignment_b=_alignment_to_pb(s.alignment_b, b.layers),
+        best_match=_score_to_pb(s.best_match),
+        matching=_score_to_pb(s.matching),
+        matching_method=s.matching_method,
+        coverage_a_to_b=_score_to_pb(s.coverage_a),
+        coverage_b_to_a=_score_to_pb(s.coverage_b),
+        tau=float(s.tau),
+        floor_exact=bool(s.null_exact),
+        has_activation=cmp.activation is not None,
+        shared_concepts=_concept_counts_to_pb(s.shared),
+        unique_concepts_a=_concept_counts_to_pb(s.unique_a),
         unique_concepts_b=_concept_counts_to_pb(s.unique_b),
-        pairs=[pb.MatchedPair(a=ref_to_pb(a.model_id, p.a_layer, p.a_unit), b=ref_to_pb(b.model_id, p.b_layer, p.b_unit),
-                              similarity=float(p.similarity), a_label=p.a_label, b_label=p.b_label)
-               for p in cmp.pairs],
-        total_pairs=int(cmp.pairs_total), next_page_token=next_page_token, cached=bool(cmp.cached))
+        pairs=[
+            pb.MatchedPair(
+                a=ref_to_pb(a.model_id, p.a_layer, p.a_unit),
+                b=ref_to_pb(b.model_id, p.b_layer, p.b_unit),
+                similarity=float(p.similarity),
+                a_label=p.a_label,
+                b_label=p.b_label,
+            )
+            for p in cmp.pairs
+        ],
+        total_pairs=int(cmp.pairs_total),
+        next_page_token=next_page_token,
+        cached=bool(cmp.cached),
+    )
     act = cmp.activation
     if act is not None:
         out.cka.CopyFrom(matrix_to_pb(act.cka, act.layers_a, act.layers_b))
@@ -400,33 +487,63 @@ def audit_args_from_pb(req: pb.AuditModelRequest) -> dict:
     for name in ("valid", "spurious"):
         for i, c in enumerate(getattr(req, name)):
             if not c.strip() or len(c) > MAX_LABEL_CHARS:
-                raise InvalidArgument(f"{name} concepts must be 1-{MAX_LABEL_CHARS} characters",
-                                      field=f"{name}[{i}]")
+                raise InvalidArgument(
+                    f"{name} concepts must be 1-{MAX_LABEL_CHARS} characters", field=f"{name}[{i}]"
+                )
     threshold = float(req.threshold) if req.HasField("threshold") else None
     if threshold is not None and not math.isfinite(threshold):
         raise InvalidArgument("threshold must be finite", field="threshold")
-    return dict(model=req.model_id, valid=list(req.valid), spurious=list(req.spurious), threshold=threshold)
+    return {
+        "model": req.model_id,
+        "valid": list(req.valid),
+        "spurious": list(req.spurious),
+        "threshold": threshold,
+    }
 
 
 def audit_to_pb(a) -> pb.AuditModelResponse:
     """A core ``Audit`` as an AuditModelResponse."""
+
     def floats(x) -> list[float]:
         return np.asarray(x, dtype=np.float32).tolist()
 
     return pb.AuditModelResponse(
-        model_id=a.model_id, generation=int(a.generation), neuron_count=int(a.n_neurons), layers=list(a.layers),
-        layer_depths=floats(a.depths), layer_sizes=[int(n) for n in a.layer_sizes],
-        concepts=[pb.ConceptAudit(concept=c.concept, kind=c.kind, threshold=float(c.threshold),
-                                  aligned_neurons=int(c.aligned),
-                                  share=pb.ScoreWithFloor(value=float(c.share), noise_floor=float(c.share_baseline)),
-                                  layer_share=floats(c.layer_share), best_score=float(c.best_score))
-                  for c in a.concepts],
-        valid_share=pb.ScoreWithFloor(value=float(a.valid_share), noise_floor=float(a.valid_share_baseline)),
-        spurious_share=pb.ScoreWithFloor(value=float(a.spurious_share), noise_floor=float(a.spurious_share_baseline)),
-        layer_valid_share=floats(a.layer_valid_share), layer_spurious_share=floats(a.layer_spurious_share),
-        spurious_neurons=[pb.SpuriousNeuron(neuron=ref_to_pb(a.model_id, n.layer, n.unit), concept=n.concept,
-                                            score=float(n.score), top_sample_ids=list(n.top_samples))
-                          for n in a.spurious_neurons])
+        model_id=a.model_id,
+        generation=int(a.generation),
+        neuron_count=int(a.n_neurons),
+        layers=list(a.layers),
+        layer_depths=floats(a.depths),
+        layer_sizes=[int(n) for n in a.layer_sizes],
+        concepts=[
+            pb.ConceptAudit(
+                concept=c.concept,
+                kind=c.kind,
+                threshold=float(c.threshold),
+                aligned_neurons=int(c.aligned),
+                share=pb.ScoreWithFloor(value=float(c.share), noise_floor=float(c.share_baseline)),
+                layer_share=floats(c.layer_share),
+                best_score=float(c.best_score),
+            )
+            for c in a.concepts
+        ],
+        valid_share=pb.ScoreWithFloor(
+            value=float(a.valid_share), noise_floor=float(a.valid_share_baseline)
+        ),
+        spurious_share=pb.ScoreWithFloor(
+            value=float(a.spurious_share), noise_floor=float(a.spurious_share_baseline)
+        ),
+        layer_valid_share=floats(a.layer_valid_share),
+        layer_spurious_share=floats(a.layer_spurious_share),
+        spurious_neurons=[
+            pb.SpuriousNeuron(
+                neuron=ref_to_pb(a.model_id, n.layer, n.unit),
+                concept=n.concept,
+                score=float(n.score),
+                top_sample_ids=list(n.top_samples),
+            )
+            for n in a.spurious_neurons
+        ],
+    )
 
 
 def audit_from_pb(r: pb.AuditModelResponse):
@@ -434,18 +551,42 @@ def audit_from_pb(r: pb.AuditModelResponse):
     from neuronatlas.core.audit import Audit, ConceptAudit, SpuriousNeuron
 
     return Audit(
-        model_id=r.model_id, generation=r.generation, n_neurons=int(r.neuron_count), layers=list(r.layers),
-        depths=np.asarray(r.layer_depths, np.float64), layer_sizes=np.asarray(r.layer_sizes, np.int64),
-        concepts=[ConceptAudit(concept=c.concept, kind=c.kind, threshold=c.threshold, aligned=c.aligned_neurons,
-                               share=c.share.value, share_baseline=c.share.noise_floor,
-                               layer_share=np.asarray(c.layer_share, np.float64), best_score=c.best_score)
-                  for c in r.concepts],
-        valid_share=r.valid_share.value, spurious_share=r.spurious_share.value,
-        valid_share_baseline=r.valid_share.noise_floor, spurious_share_baseline=r.spurious_share.noise_floor,
+        model_id=r.model_id,
+        generation=r.generation,
+        n_neurons=int(r.neuron_count),
+        layers=list(r.layers),
+        depths=np.asarray(r.layer_depths, np.float64),
+        layer_sizes=np.asarray(r.layer_sizes, np.int64),
+        concepts=[
+            ConceptAudit(
+                concept=c.concept,
+                kind=c.kind,
+                threshold=c.threshold,
+                aligned=c.aligned_neurons,
+                share=c.share.value,
+                share_baseline=c.share.noise_floor,
+                layer_share=np.asarray(c.layer_share, np.float64),
+                best_score=c.best_score,
+            )
+            for c in r.concepts
+        ],
+        valid_share=r.valid_share.value,
+        spurious_share=r.spurious_share.value,
+        valid_share_baseline=r.valid_share.noise_floor,
+        spurious_share_baseline=r.spurious_share.noise_floor,
         layer_valid_share=np.asarray(r.layer_valid_share, np.float64),
         layer_spurious_share=np.asarray(r.layer_spurious_share, np.float64),
-        spurious_neurons=[SpuriousNeuron(layer=n.neuron.layer, unit=n.neuron.unit, concept=n.concept, score=n.score,
-                                         top_samples=list(n.top_sample_ids)) for n in r.spurious_neurons])
+        spurious_neurons=[
+            SpuriousNeuron(
+                layer=n.neuron.layer,
+                unit=n.neuron.unit,
+                concept=n.concept,
+                score=n.score,
+                top_samples=list(n.top_sample_ids),
+            )
+            for n in r.spurious_neurons
+        ],
+    )
 
 
 MAX_AUDIT_CONCEPTS = 100
@@ -495,8 +636,12 @@ class RemoteComparison:
 def _alignment_from_pb(al: pb.DepthAlignment):
     from neuronatlas.core.compare import Alignment
 
-    return Alignment(depth=np.asarray(al.depth, np.float64), matched_depth=np.asarray(al.matched_depth, np.float64),
-                     rho=_score_from_pb(al.rho), p_value=float(al.p_value))
+    return Alignment(
+        depth=np.asarray(al.depth, np.float64),
+        matched_depth=np.asarray(al.matched_depth, np.float64),
+        rho=_score_from_pb(al.rho),
+        p_value=float(al.p_value),
+    )
 
 
 def comparison_from_pb(r: pb.CompareModelsResponse) -> RemoteComparison:
@@ -506,18 +651,41 @@ def comparison_from_pb(r: pb.CompareModelsResponse) -> RemoteComparison:
         return [ConceptCount(c.label, c.count_a, c.count_b) for c in items]
 
     return RemoteComparison(
-        model_a=r.model_a.model_id, model_b=r.model_b.model_id, layers_a=list(r.model_a.layers),
-        layers_b=list(r.model_b.layers), layer_similarity=matrix_from_pb(r.layer_similarity),
+        model_a=r.model_a.model_id,
+        model_b=r.model_b.model_id,
+        layers_a=list(r.model_a.layers),
+        layers_b=list(r.model_b.layers),
+        layer_similarity=matrix_from_pb(r.layer_similarity),
         layer_similarity_floor=matrix_from_pb(r.layer_similarity_floor),
-        alignment=_alignment_from_pb(r.alignment), alignment_b=_alignment_from_pb(r.alignment_b),
-        best_match=_score_from_pb(r.best_match), matching=_score_from_pb(r.matching),
-        coverage_a=_score_from_pb(r.coverage_a_to_b), coverage_b=_score_from_pb(r.coverage_b_to_a), tau=r.tau,
-        matching_method=r.matching_method, floor_exact=r.floor_exact,
+        alignment=_alignment_from_pb(r.alignment),
+        alignment_b=_alignment_from_pb(r.alignment_b),
+        best_match=_score_from_pb(r.best_match),
+        matching=_score_from_pb(r.matching),
+        coverage_a=_score_from_pb(r.coverage_a_to_b),
+        coverage_b=_score_from_pb(r.coverage_b_to_a),
+        tau=r.tau,
+        matching_method=r.matching_method,
+        floor_exact=r.floor_exact,
         cka=matrix_from_pb(r.cka) if r.has_activation else None,
         cka_floor=matrix_from_pb(r.cka_floor) if r.has_activation else None,
         cka_alignment=_alignment_from_pb(r.cka_alignment) if r.has_activation else None,
-        cka_samples=r.cka_samples, shared=counts(r.shared_concepts), unique_a=counts(r.unique_concepts_a),
+        cka_samples=r.cka_samples,
+        shared=counts(r.shared_concepts),
+        unique_a=counts(r.unique_concepts_a),
         unique_b=counts(r.unique_concepts_b),
-        pairs=[MatchedPair(a_layer=p.a.layer, a_unit=p.a.unit, b_layer=p.b.layer, b_unit=p.b.unit,
-                           similarity=p.similarity, a_label=p.a_label, b_label=p.b_label) for p in r.pairs],
-        pairs_total=r.total_pairs, next_page_token=r.next_page_token, cached=r.cached)
+        pairs=[
+            MatchedPair(
+                a_layer=p.a.layer,
+                a_unit=p.a.unit,
+                b_layer=p.b.layer,
+                b_unit=p.b.unit,
+                similarity=p.similarity,
+                a_label=p.a_label,
+                b_label=p.b_label,
+            )
+            for p in r.pairs
+        ],
+        pairs_total=r.total_pairs,
+        next_page_token=r.next_page_token,
+        cached=r.cached,
+    )

@@ -92,14 +92,25 @@ def code_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     return grpc.StatusCode.INTERNAL, "INTERNAL"
 
 
-def make_status(code: grpc.StatusCode, message: str, reason: str, field: str | None = None,
-                metadata: dict[str, str] | None = None) -> grpc.Status:
-    details = [_pack(error_details_pb2.ErrorInfo(reason=reason, domain=DOMAIN, metadata=metadata or {}))]
+def make_status(
+    code: grpc.StatusCode,
+    message: str,
+    reason: str,
+    field: str | None = None,
+    metadata: dict[str, str] | None = None,
+) -> grpc.Status:
+    details = [
+        _pack(error_details_pb2.ErrorInfo(reason=reason, domain=DOMAIN, metadata=metadata or {}))
+    ]
     if code is grpc.StatusCode.INVALID_ARGUMENT:
-        violation = error_details_pb2.BadRequest.FieldViolation(field=field or "request", description=message)
+        violation = error_details_pb2.BadRequest.FieldViolation(
+            field=field or "request", description=message
+        )
         details.append(_pack(error_details_pb2.BadRequest(field_violations=[violation])))
     elif code is grpc.StatusCode.FAILED_PRECONDITION:
-        violation = error_details_pb2.PreconditionFailure.Violation(type=reason, subject="store", description=message)
+        violation = error_details_pb2.PreconditionFailure.Violation(
+            type=reason, subject="store", description=message
+        )
         details.append(_pack(error_details_pb2.PreconditionFailure(violations=[violation])))
     status = status_pb2.Status(code=code.value[0], message=message, details=details)
     return rpc_status.to_status(status)
@@ -111,8 +122,13 @@ def to_rpc_status(exc: BaseException) -> grpc.Status:
     if code is grpc.StatusCode.INTERNAL:
         log.exception("internal error", exc_info=exc)
         return make_status(code, "internal server error (see the server log)", reason)
-    return make_status(code, str(exc), reason, field=getattr(exc, "field", None),
-                       metadata={"type": type(exc).__name__})
+    return make_status(
+        code,
+        str(exc),
+        reason,
+        field=getattr(exc, "field", None),
+        metadata={"type": type(exc).__name__},
+    )
 
 
 def from_rpc_error(err: grpc.RpcError) -> E.NeuronAtlasError:
@@ -121,7 +137,7 @@ def from_rpc_error(err: grpc.RpcError) -> E.NeuronAtlasError:
     message = err.details() if hasattr(err, "details") else str(err)
     reason, field = "", None
     status = rpc_status.from_call(err) if hasattr(err, "trailing_metadata") else None
-    for detail in (status.details if status else []):
+    for detail in status.details if status else []:
         if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
             info = error_details_pb2.ErrorInfo()
             detail.Unpack(info)
@@ -139,4 +155,3 @@ def from_rpc_error(err: grpc.RpcError) -> E.NeuronAtlasError:
         exc = cls(text)
     exc.code = code  # type: ignore[attr-defined]
     return exc
-

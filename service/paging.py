@@ -49,7 +49,9 @@ def decode_token(request: Message) -> int:
         data = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
         offset, fp = int(data["o"]), str(data["f"])
     except (ValueError, KeyError, TypeError):
-        raise InvalidArgument("page_token is not a token this service issued", field="page_token") from None
+        raise InvalidArgument(
+            "page_token is not a token this service issued", field="page_token"
+        ) from None
     if offset < 0 or fp != _fingerprint(request):
         raise InvalidArgument("page_token belongs to a different request", field="page_token")
     return offset

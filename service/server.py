@@ -45,23 +45,37 @@ class TlsConfig:
             key, cert = Path(self.key).read_bytes(), Path(self.cert).read_bytes()
             ca = Path(self.client_ca).read_bytes() if self.client_ca else None
         except OSError as e:
-            raise InvalidArgument(f"cannot read TLS file {e.filename}: {e.strerror}", field="tls") from None
-        return grpc.ssl_server_credentials([(key, cert)], root_certificates=ca, require_client_auth=ca is not None)
+            raise InvalidArgument(
+                f"cannot read TLS file {e.filename}: {e.strerror}", field="tls"
+            ) from None
+        return grpc.ssl_server_credentials(
+            [(key, cert)], root_certificates=ca, require_client_auth=ca is not None
+        )
 
 
 class Server:
     """A running NeuronAtlas gRPC server. Use :func:`build_server`, then ``start()``."""
 
-    def __init__(self, atlas: Atlas, address: str = "127.0.0.1:50051", *, tokens: TokenSet | None = None,
-                 tls: TlsConfig | None = None, max_workers: int = 16, close_atlas: bool = False,
-                 home: Path | None = None):
+    def __init__(
+        self,
+        atlas: Atlas,
+        address: str = "127.0.0.1:50051",
+        *,
+        tokens: TokenSet | None = None,
+        tls: TlsConfig | None = None,
+        max_workers: int = 16,
+        close_atlas: bool = False,
+        home: Path | None = None,
+    ):
         self.atlas = atlas
         self.tokens = tokens or TokenSet()
         self._close_atlas = close_atlas
         self._stopped = threading.Event()
         interceptors = [AuthInterceptor(self.tokens)] if self.tokens else []
         self.grpc_server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="neuronatlas-rpc"),
+            futures.ThreadPoolExecutor(
+                max_workers=max_workers, thread_name_prefix="neuronatlas-rpc"
+            ),
             interceptors=interceptors,
             options=[
                 ("grpc.max_receive_message_length", MAX_RECEIVE_BYTES),
@@ -69,11 +83,14 @@ class Server:
                 ("grpc.so_reuseport", 0),
             ],
         )
-        pb_grpc.add_NeuronAtlasServiceServicer_to_server(NeuronAtlasServicer(atlas, home=home), self.grpc_server)
+        pb_grpc.add_NeuronAtlasServiceServicer_to_server(
+            NeuronAtlasServicer(atlas, home=home), self.grpc_server
+        )
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc_server)
         reflection.enable_server_reflection(
-            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.grpc_server)
+            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.grpc_server
+        )
         if tls is not None:
             self.port = self.grpc_server.add_secure_port(address, tls.credentials())
         else:
@@ -83,11 +100,13 @@ class Server:
         self.address = address.rsplit(":", 1)[0] + f":{self.port}"
         self.tls = tls is not None
 
-    def start(self) -> "Server":
+    def start(self) -> Server:
         self.grpc_server.start()
         for name in ("", SERVICE_NAME):
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        log.info("serving %s on %s (tls=%s, auth=%s)", SERVICE_NAME, self.address, self.tls, self.tokens)
+        log.info(
+            "serving %s on %s (tls=%s, auth=%s)", SERVICE_NAME, self.address, self.tls, self.tokens
+        )
         return self
 
     def stop(self, grace: float = 5.0) -> None:
@@ -106,10 +125,12 @@ class Server:
         """Block until the server stops; SIGTERM / SIGINT (main thread only) stop it gracefully."""
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
-                signal.signal(sig, lambda *_: threading.Thread(target=self.stop, daemon=True).start())
+                signal.signal(
+                    sig, lambda *_: threading.Thread(target=self.stop, daemon=True).start()
+                )
         self.grpc_server.wait_for_termination()
 
-    def __enter__(self) -> "Server":
+    def __enter__(self) -> Server:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

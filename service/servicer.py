@@ -43,16 +43,21 @@ def rpc(method: Callable) -> Callable:
     """Size check, deadline check and the error mapping around one RPC method."""
 
     @functools.wraps(method)
-    def wrapper(self: "NeuronAtlasServicer", request, context: grpc.ServicerContext):
+    def wrapper(self: NeuronAtlasServicer, request, context: grpc.ServicerContext):
         size = request.ByteSize()
         if size > MAX_REQUEST_BYTES:
-            context.abort_with_status(make_status(
-                grpc.StatusCode.INVALID_ARGUMENT, f"request is {size} bytes, more than {MAX_REQUEST_BYTES}",
-                "INVALID_ARGUMENT", field="request"))
+            context.abort_with_status(
+                make_status(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"request is {size} bytes, more than {MAX_REQUEST_BYTES}",
+                    "INVALID_ARGUMENT",
+                    field="request",
+                )
+            )
         _check_deadline(context)
         try:
             response = method(self, request, context)
-        except Exception as exc:  # noqa: BLE001 - every failure becomes a status here
+        except Exception as exc:
             if isinstance(exc, grpc.RpcError) or not context.is_active():
                 raise
             context.abort_with_status(to_rpc_status(exc))
@@ -86,40 +91,71 @@ class NeuronAtlasServicer(pb_grpc.NeuronAtlasServiceServicer):
         size = paging.page_size(request.page_size, default=top_k, maximum=SEARCH_PAGE_MAX)
         offset = paging.decode_token(request)
         flt = C.filter_from_pb(request.filter) if request.HasField("filter") else None
-        page = Q.search_neurons(self.atlas, C.query_from_pb(request), flt, top_k=top_k,
-                                per_model=request.per_model, offset=offset, limit=size)
-        return pb.SearchNeuronsResponse(results=[C.hit_to_pb(h) for h in page.items],
-                                        next_page_token=paging.encode_token(request, page.next_offset))
+        page = Q.search_neurons(
+            self.atlas,
+            C.query_from_pb(request),
+            flt,
+            top_k=top_k,
+            per_model=request.per_model,
+            offset=offset,
+            limit=size,
+        )
+        return pb.SearchNeuronsResponse(
+            results=[C.hit_to_pb(h) for h in page.items],
+            next_page_token=paging.encode_token(request, page.next_offset),
+        )
 
     @rpc
     def GetNeuron(self, request: pb.GetNeuronRequest, context) -> pb.GetNeuronResponse:
-        rec = Q.get_neuron(self.atlas, *C.ref_from_pb(request.neuron), with_vector=request.include_vector)
-        return pb.GetNeuronResponse(neuron=C.neuron_to_pb(rec, include_vector=request.include_vector))
+        rec = Q.get_neuron(
+            self.atlas, *C.ref_from_pb(request.neuron), with_vector=request.include_vector
+        )
+        return pb.GetNeuronResponse(
+            neuron=C.neuron_to_pb(rec, include_vector=request.include_vector)
+        )
 
     @rpc
-    def DescribeNeuron(self, request: pb.DescribeNeuronRequest, context) -> pb.DescribeNeuronResponse:
+    def DescribeNeuron(
+        self, request: pb.DescribeNeuronRequest, context
+    ) -> pb.DescribeNeuronResponse:
         if request.top_n < 0:
             raise InvalidArgument(f"top_n must not be negative, got {request.top_n}", field="top_n")
-        desc = Q.describe_neuron(self.atlas, *C.ref_from_pb(request.neuron), labels=list(request.labels),
-                                 top_n=request.top_n or Q.DEFAULT_TOP_N)
+        desc = Q.describe_neuron(
+            self.atlas,
+            *C.ref_from_pb(request.neuron),
+            labels=list(request.labels),
+            top_n=request.top_n or Q.DEFAULT_TOP_N,
+        )
         return C.description_to_pb(desc)
 
     @rpc
-    def FindNeuronsByLabel(self, request: pb.FindNeuronsByLabelRequest, context) -> pb.FindNeuronsByLabelResponse:
+    def FindNeuronsByLabel(
+        self, request: pb.FindNeuronsByLabelRequest, context
+    ) -> pb.FindNeuronsByLabelResponse:
         size = paging.page_size(request.page_size, LABEL_PAGE_DEFAULT, LABEL_PAGE_MAX)
         offset = paging.decode_token(request)
         flt = C.filter_from_pb(request.filter) if request.HasField("filter") else None
-        page = Q.find_by_label(self.atlas, request.label, prefix=request.match == pb.LABEL_MATCH_PREFIX,
-                               flt=flt, offset=offset, limit=size)
-        return pb.FindNeuronsByLabelResponse(results=[C.hit_to_pb(h) for h in page.items],
-                                             next_page_token=paging.encode_token(request, page.next_offset))
+        page = Q.find_by_label(
+            self.atlas,
+            request.label,
+            prefix=request.match == pb.LABEL_MATCH_PREFIX,
+            flt=flt,
+            offset=offset,
+            limit=size,
+        )
+        return pb.FindNeuronsByLabelResponse(
+            results=[C.hit_to_pb(h) for h in page.items],
+            next_page_token=paging.encode_token(request, page.next_offset),
+        )
 
     @rpc
     def ListModels(self, request: pb.ListModelsRequest, context) -> pb.ListModelsResponse:
         size = paging.page_size(request.page_size, MODEL_PAGE_DEFAULT, MODEL_PAGE_MAX)
         page = Q.list_models(self.atlas, offset=paging.decode_token(request), limit=size)
-        return pb.ListModelsResponse(models=[C.model_to_pb(m) for m in page.items],
-                                     next_page_token=paging.encode_token(request, page.next_offset))
+        return pb.ListModelsResponse(
+            models=[C.model_to_pb(m) for m in page.items],
+            next_page_token=paging.encode_token(request, page.next_offset),
+        )
 
     @rpc
     def GetModel(self, request: pb.GetModelRequest, context) -> pb.GetModelResponse:
@@ -140,13 +176,25 @@ class NeuronAtlasServicer(pb_grpc.NeuronAtlasServiceServicer):
         args = C.compare_args_from_pb(request)
         size = paging.page_size(request.page_size, PAIR_PAGE_DEFAULT, PAIR_PAGE_MAX)
         offset = paging.decode_token(request)
-        cmp = compare_models(self.atlas.store, args.pop("model_a"), args.pop("model_b"), home=self.home,
-                             offset=offset, limit=size, **args)
+        cmp = compare_models(
+            self.atlas.store,
+            args.pop("model_a"),
+            args.pop("model_b"),
+            home=self.home,
+            offset=offset,
+            limit=size,
+            **args,
+        )
         nxt = offset + size if offset + size < cmp.pairs_total else None
         return C.comparison_to_pb(cmp, paging.encode_token(request, nxt))
 
     @rpc
     def AuditModel(self, request: pb.AuditModelRequest, context) -> pb.AuditModelResponse:
         args = C.audit_args_from_pb(request)
-        result = audit_model(self.atlas.store, self.atlas.embedder(), cache_dir=self.home / "cache" / "labels", **args)
+        result = audit_model(
+            self.atlas.store,
+            self.atlas.embedder(),
+            cache_dir=self.home / "cache" / "labels",
+            **args,
+        )
         return C.audit_to_pb(result)

@@ -14,7 +14,9 @@ SHARED_DATA = Path(os.environ.get("NEURONATLAS_SHARED_DATA", REPO.parent / "shar
 
 def _need(path: Path) -> Path:
     if not path.exists():
-        pytest.skip(f"real data not found at {path} (expects ../shared/data next to the repository)")
+        pytest.skip(
+            f"real data not found at {path} (expects ../shared/data next to the repository)"
+        )
     return path
 
 
@@ -52,6 +54,11 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     h = tmp_path / "home"
     h.mkdir()
     monkeypatch.setenv("NEURONATLAS_HOME", str(h))
-    for var in ("NEURONATLAS_BACKEND", "NEURONATLAS_URL", "NEURONATLAS_CONFIG", "NEURONATLAS_STORE_PATH"):
+    for var in (
+        "NEURONATLAS_BACKEND",
+        "NEURONATLAS_URL",
+        "NEURONATLAS_CONFIG",
+        "NEURONATLAS_STORE_PATH",
+    ):
         monkeypatch.delenv(var, raising=False)
     return h

@@ -31,11 +31,12 @@ def embedder():
 
 
 @pytest.fixture(scope="module")
-def indexed_home(tmp_path_factory, cifar_dir: Path, cifar_models: dict, concepts_dir: Path, embedder) -> Path:
+def indexed_home(
+    tmp_path_factory, cifar_dir: Path, cifar_models: dict, concepts_dir: Path, embedder
+) -> Path:
     """A store indexed by the real indexer: resnet20 + resnet32 on 200 probe images."""
-    from neuronatlas.indexer.api import build_index
-
     from neuronatlas.core.store.edge import EdgeStore
+    from neuronatlas.indexer.api import build_index
 
     if 20 not in cifar_models or 32 not in cifar_models:
         pytest.skip("needs the resnet20 and resnet32 checkpoints")
@@ -43,15 +44,29 @@ def indexed_home(tmp_path_factory, cifar_dir: Path, cifar_models: dict, concepts
         return _BUILT["home"]
     home = tmp_path_factory.mktemp("service-home")
     vocab = home / "broden300.txt"  # a slice of the real vocabulary keeps label scoring fast
-    vocab.write_text("\n".join((concepts_dir / "broden_labels_clean.txt").read_text().splitlines()[:300]) + "\n")
+    vocab.write_text(
+        "\n".join((concepts_dir / "broden_labels_clean.txt").read_text().splitlines()[:300]) + "\n"
+    )
     with EdgeStore(home / "store") as store:
         for depth in (20, 32):
             entry = build_index(
-                store, embedder, model_id=f"resnet{depth}",
-                source={"kind": "cifar_resnet", "depth": depth, "weights": str(cifar_models[depth])},
-                probe_dir=cifar_dir, probe_name="cifar200", home=home,
+                store,
+                embedder,
+                model_id=f"resnet{depth}",
+                source={
+                    "kind": "cifar_resnet",
+                    "depth": depth,
+                    "weights": str(cifar_models[depth]),
+                },
+                probe_dir=cifar_dir,
+                probe_name="cifar200",
+                home=home,
                 vocabularies={"broden": vocab},
-                layers=LAYERS, k=8, probe_limit=200, progress=False)
+                layers=LAYERS,
+                k=8,
+                probe_limit=200,
+                progress=False,
+            )
             assert entry.status.value == "indexed"
     _BUILT["home"] = home
     return home
@@ -59,14 +74,15 @@ def indexed_home(tmp_path_factory, cifar_dir: Path, cifar_models: dict, concepts
 
 @pytest.fixture(scope="module")
 def server(indexed_home: Path, embedder):
+    from neuronatlas.core.store.edge import EdgeStore
     from neuronatlas.service.auth import TokenSet
     from neuronatlas.service.server import build_server
 
-    from neuronatlas.core.store.edge import EdgeStore
-
     atlas = Atlas(EdgeStore(indexed_home / "store"), embedder, backend="edge")
     tokens = TokenSet({READ_TOKEN: "read", ADMIN_TOKEN: "admin"})
-    srv = build_server(atlas, "127.0.0.1:0", tokens=tokens, close_atlas=True, home=indexed_home).start()
+    srv = build_server(
+        atlas, "127.0.0.1:0", tokens=tokens, close_atlas=True, home=indexed_home
+    ).start()
     yield srv
     srv.stop(grace=1.0)
 

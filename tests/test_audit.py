@@ -68,7 +68,10 @@ def _derm_model(store, emb: ConceptAxes, model_id="derm"):
     the rest point at unrelated axes. Every neuron shares a common component, like image
     embeddings do."""
     store.bind_embedder(emb.info)
-    plan = {0: ["ruler"] * 4 + ["hair"] + [None] * 5, 1: ["asymmetry"] * 6 + ["diameter"] * 2 + [None] * 2}
+    plan = {
+        0: ["ruler"] * 4 + ["hair"] + [None] * 5,
+        1: ["asymmetry"] * 6 + ["diameter"] * 2 + [None] * 2,
+    }
     common = np.zeros(DIM, np.float32)
     common[DIM - 2] = 1.0
     recs, k = [], 0
@@ -77,12 +80,27 @@ def _derm_model(store, emb: ConceptAxes, model_id="derm"):
             other = np.zeros(DIM, np.float32)
             other[len(emb.axes) + (k % 5)] = 1.0  # axes no concept uses
             vec = _unit(0.6 * common + 0.8 * (emb.axis(c) if c else other))
-            recs.append(NeuronRecord(model_id, f"layer{li}", li, float(li), u, vec,
-                                     top_samples=[TopSample(f"img/{k}_{j}.jpg", k, 1.0 - j) for j in range(8)]))
+            recs.append(
+                NeuronRecord(
+                    model_id,
+                    f"layer{li}",
+                    li,
+                    float(li),
+                    u,
+                    vec,
+                    top_samples=[TopSample(f"img/{k}_{j}.jpg", k, 1.0 - j) for j in range(8)],
+                )
+            )
             k += 1
     store.upsert_neurons(recs)
-    store.put_model(ModelEntry(model_id, status=ModelStatus.INDEXED, indexed_at=time.time(),
-                               layers=[LayerInfo("layer0", 0, 0.0, 10), LayerInfo("layer1", 1, 1.0, 10)]))
+    store.put_model(
+        ModelEntry(
+            model_id,
+            status=ModelStatus.INDEXED,
+            indexed_at=time.time(),
+            layers=[LayerInfo("layer0", 0, 0.0, 10), LayerInfo("layer1", 1, 1.0, 10)],
+        )
+    )
 
 
 def test_audit_shares_on_constructed_records(store):
@@ -101,8 +119,10 @@ def test_audit_shares_on_constructed_records(store):
     # the most spurious-aligned neurons are the ruler neurons, with their top probe images
     assert [n.concept for n in a.spurious_neurons] == ["ruler"] * 3
     assert all(n.layer == "layer0" and n.unit < 4 for n in a.spurious_neurons)
-    assert a.spurious_neurons[0].top_samples == [f"img/{a.spurious_neurons[0].unit}_0.jpg",
-                                                 f"img/{a.spurious_neurons[0].unit}_1.jpg"]
+    assert a.spurious_neurons[0].top_samples == [
+        f"img/{a.spurious_neurons[0].unit}_0.jpg",
+        f"img/{a.spurious_neurons[0].unit}_1.jpg",
+    ]
     assert a.spurious_share_baseline < a.spurious_share
     text = audit_summary(a)
     assert "noise floor" in text
@@ -136,12 +156,11 @@ def test_audit_errors(store):
 
 
 def test_cli_audit_writes_report(tmp_path, home):
-    from neuronatlas.service.compare_cli import COMMANDS
-
     from neuronatlas.cli import cli
     from neuronatlas.core.embedder import load_embedder
     from neuronatlas.core.embedder.openclip import register_tiny_config
     from neuronatlas.core.store.edge import EdgeStore
+    from neuronatlas.service.compare_cli import COMMANDS
 
     register_tiny_config()
     spec = "open_clip:na-tiny:random:0"
@@ -149,17 +168,47 @@ def test_cli_audit_writes_report(tmp_path, home):
     rng = np.random.default_rng(0)
     with EdgeStore(tmp_path / "store") as st:
         st.bind_embedder(emb.info)
-        recs = [NeuronRecord("tiny", f"layer{li}", li, li / 2, u, _unit(rng.standard_normal(emb.dim)),
-                             top_samples=[TopSample(f"x/{li}_{u}.jpg", u, 1.0)])
-                for li in range(3) for u in range(8)]
+        recs = [
+            NeuronRecord(
+                "tiny",
+                f"layer{li}",
+                li,
+                li / 2,
+                u,
+                _unit(rng.standard_normal(emb.dim)),
+                top_samples=[TopSample(f"x/{li}_{u}.jpg", u, 1.0)],
+            )
+            for li in range(3)
+            for u in range(8)
+        ]
         st.upsert_neurons(recs)
         st.put_model(ModelEntry("tiny", status=ModelStatus.INDEXED, indexed_at=time.time()))
     for cmd in COMMANDS:
         cli.add_command(cmd)
     out = tmp_path / "audit"
-    res = CliRunner().invoke(cli, ["--home", str(home), "--store", str(tmp_path / "store"), "--embedder", spec,
-                                   "audit", "tiny", "--valid", ",".join(VALID), "--spurious", "ruler,band-aid",
-                                   "--spurious", "skin marker", "--spurious", "hair", "--out", str(out)])
+    res = CliRunner().invoke(
+        cli,
+        [
+            "--home",
+            str(home),
+            "--store",
+            str(tmp_path / "store"),
+            "--embedder",
+            spec,
+            "audit",
+            "tiny",
+            "--valid",
+            ",".join(VALID),
+            "--spurious",
+            "ruler,band-aid",
+            "--spurious",
+            "skin marker",
+            "--spurious",
+            "hair",
+            "--out",
+            str(out),
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert (out / "audit.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     report = (out / "audit.txt").read_text()

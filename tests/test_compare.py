@@ -41,14 +41,26 @@ def unit_rows(rng: np.random.Generator, n: int, d: int = DIM) -> np.ndarray:
     return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
-def vectors_of(name: str, vecs: np.ndarray, sizes: list[int], labels: list[str] | None = None) -> ModelVectors:
+def vectors_of(
+    name: str, vecs: np.ndarray, sizes: list[int], labels: list[str] | None = None
+) -> ModelVectors:
     n_layers = len(sizes)
-    side = ModelSide(model_id=name, generation=0, layers=[f"l{i}" for i in range(n_layers)],
-                     depths=np.linspace(0, 1, n_layers), sizes=np.array(sizes),
-                     layer_of=np.repeat(np.arange(n_layers), sizes),
-                     units=np.concatenate([np.arange(s) for s in sizes]), labels=labels or [""] * len(vecs))
-    return ModelVectors(entry=ModelEntry(name), side=side, vectors=vecs.astype(np.float32),
-                        bounds=np.concatenate([[0], np.cumsum(sizes)]))
+    side = ModelSide(
+        model_id=name,
+        generation=0,
+        layers=[f"l{i}" for i in range(n_layers)],
+        depths=np.linspace(0, 1, n_layers),
+        sizes=np.array(sizes),
+        layer_of=np.repeat(np.arange(n_layers), sizes),
+        units=np.concatenate([np.arange(s) for s in sizes]),
+        labels=labels or [""] * len(vecs),
+    )
+    return ModelVectors(
+        entry=ModelEntry(name),
+        side=side,
+        vectors=vecs.astype(np.float32),
+        bounds=np.concatenate([[0], np.cumsum(sizes)]),
+    )
 
 
 def within_layer_permutation(rng, sizes):
@@ -56,21 +68,41 @@ def within_layer_permutation(rng, sizes):
     return np.concatenate([offs[i] + rng.permutation(s) for i, s in enumerate(sizes)])
 
 
-def put_model(store, model_id: str, vecs: np.ndarray, sizes: list[int], labels: list[str] | None = None,
-              status: ModelStatus = ModelStatus.INDEXED) -> ModelEntry:
+def put_model(
+    store,
+    model_id: str,
+    vecs: np.ndarray,
+    sizes: list[int],
+    labels: list[str] | None = None,
+    status: ModelStatus = ModelStatus.INDEXED,
+) -> ModelEntry:
     """Write a model's neurons and its catalogue entry into a store."""
     recs, row = [], 0
     for li, size in enumerate(sizes):
         for u in range(size):
             lab = labels[row] if labels else ""
-            recs.append(NeuronRecord(
-                model_id=model_id, layer=f"layer{li}", layer_index=li, depth=li / max(len(sizes) - 1, 1),
-                unit=u, vector=vecs[row], labels={"vocab": [Label(lab, 0.1)]} if lab else {},
-                top_samples=[TopSample(f"cls/{row}.jpg", row, 1.0)]))
+            recs.append(
+                NeuronRecord(
+                    model_id=model_id,
+                    layer=f"layer{li}",
+                    layer_index=li,
+                    depth=li / max(len(sizes) - 1, 1),
+                    unit=u,
+                    vector=vecs[row],
+                    labels={"vocab": [Label(lab, 0.1)]} if lab else {},
+                    top_samples=[TopSample(f"cls/{row}.jpg", row, 1.0)],
+                )
+            )
             row += 1
     store.upsert_neurons(recs)
-    entry = ModelEntry(model_id=model_id, status=status, indexed_at=time.time(),
-                       layers=[LayerInfo(f"layer{i}", i, i / max(len(sizes) - 1, 1), s) for i, s in enumerate(sizes)])
+    entry = ModelEntry(
+        model_id=model_id,
+        status=status,
+        indexed_at=time.time(),
+        layers=[
+            LayerInfo(f"layer{i}", i, i / max(len(sizes) - 1, 1), s) for i, s in enumerate(sizes)
+        ],
+    )
     store.put_model(entry)
     return entry
 
@@ -108,7 +140,9 @@ def test_permuted_copy_matches_perfectly():
 def test_unrelated_models_sit_at_the_noise_floor():
     rng = np.random.default_rng(2)
     sizes = [60] * 6
-    view = semantic_view(vectors_of("a", unit_rows(rng, 360), sizes), vectors_of("b", unit_rows(rng, 360), sizes))
+    view = semantic_view(
+        vectors_of("a", unit_rows(rng, 360), sizes), vectors_of("b", unit_rows(rng, 360), sizes)
+    )
     assert abs(view.best_match.value - view.best_match.baseline) < 0.03
     assert abs(view.matching.value - view.matching.baseline) < 0.05
     assert view.coverage_a.value < 0.15 and view.coverage_b.value < 0.15
@@ -132,10 +166,19 @@ def test_sparse_assignment_recovers_a_noisy_permutation():
 
 def test_hungarian_beats_greedy_on_a_small_case():
     sim = np.array([[0.9, 0.8, 0.0], [0.85, 0.0, 0.0], [0.0, 0.0, 0.5]], dtype=np.float32)
-    st = BlockStats(best_ab=sim.max(1, keepdims=True), arg_ab=sim.argmax(1)[:, None], best_ba=sim.T.copy(), full=sim)
+    st = BlockStats(
+        best_ab=sim.max(1, keepdims=True),
+        arg_ab=sim.argmax(1)[:, None],
+        best_ba=sim.T.copy(),
+        full=sim,
+    )
     ra, rb, ms, method = match_neurons(st, 3)
     assert method == "hungarian"
-    assert dict(zip(ra.tolist(), rb.tolist())) == {0: 1, 1: 0, 2: 2}  # greedy would take (0, 0)
+    assert dict(zip(ra.tolist(), rb.tolist(), strict=False)) == {
+        0: 1,
+        1: 0,
+        2: 2,
+    }  # greedy would take (0, 0)
     assert ms.sum() == pytest.approx(2.15)
     assert ms.tolist() == sorted(ms.tolist(), reverse=True)
 
@@ -159,11 +202,11 @@ def test_block_stats_equal_brute_force():
     st = block_stats(a, ba, b, bb, chunk=16)
     full = a @ b.T
     for j in range(3):
-        seg = full[:, bb[j]:bb[j + 1]]
+        seg = full[:, bb[j] : bb[j + 1]]
         np.testing.assert_allclose(st.best_ab[:, j], seg.max(1), atol=1e-6)
         np.testing.assert_array_equal(st.arg_ab[:, j], bb[j] + seg.argmax(1))
     for i in range(2):
-        np.testing.assert_allclose(st.best_ba[:, i], full[ba[i]:ba[i + 1]].max(0), atol=1e-6)
+        np.testing.assert_allclose(st.best_ba[:, i], full[ba[i] : ba[i + 1]].max(0), atol=1e-6)
 
 
 def test_depth_alignment_and_spearman():
@@ -193,7 +236,11 @@ def test_cka_properties():
     ref = np.linalg.norm(yc.T @ xc) ** 2 / (np.linalg.norm(xc.T @ xc) * np.linalg.norm(yc.T @ yc))
     assert linear_cka(x, y) == pytest.approx(ref, rel=1e-4)
     m = cka_matrix([x, y], [x @ q, y, z])
-    assert m.shape == (2, 3) and m[0, 0] == pytest.approx(1.0, abs=1e-5) and m[1, 1] == pytest.approx(1.0, abs=1e-5)
+    assert (
+        m.shape == (2, 3)
+        and m[0, 0] == pytest.approx(1.0, abs=1e-5)
+        and m[1, 1] == pytest.approx(1.0, abs=1e-5)
+    )
     with pytest.raises(InvalidArgument):
         linear_cka(x, y[:100])
 
@@ -236,7 +283,9 @@ def _two_models(store, home, sketches=True):
         x = rng.standard_normal((60, 10))
         acts = {f"layer{i}": np.tanh(x @ rng.standard_normal((10, s))) for i, s in enumerate(sizes)}
         save_sketch(home, "alpha", ea.generation, np.arange(60), acts)
-        save_sketch(home, "beta", eb.generation, np.arange(60), {k: v[:, ::-1] for k, v in acts.items()})
+        save_sketch(
+            home, "beta", eb.generation, np.arange(60), {k: v[:, ::-1] for k, v in acts.items()}
+        )
     return ea, eb
 
 
@@ -244,7 +293,9 @@ def test_compare_models_end_to_end(store, home):
     _two_models(store, home)
     cmp = compare_models(store, "alpha", "beta", home=home, limit=10)
     assert not cmp.cached and cmp.pairs_total == 48 and len(cmp.pairs) == 10
-    assert all(p.a_label == p.b_label and p.a_unit >= 0 for p in cmp.pairs)  # copies carry the same label
+    assert all(
+        p.a_label == p.b_label and p.a_unit >= 0 for p in cmp.pairs
+    )  # copies carry the same label
     assert cmp.semantic.matching.value == pytest.approx(1.0, abs=1e-5)
     assert cmp.semantic.shared and not cmp.semantic.unique_a
     act = cmp.activation
@@ -265,7 +316,9 @@ def test_compare_models_errors(store, home):
     ea, _ = _two_models(store, home, sketches=False)
     with pytest.raises(NotFound):
         compare_models(store, "alpha", "nope", home=home)
-    put_model(store, "gamma", unit_rows(np.random.default_rng(0), 5), [5], status=ModelStatus.INDEXING)
+    put_model(
+        store, "gamma", unit_rows(np.random.default_rng(0), 5), [5], status=ModelStatus.INDEXING
+    )
     with pytest.raises(NotIndexed):
         compare_models(store, "alpha", "gamma", home=home)
     with pytest.raises(FailedPrecondition, match="no activation sketch"):
@@ -282,23 +335,46 @@ def test_compare_models_errors(store, home):
 
 
 def test_cli_compare_writes_report(store, home, tmp_path):
-    from neuronatlas.service.compare_cli import COMMANDS
-
     from neuronatlas.cli import cli
+    from neuronatlas.service.compare_cli import COMMANDS
 
     _two_models(store, home)
     store.close()  # the CLI opens the embedded store itself
     for cmd in COMMANDS:
         cli.add_command(cmd)
     out = tmp_path / "report"
-    res = CliRunner().invoke(cli, ["--home", str(home), "--store", str(tmp_path / "store"),
-                                   "compare", "alpha", "beta", "--out", str(out)])
+    res = CliRunner().invoke(
+        cli,
+        [
+            "--home",
+            str(home),
+            "--store",
+            str(tmp_path / "store"),
+            "compare",
+            "alpha",
+            "beta",
+            "--out",
+            str(out),
+        ],
+    )
     assert res.exit_code == 0, res.output
     for name in ("semantic_heatmap.png", "cka_heatmap.png", "depth_alignment.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     summary = (out / "summary.txt").read_text()
     assert "noise floor" in summary and "linear CKA" in summary
     assert len((out / "pairs.tsv").read_text().splitlines()) == 49
-    res = CliRunner().invoke(cli, ["--home", str(home), "--store", str(tmp_path / "store"),
-                                   "compare", "alpha", "zeta", "--out", str(out)])
+    res = CliRunner().invoke(
+        cli,
+        [
+            "--home",
+            str(home),
+            "--store",
+            str(tmp_path / "store"),
+            "compare",
+            "alpha",
+            "zeta",
+            "--out",
+            str(out),
+        ],
+    )
     assert isinstance(res.exception, NotFound)

@@ -11,25 +11,61 @@ pytestmark = pytest.mark.integration
 def _invoke(*args: str):
     from neuronatlas.cli import cli
 
-    return CliRunner().invoke(cli, ["--embedder", "open_clip:na-tiny:random:0", *args], catch_exceptions=False)
+    return CliRunner().invoke(
+        cli, ["--embedder", "open_clip:na-tiny:random:0", *args], catch_exceptions=False
+    )
 
 
 def test_register_probe_index_show(home, cifar_dir, cifar_models, concepts_dir, tmp_path):
     from neuronatlas.core.errors import InvalidArgument, WeightsUnavailable
 
-    r = _invoke("register", "r20", "--kind", "cifar_resnet", "--depth", "20", "--weights", str(cifar_models[20]),
-                "--tag", "cifar")
+    r = _invoke(
+        "register",
+        "r20",
+        "--kind",
+        "cifar_resnet",
+        "--depth",
+        "20",
+        "--weights",
+        str(cifar_models[20]),
+        "--tag",
+        "cifar",
+    )
     assert r.exit_code == 0 and "cifar_resnet20" in r.output
     with pytest.raises(WeightsUnavailable):
-        _invoke("register", "r56", "--kind", "cifar_resnet", "--depth", "56", "--weights", str(cifar_models[20]))
+        _invoke(
+            "register",
+            "r56",
+            "--kind",
+            "cifar_resnet",
+            "--depth",
+            "56",
+            "--weights",
+            str(cifar_models[20]),
+        )
 
     r = _invoke("probe", "tiny", str(cifar_dir), "--limit", "30")
     assert r.exit_code == 0 and "30 images" in r.output and "0 unreadable" in r.output
 
-    places = tmp_path / "places40.txt"  # a slice of the real Places365 file keeps text encoding short
-    places.write_text("\n".join((concepts_dir / "categories_places365.txt").read_text().splitlines()[:40]))
-    r = _invoke("index", "r20", "--probe", "tiny", "--vocab", f"places={places}",
-                "--layers", "layer3.2.conv1,linear", "--k", "4", "--no-progress")
+    places = (
+        tmp_path / "places40.txt"
+    )  # a slice of the real Places365 file keeps text encoding short
+    places.write_text(
+        "\n".join((concepts_dir / "categories_places365.txt").read_text().splitlines()[:40])
+    )
+    r = _invoke(
+        "index",
+        "r20",
+        "--probe",
+        "tiny",
+        "--vocab",
+        f"places={places}",
+        "--layers",
+        "layer3.2.conv1,linear",
+        "--k",
+        "4",
+        "--no-progress",
+    )
     assert r.exit_code == 0, r.output
     assert "indexed 74 neurons in 2 layers" in r.output
 

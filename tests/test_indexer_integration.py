@@ -60,8 +60,13 @@ def slow_resnet(weights: str, depth: int = 20) -> torch.nn.Module:
 
 
 def _slow_source(weights: Path) -> dict:
-    return {"kind": "python", "factory": "test_indexer_integration:slow_resnet",
-            "kwargs": {"weights": str(weights)}, "input_size": 32, "resize": None}
+    return {
+        "kind": "python",
+        "factory": "test_indexer_integration:slow_resnet",
+        "kwargs": {"weights": str(weights)},
+        "input_size": 32,
+        "resize": None,
+    }
 
 
 # ------------------------------------------------------------------------------------------
@@ -83,9 +88,8 @@ def embedder():
 @pytest.fixture(scope="module")
 def zoo(tmp_path_factory, embedder, cifar_dir, cifar_models, vocab):
     """resnet20 then resnet32 indexed into one store; yields (store, home, entries, calls)."""
-    from neuronatlas.indexer.api import build_index
-
     from neuronatlas.core.store.edge import EdgeStore
+    from neuronatlas.indexer.api import build_index
 
     home = tmp_path_factory.mktemp("zoo")
     store = EdgeStore(home / "store")
@@ -93,10 +97,19 @@ def zoo(tmp_path_factory, embedder, cifar_dir, cifar_models, vocab):
     for depth in (20, 32):
         before = embedder.image_calls
         entries[depth] = build_index(
-            store, embedder, model_id=f"r{depth}",
+            store,
+            embedder,
+            model_id=f"r{depth}",
             source={"kind": "cifar_resnet", "depth": depth, "weights": str(cifar_models[depth])},
-            probe_dir=cifar_dir, probe_name="cifar-small", home=home, vocabularies={"broden": vocab},
-            k=K, probe_limit=N_PROBE, batch_size=64, progress=False)
+            probe_dir=cifar_dir,
+            probe_name="cifar-small",
+            home=home,
+            vocabularies={"broden": vocab},
+            k=K,
+            probe_limit=N_PROBE,
+            batch_size=64,
+            progress=False,
+        )
         calls[depth] = embedder.image_calls - before
     yield store, home, entries, calls
     store.close()
@@ -140,7 +153,9 @@ def test_top_samples_equal_brute_force_activations(zoo, cifar_models):
     feats = {}
     mods = dict(built.module.named_modules())
     for name in ("layer2.1.conv1", "linear"):
-        mods[name].register_forward_hook(lambda m, i, o, name=name: feats.setdefault(name, []).append(o))
+        mods[name].register_forward_hook(
+            lambda m, i, o, name=name: feats.setdefault(name, []).append(o)
+        )
     from PIL import Image
 
     tf = built.input.transform()
@@ -189,7 +204,9 @@ def test_activation_sketch_saved(zoo):
     assert sketch.layers["layer3.2.conv2"].shape == (N_PROBE, 64)
     rec = store.get_neuron("r20", "layer3.2.conv2", 4)
     top = rec.top_samples[0]
-    assert sketch.layers["layer3.2.conv2"][top.index, 4] == pytest.approx(top.activation, rel=1e-2, abs=1e-2)
+    assert sketch.layers["layer3.2.conv2"][top.index, 4] == pytest.approx(
+        top.activation, rel=1e-2, abs=1e-2
+    )
 
 
 def test_reindex_flips_generation_without_duplicates(zoo, embedder, vocab):
@@ -199,8 +216,15 @@ def test_reindex_flips_generation_without_duplicates(zoo, embedder, vocab):
     store, home, _, _ = zoo
     before = {(r.layer, r.unit): r for r in store.scroll_neurons("r20")}
     old = store.get_model("r20").generation
-    entry = index_model(store, embedder, "r20", load_probe_set(home, "cifar-small"), home, {"broden": vocab},
-                        IndexOptions(k=K, batch_size=64, progress=False))
+    entry = index_model(
+        store,
+        embedder,
+        "r20",
+        load_probe_set(home, "cifar-small"),
+        home,
+        {"broden": vocab},
+        IndexOptions(k=K, batch_size=64, progress=False),
+    )
     assert entry.generation != old and entry.status == ModelStatus.INDEXED
     assert store.count("r20") == CHANNELS_R20  # the old slot is gone
     assert store.count("r20", old) == 0
@@ -215,7 +239,9 @@ def test_reindex_flips_generation_without_duplicates(zoo, embedder, vocab):
 
 
 # ------------------------------------------------------------------------------------------
-def test_bad_inputs_raise_clear_errors_and_write_nothing(zoo, embedder, cifar_dir, cifar_models, tmp_path, vocab):
+def test_bad_inputs_raise_clear_errors_and_write_nothing(
+    zoo, embedder, cifar_dir, cifar_models, tmp_path, vocab
+):
     from neuronatlas.indexer.api import build_index, register_model
     from neuronatlas.indexer.pipeline import IndexOptions, index_model
     from neuronatlas.indexer.probes import load_probe_set, register_probe_set
@@ -223,9 +249,15 @@ def test_bad_inputs_raise_clear_errors_and_write_nothing(zoo, embedder, cifar_di
     store, home, _, _ = zoo
     n_before = store.count()
     with pytest.raises(WeightsUnavailable, match="does not exist"):
-        register_model(store, "ghost", {"kind": "cifar_resnet", "depth": 20, "weights": str(tmp_path / "no.th")})
+        register_model(
+            store,
+            "ghost",
+            {"kind": "cifar_resnet", "depth": 20, "weights": str(tmp_path / "no.th")},
+        )
     with pytest.raises(WeightsUnavailable, match="ResNet-56"):
-        register_model(store, "wrong", {"kind": "cifar_resnet", "depth": 56, "weights": str(cifar_models[20])})
+        register_model(
+            store, "wrong", {"kind": "cifar_resnet", "depth": 56, "weights": str(cifar_models[20])}
+        )
     for mid in ("ghost", "wrong"):
         with pytest.raises(NotFound):
             store.get_model(mid)
@@ -234,20 +266,41 @@ def test_bad_inputs_raise_clear_errors_and_write_nothing(zoo, embedder, cifar_di
     (empty / "cls").mkdir(parents=True)
     (empty / "cls" / "broken.jpg").write_bytes(b"not a jpeg")
     with pytest.raises(InvalidArgument, match="no readable images"):
-        build_index(store, embedder, model_id="r20", source={"kind": "cifar_resnet", "depth": 20,
-                    "weights": str(cifar_models[20])}, probe_dir=empty, probe_name="empty", home=home,
-                    progress=False)
+        build_index(
+            store,
+            embedder,
+            model_id="r20",
+            source={"kind": "cifar_resnet", "depth": 20, "weights": str(cifar_models[20])},
+            probe_dir=empty,
+            probe_name="empty",
+            home=home,
+            progress=False,
+        )
 
     probe = load_probe_set(home, "cifar-small")
     live = store.get_model("r20")
-    for opts, match in ((IndexOptions(layers=["layer9.conv"], progress=False), "available layers: conv1"),
-                        (IndexOptions(k=N_PROBE + 1, progress=False), "k=201")):
+    for opts, match in (
+        (IndexOptions(layers=["layer9.conv"], progress=False), "available layers: conv1"),
+        (IndexOptions(k=N_PROBE + 1, progress=False), "k=201"),
+    ):
         with pytest.raises(InvalidArgument, match=match):
             index_model(store, embedder, "r20", probe, home, {"broden": vocab}, opts)
     with pytest.raises(NotFound, match="vocabulary"):
-        index_model(store, embedder, "r20", probe, home, {"x": tmp_path / "none.txt"}, IndexOptions(progress=False))
+        index_model(
+            store,
+            embedder,
+            "r20",
+            probe,
+            home,
+            {"x": tmp_path / "none.txt"},
+            IndexOptions(progress=False),
+        )
     after = store.get_model("r20")
-    assert (after.status, after.generation, after.updated_at) == (live.status, live.generation, live.updated_at)
+    assert (after.status, after.generation, after.updated_at) == (
+        live.status,
+        live.generation,
+        live.updated_at,
+    )
     assert store.count() == n_before
 
     from neuronatlas.core.embedder import load_embedder
@@ -268,23 +321,42 @@ def test_bad_inputs_raise_clear_errors_and_write_nothing(zoo, embedder, cifar_di
 
 # ------------------------------------------------------------------------------------------
 def _run_worker(home: Path, weights: Path, cifar_dir: Path, vocab: Path) -> subprocess.Popen:
-    env = dict(os.environ, SLOW_RESNET_DELAY="0.3", OMP_NUM_THREADS="1",
-               PYTHONPATH=os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]))
-    return subprocess.Popen([sys.executable, __file__, str(home), str(weights), str(cifar_dir), str(vocab)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    env = dict(
+        os.environ,
+        SLOW_RESNET_DELAY="0.3",
+        OMP_NUM_THREADS="1",
+        PYTHONPATH=os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]),
+    )
+    return subprocess.Popen(
+        [sys.executable, __file__, str(home), str(weights), str(cifar_dir), str(vocab)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
 
 
 def _index_slow(home: Path, weights: Path, cifar_dir: Path, vocab: Path, embedder=None):
-    from neuronatlas.indexer.api import build_index
-
     from neuronatlas.core.embedder import load_embedder
     from neuronatlas.core.store.edge import EdgeStore
+    from neuronatlas.indexer.api import build_index
 
     embedder = embedder or load_embedder(EMBEDDER, device="cpu")
     with EdgeStore(home / "store") as store:
-        entry = build_index(store, embedder, model_id="slow", source=_slow_source(weights), probe_dir=cifar_dir,
-                            probe_name="cifar-small", home=home, vocabularies={"broden": vocab}, k=K,
-                            probe_limit=N_PROBE, batch_size=20, progress=False, checkpoint_every=1)
+        entry = build_index(
+            store,
+            embedder,
+            model_id="slow",
+            source=_slow_source(weights),
+            probe_dir=cifar_dir,
+            probe_name="cifar-small",
+            home=home,
+            vocabularies={"broden": vocab},
+            k=K,
+            probe_limit=N_PROBE,
+            batch_size=20,
+            progress=False,
+            checkpoint_every=1,
+        )
         records = {r.point_id: r for r in store.scroll_neurons("slow")}
         total = store.count()
     return entry, records, total
@@ -302,7 +374,9 @@ def test_killed_run_resumes_to_the_same_store(tmp_path, embedder, cifar_dir, cif
     deadline = time.time() + 120
     while not state.exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.02)
-    assert state.exists(), proc.stderr.read().decode()[-2000:] if proc.poll() is not None else "no checkpoint"
+    assert state.exists(), (
+        proc.stderr.read().decode()[-2000:] if proc.poll() is not None else "no checkpoint"
+    )
     os.kill(proc.pid, signal.SIGKILL)
     assert proc.wait() == -signal.SIGKILL
 

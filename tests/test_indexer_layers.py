@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from neuronatlas.indexer.cifar_resnet import CifarResNet
-from neuronatlas.indexer.layers import ActivationTap, candidate_layers, pool, resolve_layers
 from torch import nn
 
 from neuronatlas.core.errors import InvalidArgument
+from neuronatlas.indexer.cifar_resnet import CifarResNet
+from neuronatlas.indexer.layers import ActivationTap, candidate_layers, pool, resolve_layers
 
 
 class Reordered(nn.Module):
@@ -37,7 +37,12 @@ def test_cifar_resnet_discovery_and_depth():
 def test_selection_by_name_and_glob_and_unknown():
     model = CifarResNet(20).eval()
     specs = resolve_layers(model, ["layer3.*.conv2", "layer1.0"], (3, 32, 32))
-    assert [s.name for s in specs] == ["layer1.0", "layer3.0.conv2", "layer3.1.conv2", "layer3.2.conv2"]
+    assert [s.name for s in specs] == [
+        "layer1.0",
+        "layer3.0.conv2",
+        "layer3.1.conv2",
+        "layer3.2.conv2",
+    ]
     assert [s.depth for s in specs] == [0.0, 1 / 3, 2 / 3, 1.0]
     assert specs[0].kind == "other" and specs[0].units == 16
     with pytest.raises(InvalidArgument, match="unknown layer 'layer4'.*available layers: conv1"):
@@ -76,7 +81,11 @@ def test_transformer_blocks_replace_their_inner_layers():
     tap = ActivationTap(model, specs, token_agg="mean")
     out = tap(x)
     with torch.no_grad():
-        seq = model.blocks[0](model.embed(x.flatten(2).transpose(1, 2).reshape(5, 2, 6).repeat(1, 1, 2)).transpose(0, 1))
+        seq = model.blocks[0](
+            model.embed(x.flatten(2).transpose(1, 2).reshape(5, 2, 6).repeat(1, 1, 2)).transpose(
+                0, 1
+            )
+        )
     assert torch.allclose(out["blocks.0"], seq.mean(0), atol=1e-5)
     tap.close()
 

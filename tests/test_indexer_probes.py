@@ -8,6 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
+
+from neuronatlas.core.embedder.base import Embedder
+from neuronatlas.core.errors import AlreadyExists, InvalidArgument, NotFound
+from neuronatlas.core.records import EmbedderInfo
 from neuronatlas.indexer.probes import (
     balanced_subset,
     embedding_cache_path,
@@ -16,11 +21,6 @@ from neuronatlas.indexer.probes import (
     probe_embeddings,
     register_probe_set,
 )
-from PIL import Image
-
-from neuronatlas.core.embedder.base import Embedder
-from neuronatlas.core.errors import AlreadyExists, InvalidArgument, NotFound
-from neuronatlas.core.records import EmbedderInfo
 
 
 def _folder(root: Path, per_class: dict[str, int]) -> Path:
@@ -36,7 +36,9 @@ class MeanColour(Embedder):
 
     def __init__(self, weights: str = "v1"):
         self.info = EmbedderInfo("test:mean-colour", weights, 4)
-        self.preprocess = lambda im: torch.from_numpy(np.asarray(im.convert("RGB"), np.float32) / 255).permute(2, 0, 1)
+        self.preprocess = lambda im: torch.from_numpy(
+            np.asarray(im.convert("RGB"), np.float32) / 255
+        ).permute(2, 0, 1)
         self.calls = 0
 
     def encode_images(self, images, batch_size: int = 64) -> np.ndarray:
@@ -50,7 +52,11 @@ class MeanColour(Embedder):
 
 
 def test_balanced_subset_is_round_robin_and_sorted():
-    files = [f"a/{i}.jpg" for i in range(5)] + [f"b/{i}.jpg" for i in range(2)] + [f"c/{i}.jpg" for i in range(5)]
+    files = (
+        [f"a/{i}.jpg" for i in range(5)]
+        + [f"b/{i}.jpg" for i in range(2)]
+        + [f"c/{i}.jpg" for i in range(5)]
+    )
     sub = balanced_subset(files, 7)
     assert sub == sorted(sub)
     assert sum(f.startswith("a/") for f in sub) == 3 and sum(f.startswith("b/") for f in sub) == 2
@@ -99,7 +105,9 @@ def test_open_probe_set_rescans_only_on_change(tmp_path, monkeypatch):
 
     calls = []
     real = probes.scan_probe_folder
-    monkeypatch.setattr(probes, "scan_probe_folder", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(
+        probes, "scan_probe_folder", lambda *a, **k: calls.append(1) or real(*a, **k)
+    )
     assert open_probe_set(home, "p", folder).sha256 == first.sha256 and calls == []
     _folder(folder, {"b": 1})  # new content under the same name is detected and refused
     with pytest.raises(AlreadyExists):

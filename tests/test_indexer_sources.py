@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from neuronatlas.indexer.cifar_resnet import CifarResNet
-from neuronatlas.indexer.sources import build_model, file_sha256
 from PIL import Image
 
 from neuronatlas.core.errors import InvalidArgument, WeightsUnavailable
+from neuronatlas.indexer.cifar_resnet import CifarResNet
+from neuronatlas.indexer.sources import build_model, file_sha256
 
 
 @pytest.mark.integration
@@ -20,7 +20,11 @@ def test_all_cifar_checkpoints_load_strictly(cifar_models):
         state = built.module.state_dict()
         for key, val in ckpt.items():
             assert torch.equal(state[key.removeprefix("module.")], val)
-        n_blocks = sum(1 for n, _ in built.module.named_modules() if n.count(".") == 1 and n.startswith("layer"))
+        n_blocks = sum(
+            1
+            for n, _ in built.module.named_modules()
+            if n.count(".") == 1 and n.startswith("layer")
+        )
         assert n_blocks == 3 * (depth - 2) // 6
         assert built.weights_sha256 == file_sha256(path)
         assert built.input.size == 32 and built.input.resize is None
@@ -68,42 +72,84 @@ def test_torchvision_local_weights_and_mismatch(tmp_path):
     model = torchvision.models.squeezenet1_1(num_classes=7)
     path = tmp_path / "sq.pth"
     torch.save(model.state_dict(), path)
-    built = build_model({"kind": "torchvision", "name": "squeezenet1_1", "weights": str(path),
-                         "kwargs": {"num_classes": 7}, "input_size": 64, "resize": 72})
-    assert torch.equal(built.module.state_dict()["features.0.weight"], model.state_dict()["features.0.weight"])
-    assert built.weights_sha256 == file_sha256(path) and built.architecture == "torchvision:squeezenet1_1"
+    built = build_model(
+        {
+            "kind": "torchvision",
+            "name": "squeezenet1_1",
+            "weights": str(path),
+            "kwargs": {"num_classes": 7},
+            "input_size": 64,
+            "resize": 72,
+        }
+    )
+    assert torch.equal(
+        built.module.state_dict()["features.0.weight"], model.state_dict()["features.0.weight"]
+    )
+    assert (
+        built.weights_sha256 == file_sha256(path)
+        and built.architecture == "torchvision:squeezenet1_1"
+    )
     assert (built.input.size, built.input.resize) == (64, 72)
     with pytest.raises(WeightsUnavailable, match="do not fit"):
-        build_model({"kind": "torchvision", "name": "squeezenet1_1", "weights": str(path)})  # 1000 classes
+        build_model(
+            {"kind": "torchvision", "name": "squeezenet1_1", "weights": str(path)}
+        )  # 1000 classes
     with pytest.raises(InvalidArgument, match="unknown torchvision model"):
         build_model({"kind": "torchvision", "name": "resnet9000"})
 
 
 def test_torchscript_python_timm_and_unknown_kind(tmp_path):
-    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
-                              torch.nn.Flatten(), torch.nn.Linear(4, 2))
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3),
+        torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(),
+        torch.nn.Linear(4, 2),
+    )
     path = tmp_path / "m.pt"
     torch.jit.script(net).save(str(path))
-    built = build_model({"kind": "torchscript", "path": str(path), "input_size": 16, "resize": None})
+    built = build_model(
+        {"kind": "torchscript", "path": str(path), "input_size": 16, "resize": None}
+    )
     x = torch.randn(2, 3, 16, 16)
     assert torch.allclose(built.module(x), net(x))
 
-    py = build_model({"kind": "python", "factory": "neuronatlas.indexer.cifar_resnet:CifarResNet",
-                      "kwargs": {"depth": 20}})
-    again = build_model({"kind": "python", "factory": "neuronatlas.indexer.cifar_resnet:CifarResNet",
-                         "kwargs": {"depth": 20}})
+    py = build_model(
+        {
+            "kind": "python",
+            "factory": "neuronatlas.indexer.cifar_resnet:CifarResNet",
+            "kwargs": {"depth": 20},
+        }
+    )
+    again = build_model(
+        {
+            "kind": "python",
+            "factory": "neuronatlas.indexer.cifar_resnet:CifarResNet",
+            "kwargs": {"depth": 20},
+        }
+    )
     assert py.weights_sha256 == again.weights_sha256  # seeded random init: stable identity
     with pytest.raises(InvalidArgument, match="not an nn.Module"):
         build_model({"kind": "python", "factory": "builtins:dict", "kwargs": {}})
     with pytest.raises(InvalidArgument, match="failed: TypeError"):
-        build_model({"kind": "python", "factory": "neuronatlas.indexer.cifar_resnet:CifarResNet",
-                     "kwargs": {"width": 3}})
+        build_model(
+            {
+                "kind": "python",
+                "factory": "neuronatlas.indexer.cifar_resnet:CifarResNet",
+                "kwargs": {"width": 3},
+            }
+        )
     with pytest.raises(InvalidArgument, match="cannot import"):
         build_model({"kind": "python", "factory": "no_such_pkg.mod:fn"})
 
     pytest.importorskip("timm")
-    vit = build_model({"kind": "timm", "name": "vit_tiny_patch16_224",
-                       "kwargs": {"img_size": 32, "patch_size": 8, "depth": 2}})
+    vit = build_model(
+        {
+            "kind": "timm",
+            "name": "vit_tiny_patch16_224",
+            "kwargs": {"img_size": 32, "patch_size": 8, "depth": 2},
+        }
+    )
     assert vit.input.size == 32 and vit.architecture == "timm:vit_tiny_patch16_224"
     with pytest.raises(InvalidArgument, match="unknown model source kind"):
         build_model({"kind": "onnx"})

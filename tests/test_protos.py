@@ -32,14 +32,28 @@ def test_generated_code_is_up_to_date(tmp_path: Path) -> None:
     from neuronatlas.v1 import neuronatlas_pb2, neuronatlas_pb2_grpc
 
     env = {**os.environ, "PYTHON": sys.executable}
-    subprocess.run(["bash", str(REPO / "scripts" / "gen_protos.sh"), str(tmp_path)], check=True, env=env)
+    subprocess.run(
+        ["bash", str(REPO / "scripts" / "gen_protos.sh"), str(tmp_path)], check=True, env=env
+    )
     descriptor_set = tmp_path / "set.pb"
-    subprocess.run([sys.executable, "-m", "grpc_tools.protoc", "-I", str(REPO / "protos"),
-                    f"--descriptor_set_out={descriptor_set}", "neuronatlas/v1/neuronatlas.proto"], check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "grpc_tools.protoc",
+            "-I",
+            str(REPO / "protos"),
+            f"--descriptor_set_out={descriptor_set}",
+            "neuronatlas/v1/neuronatlas.proto",
+        ],
+        check=True,
+    )
     fresh = descriptor_pb2.FileDescriptorSet.FromString(descriptor_set.read_bytes()).file[0]
     for message in fresh.message_type:  # the python gencode leaves out derived json names
         _drop_json_names(message)
-    committed = descriptor_pb2.FileDescriptorProto.FromString(neuronatlas_pb2.DESCRIPTOR.serialized_pb)
+    committed = descriptor_pb2.FileDescriptorProto.FromString(
+        neuronatlas_pb2.DESCRIPTOR.serialized_pb
+    )
     assert fresh == committed, "neuronatlas/v1 is stale: run scripts/gen_protos.sh"
     if version("grpcio-tools") != neuronatlas_pb2_grpc.GRPC_GENERATED_VERSION:
         return  # another generator version formats the files differently; the schema matched
@@ -55,8 +69,16 @@ def test_generated_code_imports_as_package() -> None:
     service = neuronatlas_pb2.DESCRIPTOR.services_by_name["NeuronAtlasService"]
     assert service.full_name == "neuronatlas.v1.NeuronAtlasService"
     assert {m.name for m in service.methods} == {
-        "SearchNeurons", "GetNeuron", "DescribeNeuron", "FindNeuronsByLabel",
-        "ListModels", "GetModel", "DeleteModel", "GetStats", "CompareModels", "AuditModel",
+        "SearchNeurons",
+        "GetNeuron",
+        "DescribeNeuron",
+        "FindNeuronsByLabel",
+        "ListModels",
+        "GetModel",
+        "DeleteModel",
+        "GetStats",
+        "CompareModels",
+        "AuditModel",
     }
     assert hasattr(neuronatlas_pb2_grpc, "NeuronAtlasServiceStub")
 

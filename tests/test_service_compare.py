@@ -8,13 +8,6 @@ import math
 import grpc
 import numpy as np
 import pytest
-
-from neuronatlas.core.errors import FailedPrecondition, InvalidArgument, NotFound
-from neuronatlas.core.queries import Atlas
-from neuronatlas.service import convert as C
-from neuronatlas.service.client import Client
-from neuronatlas.v1 import neuronatlas_pb2 as pb
-
 from service_fixtures import (  # noqa: F401 - fixtures are looked up by name
     AUTH,
     LAYERS,
@@ -25,6 +18,12 @@ from service_fixtures import (  # noqa: F401 - fixtures are looked up by name
     server,
     stub,
 )
+
+from neuronatlas.core.errors import FailedPrecondition, InvalidArgument, NotFound
+from neuronatlas.core.queries import Atlas
+from neuronatlas.service import convert as C
+from neuronatlas.service.client import Client
+from neuronatlas.v1 import neuronatlas_pb2 as pb
 
 pytestmark = pytest.mark.integration
 
@@ -41,8 +40,11 @@ def _check_matrix(m: pb.Matrix, rows: list[str], cols: list[str]) -> None:
 
 # -- CompareModels --------------------------------------------------------------------------------
 def test_compare_models_over_grpc(stub) -> None:
-    resp = stub.CompareModels(pb.CompareModelsRequest(model_a="resnet20", model_b="resnet32", page_size=10),
-                              metadata=AUTH, timeout=60)
+    resp = stub.CompareModels(
+        pb.CompareModelsRequest(model_a="resnet20", model_b="resnet32", page_size=10),
+        metadata=AUTH,
+        timeout=60,
+    )
     assert resp.model_a.model_id == "resnet20" and resp.model_b.model_id == "resnet32"
     assert list(resp.model_a.layers) == LAYERS and list(resp.model_b.layers) == LAYERS
     assert resp.model_a.neuron_count == sum(resp.model_a.layer_sizes) > 0
@@ -53,9 +55,17 @@ def test_compare_models_over_grpc(stub) -> None:
     for m in (resp.cka, resp.cka_floor):
         _check_matrix(m, LAYERS, LAYERS)
     assert len(resp.alignment.matched_depth) == len(LAYERS) == len(resp.cka_alignment.matched_depth)
-    for s in (resp.alignment.rho, resp.best_match, resp.matching, resp.coverage_a_to_b, resp.coverage_b_to_a):
+    for s in (
+        resp.alignment.rho,
+        resp.best_match,
+        resp.matching,
+        resp.coverage_a_to_b,
+        resp.coverage_b_to_a,
+    ):
         assert math.isfinite(s.value) and math.isfinite(s.noise_floor)
-    assert 0.0 <= resp.coverage_a_to_b.value <= 1.0 and 0.0 <= resp.coverage_b_to_a.noise_floor <= 1.0
+    assert (
+        0.0 <= resp.coverage_a_to_b.value <= 1.0 and 0.0 <= resp.coverage_b_to_a.noise_floor <= 1.0
+    )
     assert resp.matching.value > resp.matching.noise_floor  # trained nets beat the rotation null
     assert resp.total_pairs == min(resp.model_a.neuron_count, resp.model_b.neuron_count)
     assert len(resp.pairs) == 10 and resp.next_page_token
@@ -82,29 +92,36 @@ def test_compare_pairs_pagination_walks_every_pair(client: Client) -> None:
 
 
 def test_compare_semantic_only_and_layer_filter(client: Client) -> None:
-    cmp = client.compare_models("resnet20", "resnet32", LAYERS[:2], activation=False, tau=0.5, page_size=5)
+    cmp = client.compare_models(
+        "resnet20", "resnet32", LAYERS[:2], activation=False, tau=0.5, page_size=5
+    )
     assert cmp.cka is None and cmp.cka_alignment is None
     assert cmp.layers_a == LAYERS[:2] and cmp.layer_similarity.shape == (2, 2)
     assert cmp.tau == pytest.approx(0.5) and len(cmp.pairs) == 5
 
 
 def test_compare_unknown_model_is_not_found(client: Client, stub) -> None:
-    code, _, _ = _call_fails(stub.CompareModels, pb.CompareModelsRequest(model_a="resnet20", model_b="nope"))
+    code, _, _ = _call_fails(
+        stub.CompareModels, pb.CompareModelsRequest(model_a="resnet20", model_b="nope")
+    )
     assert code is grpc.StatusCode.NOT_FOUND
     with pytest.raises(NotFound):
         client.compare_models("nope", "resnet32")
 
 
-@pytest.mark.parametrize("kwargs, field", [
-    ({"model_a": "", "model_b": "resnet32"}, "model_a"),
-    ({"model_a": "resnet20", "model_b": ""}, "model_b"),
-    ({"model_a": "x" * 200, "model_b": "resnet32"}, "model_a"),
-    ({"model_a": "resnet20", "model_b": "resnet32", "tau": 2.0}, "tau"),
-    ({"model_a": "resnet20", "model_b": "resnet32", "layers": ["no.such.layer"]}, "layers"),
-    ({"model_a": "resnet20", "model_b": "resnet32", "layers": ["x" * 300]}, "layers"),
-    ({"model_a": "resnet20", "model_b": "resnet32", "page_size": -1}, "page_size"),
-    ({"model_a": "resnet20", "model_b": "resnet32", "page_token": "garbage"}, "page_token"),
-])
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [
+        ({"model_a": "", "model_b": "resnet32"}, "model_a"),
+        ({"model_a": "resnet20", "model_b": ""}, "model_b"),
+        ({"model_a": "x" * 200, "model_b": "resnet32"}, "model_a"),
+        ({"model_a": "resnet20", "model_b": "resnet32", "tau": 2.0}, "tau"),
+        ({"model_a": "resnet20", "model_b": "resnet32", "layers": ["no.such.layer"]}, "layers"),
+        ({"model_a": "resnet20", "model_b": "resnet32", "layers": ["x" * 300]}, "layers"),
+        ({"model_a": "resnet20", "model_b": "resnet32", "page_size": -1}, "page_size"),
+        ({"model_a": "resnet20", "model_b": "resnet32", "page_token": "garbage"}, "page_token"),
+    ],
+)
 def test_compare_bad_args_are_invalid_argument(stub, kwargs, field) -> None:
     code, fields, _ = _call_fails(stub.CompareModels, pb.CompareModelsRequest(**kwargs))
     assert code is grpc.StatusCode.INVALID_ARGUMENT and field in fields
@@ -118,7 +135,9 @@ def test_compare_page_token_is_bound_to_its_request(client: Client) -> None:
 
 # -- AuditModel ------------------------------------------------------------------------------------
 def test_audit_model_over_grpc(client: Client, stub) -> None:
-    req = pb.AuditModelRequest(model_id="resnet20", valid=["airplane", "dog"], spurious=["sky", "grass"])
+    req = pb.AuditModelRequest(
+        model_id="resnet20", valid=["airplane", "dog"], spurious=["sky", "grass"]
+    )
     resp = stub.AuditModel(req, metadata=AUTH, timeout=60)
     assert [c.concept for c in resp.concepts] == ["airplane", "dog", "sky", "grass"]
     assert [c.kind for c in resp.concepts] == ["valid", "valid", "spurious", "spurious"]
@@ -130,9 +149,13 @@ def test_audit_model_over_grpc(client: Client, stub) -> None:
         assert math.isfinite(c.threshold)
     for s in (resp.valid_share, resp.spurious_share):
         assert 0.0 <= s.value <= 1.0 and 0.0 <= s.noise_floor <= 1.0
-    assert all(0.0 <= s <= 1.0 for s in list(resp.layer_valid_share) + list(resp.layer_spurious_share))
+    assert all(
+        0.0 <= s <= 1.0 for s in list(resp.layer_valid_share) + list(resp.layer_spurious_share)
+    )
     for n in resp.spurious_neurons:
-        assert n.concept in ("sky", "grass") and n.neuron.model_id == "resnet20" and n.top_sample_ids
+        assert (
+            n.concept in ("sky", "grass") and n.neuron.model_id == "resnet20" and n.top_sample_ids
+        )
     # the typed client gives the core Audit back
     audit = client.audit_model("resnet20", ["airplane", "dog"], ["sky", "grass"], threshold=0.0)
     assert [c.concept for c in audit.concepts] == ["airplane", "dog", "sky", "grass"]
@@ -140,14 +163,17 @@ def test_audit_model_over_grpc(client: Client, stub) -> None:
     assert 0.0 <= audit.spurious_share <= 1.0 and audit.layer_valid_share.shape == (len(LAYERS),)
 
 
-@pytest.mark.parametrize("kwargs, field", [
-    ({"model_id": "resnet20"}, "valid"),
-    ({"model_id": "", "valid": ["dog"]}, "model_id"),
-    ({"model_id": "resnet20", "valid": ["dog"] * 60 + ["cat"] * 60}, "valid"),
-    ({"model_id": "resnet20", "spurious": ["x" * 300]}, "spurious[0]"),
-    ({"model_id": "resnet20", "valid": ["  "]}, "valid[0]"),
-    ({"model_id": "resnet20", "valid": ["dog"], "spurious": ["dog"]}, "spurious"),
-])
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [
+        ({"model_id": "resnet20"}, "valid"),
+        ({"model_id": "", "valid": ["dog"]}, "model_id"),
+        ({"model_id": "resnet20", "valid": ["dog"] * 60 + ["cat"] * 60}, "valid"),
+        ({"model_id": "resnet20", "spurious": ["x" * 300]}, "spurious[0]"),
+        ({"model_id": "resnet20", "valid": ["  "]}, "valid[0]"),
+        ({"model_id": "resnet20", "valid": ["dog"], "spurious": ["dog"]}, "spurious"),
+    ],
+)
 def test_audit_bad_args_are_invalid_argument(stub, kwargs, field) -> None:
     code, fields, _ = _call_fails(stub.AuditModel, pb.AuditModelRequest(**kwargs))
     assert code is grpc.StatusCode.INVALID_ARGUMENT and field in fields
@@ -161,13 +187,19 @@ def test_audit_unknown_model_is_not_found(client: Client) -> None:
 def test_audit_without_embedder_is_failed_precondition(server, indexed_home) -> None:
     from neuronatlas.service.server import build_server
 
-    atlas = Atlas(server.atlas.store, None, backend="edge")  # like `serve --no-embedder`, same store
-    with build_server(atlas, "127.0.0.1:0", home=indexed_home) as srv, \
-            Client(srv.address, timeout=30) as c:
+    atlas = Atlas(
+        server.atlas.store, None, backend="edge"
+    )  # like `serve --no-embedder`, same store
+    with (
+        build_server(atlas, "127.0.0.1:0", home=indexed_home) as srv,
+        Client(srv.address, timeout=30) as c,
+    ):
         with pytest.raises(FailedPrecondition):
             c.audit_model("resnet20", ["dog"])
         # comparison needs no embedder
-        assert c.compare_models("resnet20", "resnet32", activation=False, page_size=1).pairs_total > 0
+        assert (
+            c.compare_models("resnet20", "resnet32", activation=False, page_size=1).pairs_total > 0
+        )
 
 
 def test_matrix_round_trip() -> None:

@@ -14,13 +14,6 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-
-from neuronatlas.core.errors import InvalidArgument, NotFound, PermissionDenied, Unauthenticated
-from neuronatlas.core.store.base import SearchFilter
-from neuronatlas.service.client import Client
-from neuronatlas.service.errors import DeadlineExceeded
-from neuronatlas.v1 import neuronatlas_pb2 as pb
-
 from service_fixtures import (  # noqa: F401 - fixtures are looked up by name
     ADMIN_TOKEN,
     AUTH,
@@ -35,6 +28,12 @@ from service_fixtures import (  # noqa: F401 - fixtures are looked up by name
     server,
     stub,
 )
+
+from neuronatlas.core.errors import InvalidArgument, NotFound, PermissionDenied, Unauthenticated
+from neuronatlas.core.store.base import SearchFilter
+from neuronatlas.service.client import Client
+from neuronatlas.service.errors import DeadlineExceeded
+from neuronatlas.v1 import neuronatlas_pb2 as pb
 
 pytestmark = pytest.mark.integration
 
@@ -63,10 +62,22 @@ def test_buf_curl_works_through_reflection(server) -> None:
     if not buf:
         pytest.skip("buf binary not found (pip install buf-bin)")
     out = subprocess.run(
-        [buf, "curl", "--protocol", "grpc", "--http2-prior-knowledge", "-H", f"Authorization: Bearer {READ_TOKEN}",
-         "--data", '{"text": "striped texture", "top_k": 3}',
-         f"http://{server.address}/neuronatlas.v1.NeuronAtlasService/SearchNeurons"],
-        capture_output=True, text=True, timeout=60)
+        [
+            buf,
+            "curl",
+            "--protocol",
+            "grpc",
+            "--http2-prior-knowledge",
+            "-H",
+            f"Authorization: Bearer {READ_TOKEN}",
+            "--data",
+            '{"text": "striped texture", "top_k": 3}',
+            f"http://{server.address}/neuronatlas.v1.NeuronAtlasService/SearchNeurons",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 0, out.stderr
     results = json.loads(out.stdout)["results"]
     assert len(results) == 3 and all(r["key"].startswith("resnet") for r in results)
@@ -75,7 +86,9 @@ def test_buf_curl_works_through_reflection(server) -> None:
 def test_missing_token_is_unauthenticated(stub) -> None:
     code, _, reason = _call_fails(stub.GetStats, pb.GetStatsRequest(), metadata=())
     assert code is grpc.StatusCode.UNAUTHENTICATED and reason == "UNAUTHENTICATED"
-    code, _, _ = _call_fails(stub.GetStats, pb.GetStatsRequest(), metadata=(("authorization", "Bearer nope-nope-nope"),))
+    code, _, _ = _call_fails(
+        stub.GetStats, pb.GetStatsRequest(), metadata=(("authorization", "Bearer nope-nope-nope"),)
+    )
     assert code is grpc.StatusCode.UNAUTHENTICATED
 
 
@@ -103,7 +116,9 @@ def test_list_get_models_and_stats(client: Client) -> None:
     assert m.source["depth"] == 32 and m.neuron_count == 16 + 32 + 64
     stats = client.stats()
     assert stats.total_neurons == 2 * (16 + 32 + 64)
-    assert {c.model_id: c.layers for c in stats.models}["resnet20"] == dict(zip(LAYERS, (16, 32, 64)))
+    assert {c.model_id: c.layers for c in stats.models}["resnet20"] == dict(
+        zip(LAYERS, (16, 32, 64), strict=False)
+    )
     assert stats.size_bytes > 0 and stats.embedder.dim == 64 and stats.backend == "edge"
 
 
@@ -143,7 +158,9 @@ def test_repeated_text_query_hits_the_cache(client: Client, server) -> None:
 def test_search_by_vector_neuron_and_image(client: Client, cifar_dir: Path) -> None:
     ref = client.get_neuron("resnet20/layer3.0.conv2/5", include_vector=True)
     by_vec = client.search(vector=ref.vector, top_k=5).hits
-    assert by_vec[0].record.key == "resnet20/layer3.0.conv2/5" and by_vec[0].score == pytest.approx(1.0, abs=1e-3)
+    assert by_vec[0].record.key == "resnet20/layer3.0.conv2/5" and by_vec[0].score == pytest.approx(
+        1.0, abs=1e-3
+    )
     by_ref = client.search(neuron="resnet20/layer3.0.conv2/5", top_k=5).hits
     assert [h.record.key for h in by_ref] == [h.record.key for h in by_vec]
     image = next(iter(sorted((cifar_dir / "cat").glob("*.jpg")))).read_bytes()
@@ -169,30 +186,41 @@ def test_page_token_is_bound_to_its_query(client: Client, stub) -> None:
     with pytest.raises(InvalidArgument) as e:
         client.search("cat", top_k=25, page_size=10, page_token=token)
     assert e.value.field == "page_token"
-    code, fields, _ = _call_fails(stub.SearchNeurons, pb.SearchNeuronsRequest(text="dog", page_token="garbage!"))
+    code, fields, _ = _call_fails(
+        stub.SearchNeurons, pb.SearchNeuronsRequest(text="dog", page_token="garbage!")
+    )
     assert code is grpc.StatusCode.INVALID_ARGUMENT and fields == ["page_token"]
 
 
 def test_page_size_zero_defaults_and_large_is_clamped(client: Client, stub) -> None:
     assert len(client.search("dog").hits) == 10  # top_k 0 -> 10, page_size 0 -> top_k
-    resp = stub.SearchNeurons(pb.SearchNeuronsRequest(text="dog", top_k=300, page_size=10_000),
-                              metadata=AUTH, timeout=20)
+    resp = stub.SearchNeurons(
+        pb.SearchNeuronsRequest(text="dog", top_k=300, page_size=10_000), metadata=AUTH, timeout=20
+    )
     assert len(resp.results) == 100 and resp.next_page_token
-    code, fields, _ = _call_fails(stub.SearchNeurons, pb.SearchNeuronsRequest(text="dog", page_size=-1))
+    code, fields, _ = _call_fails(
+        stub.SearchNeurons, pb.SearchNeuronsRequest(text="dog", page_size=-1)
+    )
     assert code is grpc.StatusCode.INVALID_ARGUMENT and fields == ["page_size"]
 
 
 def test_filters_restrict_results(client: Client, server) -> None:
     flt = SearchFilter(model_ids=("resnet32",), layers=("layer2.0.conv2",))
     hits = client.search("wheel", filter=flt, top_k=50).hits
-    assert len(hits) == 32 and {(h.record.model_id, h.record.layer) for h in hits} == {("resnet32", "layer2.0.conv2")}
+    assert len(hits) == 32 and {(h.record.model_id, h.record.layer) for h in hits} == {
+        ("resnet32", "layer2.0.conv2")
+    }
     deep = client.search("wheel", filter=SearchFilter(depth_min=0.6), top_k=200).hits
     assert deep and all(h.record.depth >= 0.6 for h in deep)
     clear = client.search("wheel", filter=SearchFilter(min_clarity=0.9), top_k=200).hits
     assert all(h.record.clarity >= 0.9 for h in clear)
     label = client.get_neuron("resnet20/layer1.0.conv1/0").label_set[0]
-    carriers = {r.key for m in ("resnet20", "resnet32") for r in server.atlas.store.scroll_neurons(m, with_vectors=False)
-                if label in r.label_set or any(l.label == label for ls in r.labels.values() for l in ls)}
+    carriers = {
+        r.key
+        for m in ("resnet20", "resnet32")
+        for r in server.atlas.store.scroll_neurons(m, with_vectors=False)
+        if label in r.label_set or any(l.label == label for ls in r.labels.values() for l in ls)
+    }
     labelled = list(client.search_all("wheel", filter=SearchFilter(label=label), top_k=1000))
     assert {h.record.key for h in labelled} == carriers
 
@@ -201,31 +229,43 @@ def test_per_model_grouping(client: Client) -> None:
     hits = client.search("airplane", per_model=2, top_k=10).hits
     assert len(hits) == 4
     models = [h.record.model_id for h in hits]
-    assert models[0] == models[1] and models[2] == models[3] and set(models) == {"resnet20", "resnet32"}
+    assert (
+        models[0] == models[1]
+        and models[2] == models[3]
+        and set(models) == {"resnet20", "resnet32"}
+    )
     assert hits[0].score >= hits[2].score and hits[0].score >= hits[1].score
     one_model_pages = client.search("airplane", per_model=1, top_k=10, page_size=1)
     assert len(one_model_pages.hits) == 1 and one_model_pages.next_page_token
-    rest = client.search("airplane", per_model=1, top_k=10, page_size=1, page_token=one_model_pages.next_page_token)
+    rest = client.search(
+        "airplane", per_model=1, top_k=10, page_size=1, page_token=one_model_pages.next_page_token
+    )
     assert [h.record.model_id for h in one_model_pages.hits + rest.hits] == [models[0], models[2]]
     assert not rest.next_page_token
 
 
-@pytest.mark.parametrize("request_kwargs, field", [
-    ({}, "query"),
-    ({"text": ""}, "text"),
-    ({"text": "x" * 1001}, "text"),
-    ({"text": "dog", "top_k": 1001}, "top_k"),
-    ({"text": "dog", "top_k": -3}, "top_k"),
-    ({"text": "dog", "per_model": 101}, "per_model"),
-    ({"image": b"not an image"}, "image"),
-    ({"image": b"\xff" * (4 * 1024 * 1024 + 1)}, "image"),
-    ({"vector": pb.Vector(values=[1.0, 2.0])}, "vector"),
-    ({"vector": pb.Vector(values=[float("nan")] * 64)}, "vector"),
-    ({"vector": pb.Vector(values=[0.0] * 64)}, "vector"),
-    ({"neuron": pb.NeuronRef(model_id="resnet20", layer="conv1", unit=-1)}, "neuron.unit"),
-    ({"text": "dog", "filter": pb.NeuronFilter(depth_min=0.8, depth_max=0.2)}, "filter.depth_min"),
-    ({"text": "dog", "filter": pb.NeuronFilter(depth_max=1.5)}, "filter.depth_max"),
-])
+@pytest.mark.parametrize(
+    "request_kwargs, field",
+    [
+        ({}, "query"),
+        ({"text": ""}, "text"),
+        ({"text": "x" * 1001}, "text"),
+        ({"text": "dog", "top_k": 1001}, "top_k"),
+        ({"text": "dog", "top_k": -3}, "top_k"),
+        ({"text": "dog", "per_model": 101}, "per_model"),
+        ({"image": b"not an image"}, "image"),
+        ({"image": b"\xff" * (4 * 1024 * 1024 + 1)}, "image"),
+        ({"vector": pb.Vector(values=[1.0, 2.0])}, "vector"),
+        ({"vector": pb.Vector(values=[float("nan")] * 64)}, "vector"),
+        ({"vector": pb.Vector(values=[0.0] * 64)}, "vector"),
+        ({"neuron": pb.NeuronRef(model_id="resnet20", layer="conv1", unit=-1)}, "neuron.unit"),
+        (
+            {"text": "dog", "filter": pb.NeuronFilter(depth_min=0.8, depth_max=0.2)},
+            "filter.depth_min",
+        ),
+        ({"text": "dog", "filter": pb.NeuronFilter(depth_max=1.5)}, "filter.depth_max"),
+    ],
+)
 def test_bad_search_input_is_invalid_argument(stub, request_kwargs, field) -> None:
     code, fields, _ = _call_fails(stub.SearchNeurons, pb.SearchNeuronsRequest(**request_kwargs))
     assert code is grpc.StatusCode.INVALID_ARGUMENT
@@ -258,7 +298,7 @@ def test_concurrent_clients(server) -> None:
     with concurrent.futures.ThreadPoolExecutor(16) as pool:
         results = list(pool.map(run, queries))
     with Client(server.address, token=READ_TOKEN) as c:
-        for q, keys in zip(queries[:8], results[:8]):
+        for q, keys in zip(queries[:8], results[:8], strict=False):
             assert keys == [h.record.key for h in c.search(q, top_k=5).hits]
 
 
@@ -324,10 +364,14 @@ def test_find_by_label_exact_prefix_and_pages(client: Client) -> None:
     assert {h.record.key for h in hits} <= {h.record.key for h in prefix}
     first = client.find_by_label(label[:1], prefix=True, page_size=3)
     assert len(first.hits) == 3 and first.next_page_token
-    second = client.find_by_label(label[:1], prefix=True, page_size=3, page_token=first.next_page_token)
+    second = client.find_by_label(
+        label[:1], prefix=True, page_size=3, page_token=first.next_page_token
+    )
     both = client.find_by_label(label[:1], prefix=True, page_size=6).hits
     assert [h.record.key for h in first.hits + second.hits] == [h.record.key for h in both]
-    only32 = client.find_by_label(label[:1], prefix=True, filter=SearchFilter(model_ids=("resnet32",))).hits
+    only32 = client.find_by_label(
+        label[:1], prefix=True, filter=SearchFilter(model_ids=("resnet32",))
+    ).hits
     assert only32 and {h.record.model_id for h in only32} == {"resnet32"}
     assert client.find_by_label("no label is called this").hits == []
 
@@ -352,8 +396,25 @@ def test_cli_talks_to_the_server(server, home: Path) -> None:
     assert "resnet20" in models.output and "indexed" in models.output
     stats = json.loads(runner.invoke(cli, ["stats", "--json"], env=env).output)
     assert stats["total_neurons"] == 224
-    described = runner.invoke(cli, ["labels", "describe", "resnet20/layer1.0.conv1/2", "--label", "red",
-                                    "--label", "blue", "--json"], env=env)
-    assert [l["label"] for l in json.loads(described.output)["labels"]["custom"]] in (["red", "blue"], ["blue", "red"])
-    denied = runner.invoke(cli, ["stats"], env={"NEURONATLAS_SERVER": server.address, "NEURONATLAS_TOKEN": ""})
+    described = runner.invoke(
+        cli,
+        [
+            "labels",
+            "describe",
+            "resnet20/layer1.0.conv1/2",
+            "--label",
+            "red",
+            "--label",
+            "blue",
+            "--json",
+        ],
+        env=env,
+    )
+    assert [l["label"] for l in json.loads(described.output)["labels"]["custom"]] in (
+        ["red", "blue"],
+        ["blue", "red"],
+    )
+    denied = runner.invoke(
+        cli, ["stats"], env={"NEURONATLAS_SERVER": server.address, "NEURONATLAS_TOKEN": ""}
+    )
     assert isinstance(denied.exception, Unauthenticated)

@@ -20,7 +20,15 @@ import pytest
 from neuronatlas.core import errors as E
 from neuronatlas.core.embedder.base import Embedder
 from neuronatlas.core.queries import Atlas
-from neuronatlas.core.records import EmbedderInfo, Label, LayerInfo, ModelEntry, ModelStatus, NeuronRecord, TopSample
+from neuronatlas.core.records import (
+    EmbedderInfo,
+    Label,
+    LayerInfo,
+    ModelEntry,
+    ModelStatus,
+    NeuronRecord,
+    TopSample,
+)
 from neuronatlas.core.store.edge import EdgeStore
 from neuronatlas.service.client import Client
 from neuronatlas.service.errors import ServiceUnavailable
@@ -37,17 +45,33 @@ def fill(store, models: dict[str, ModelStatus], units: int = 6, seed: int = 0) -
     rng = np.random.default_rng(seed)
     store.bind_embedder(INFO)
     for model_id, status in models.items():
-        layers = [LayerInfo("conv1", 0, 0.0, units, "conv"), LayerInfo("fc", 1, 1.0, units, "linear")]
-        store.put_model(ModelEntry(model_id, architecture="toy", layers=layers, status=ModelStatus.INDEXING))
+        layers = [
+            LayerInfo("conv1", 0, 0.0, units, "conv"),
+            LayerInfo("fc", 1, 1.0, units, "linear"),
+        ]
+        store.put_model(
+            ModelEntry(model_id, architecture="toy", layers=layers, status=ModelStatus.INDEXING)
+        )
         recs = []
         for layer in layers:
             for u in range(units):
                 v = rng.normal(size=DIM).astype(np.float32)
                 lab = "red" if u % 2 else "green"
-                recs.append(NeuronRecord(model_id, layer.name, layer.index, layer.depth, u, v / np.linalg.norm(v),
-                                         top_samples=[TopSample(f"x/{u}.jpg", u, 1.0)],
-                                         labels={"colours": [Label(lab, 0.1 + 0.01 * u)]}, label_set=[lab],
-                                         clarity=0.5, stats={"mean": 0.0}))
+                recs.append(
+                    NeuronRecord(
+                        model_id,
+                        layer.name,
+                        layer.index,
+                        layer.depth,
+                        u,
+                        v / np.linalg.norm(v),
+                        top_samples=[TopSample(f"x/{u}.jpg", u, 1.0)],
+                        labels={"colours": [Label(lab, 0.1 + 0.01 * u)]},
+                        label_set=[lab],
+                        clarity=0.5,
+                        stats={"mean": 0.0},
+                    )
+                )
         store.upsert_neurons(recs)
         store.put_model(ModelEntry(model_id, architecture="toy", layers=layers, status=status))
     store.optimize()
@@ -66,7 +90,7 @@ class HashEmbedder(Embedder):
         out = np.zeros((len(texts), self.info.dim), np.float32)
         for i, t in enumerate(texts):
             for j in range(max(1, len(t) - 2)):
-                out[i, hash(t[j:j + 3]) % self.info.dim] += 1.0
+                out[i, hash(t[j : j + 3]) % self.info.dim] += 1.0
         return out / np.linalg.norm(out, axis=1, keepdims=True)
 
     def encode_images(self, images, batch_size=64):
@@ -122,7 +146,9 @@ def test_text_queries_with_a_plugin_embedder_and_mismatch(tmp_path, served) -> N
     srv = served(store, emb)
     with Client(srv.address) as c:
         first = c.search("green stripes", top_k=3).hits
-        assert [h.record.key for h in c.search("green stripes", top_k=3).hits] == [h.record.key for h in first]
+        assert [h.record.key for h in c.search("green stripes", top_k=3).hits] == [
+            h.record.key for h in first
+        ]
         assert emb.calls == 1  # the repeated query came from the cache
     other = EdgeStore(tmp_path / "other")
     fill(other, {"m": ModelStatus.INDEXED})
@@ -147,7 +173,9 @@ def test_delete_model_needs_admin_and_removes_everything(tmp_path, served) -> No
             reader.get_neuron("drop/conv1/0")
         assert [m.model_id for m in reader.all_models()] == ["keep"]
         assert reader.stats().total_neurons == 12
-        assert {h.record.model_id for h in reader.search(vector=np.ones(DIM), top_k=100).hits} == {"keep"}
+        assert {h.record.model_id for h in reader.search(vector=np.ones(DIM), top_k=100).hits} == {
+            "keep"
+        }
         with pytest.raises(E.NotFound):
             admin.delete_model("drop")
 
@@ -161,8 +189,9 @@ def test_remote_qdrant_down_is_unavailable(served) -> None:
     with socket.socket() as s:  # a port nothing listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    store.client = QdrantClient(url=f"http://127.0.0.1:{port}", timeout=2, prefer_grpc=False,
-                                check_compatibility=False)  # Qdrant goes away
+    store.client = QdrantClient(
+        url=f"http://127.0.0.1:{port}", timeout=2, prefer_grpc=False, check_compatibility=False
+    )  # Qdrant goes away
     srv = served(store)
     with Client(srv.address, timeout=20) as c:
         with pytest.raises(E.StoreUnavailable) as e:
@@ -177,9 +206,28 @@ def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
     if not openssl:
         pytest.skip("openssl not found")
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run([openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
-                    "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [
+            openssl,
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost,IP:127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
     return cert, key
 
 
@@ -218,11 +266,15 @@ def test_cli_direct_mode(tmp_path, home: Path) -> None:
     models = runner.invoke(cli, ["models", "--json"], env=env)
     assert models.exit_code == 0, models.output
     assert [m["model_id"] for m in json.loads(models.output)] == ["alpha", "beta"]
-    like = runner.invoke(cli, ["search", "--like", "alpha/fc/3", "--per-model", "2", "--json"], env=env)
+    like = runner.invoke(
+        cli, ["search", "--like", "alpha/fc/3", "--per-model", "2", "--json"], env=env
+    )
     rows = json.loads(like.output)
     assert rows[0]["neuron"] == "alpha/fc/3" and len(rows) == 4
     found = runner.invoke(cli, ["labels", "find", "red", "--model", "beta", "--json"], env=env)
-    assert {r["model_id"] for r in json.loads(found.output)} == {"beta"} and len(json.loads(found.output)) == 6
+    assert {r["model_id"] for r in json.loads(found.output)} == {"beta"} and len(
+        json.loads(found.output)
+    ) == 6
     text = runner.invoke(cli, ["stats"], env=env).output
     assert "neurons 24" in text and "alpha" in text and "conv1" in text
     shown = runner.invoke(cli, ["neuron", "beta/conv1/1"], env=env).output
@@ -240,9 +292,22 @@ def test_serve_command_runs_and_stops_on_sigterm(tmp_path, home: Path) -> None:
     tokens.write_text(f"read:{READ}\n")
     env = {**os.environ, "NEURONATLAS_HOME": str(home)}
     env.pop("NEURONATLAS_TOKENS", None)
-    proc = subprocess.Popen([sys.executable, "-c", "from neuronatlas.cli import main; main()", "serve",
-                             "--address", "127.0.0.1:0", "--no-embedder", "--tokens-file", str(tokens)],
-                            env=env, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "from neuronatlas.cli import main; main()",
+            "serve",
+            "--address",
+            "127.0.0.1:0",
+            "--no-embedder",
+            "--tokens-file",
+            str(tokens),
+        ],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         address, log = None, []
         deadline = time.monotonic() + 120

@@ -10,12 +10,26 @@ from google.rpc import error_details_pb2, status_pb2
 
 from neuronatlas.core import errors as E
 from neuronatlas.core.queries import Description, ModelCount, StoreStats
-from neuronatlas.core.records import EmbedderInfo, Label, LayerInfo, ModelEntry, ModelStatus, NeuronRecord, TopSample
+from neuronatlas.core.records import (
+    EmbedderInfo,
+    Label,
+    LayerInfo,
+    ModelEntry,
+    ModelStatus,
+    NeuronRecord,
+    TopSample,
+)
 from neuronatlas.core.store.base import Hit, SearchFilter
 from neuronatlas.service import convert as C
 from neuronatlas.service import paging
 from neuronatlas.service.auth import ADMIN, READ, TokenSet, required_scope
-from neuronatlas.service.errors import DeadlineExceeded, ServiceUnavailable, code_for, from_rpc_error, to_rpc_status
+from neuronatlas.service.errors import (
+    DeadlineExceeded,
+    ServiceUnavailable,
+    code_for,
+    from_rpc_error,
+    to_rpc_status,
+)
 from neuronatlas.v1 import neuronatlas_pb2 as pb
 
 
@@ -51,8 +65,12 @@ def test_page_token_round_trip_and_binding() -> None:
 def test_tokens_from_env_and_file(tmp_path) -> None:
     f = tmp_path / "tokens.txt"
     f.write_text("# service tokens\nread:reader-secret-1\n\nadmin:admin-secret-2  # ops\n")
-    tokens = TokenSet.load(env={"NEURONATLAS_TOKENS": "read:env-reader-3, admin:env-admin-4",
-                                "NEURONATLAS_TOKENS_FILE": str(f)})
+    tokens = TokenSet.load(
+        env={
+            "NEURONATLAS_TOKENS": "read:env-reader-3, admin:env-admin-4",
+            "NEURONATLAS_TOKENS_FILE": str(f),
+        }
+    )
     assert tokens.scope_of("reader-secret-1") == READ
     assert tokens.scope_of("admin-secret-2") == ADMIN
     assert tokens.scope_of("env-reader-3") == READ and tokens.scope_of("env-admin-4") == ADMIN
@@ -62,12 +80,15 @@ def test_tokens_from_env_and_file(tmp_path) -> None:
     assert not TokenSet.load(env={})
 
 
-@pytest.mark.parametrize("text, secret", [
-    ("reader-secret-1", "reader-secret-1"),  # no scope
-    ("owner:abcdefghijk", "abcdefghijk"),  # unknown scope
-    ("read:tiny", "tiny"),  # too short
-    ("read:", None),  # empty
-])
+@pytest.mark.parametrize(
+    "text, secret",
+    [
+        ("reader-secret-1", "reader-secret-1"),  # no scope
+        ("owner:abcdefghijk", "abcdefghijk"),  # unknown scope
+        ("read:tiny", "tiny"),  # too short
+        ("read:", None),  # empty
+    ],
+)
 def test_bad_token_entries_are_rejected_without_echoing_them(text: str, secret: str | None) -> None:
     with pytest.raises(E.InvalidArgument) as e:
         TokenSet.load(env={"NEURONATLAS_TOKENS": text})
@@ -90,18 +111,21 @@ def test_required_scopes() -> None:
 
 
 # -- error mapping -------------------------------------------------------------------------------------
-@pytest.mark.parametrize("exc, code", [
-    (E.InvalidArgument("bad", field="top_k"), grpc.StatusCode.INVALID_ARGUMENT),
-    (E.NotFound("gone"), grpc.StatusCode.NOT_FOUND),
-    (E.NotIndexed("empty"), grpc.StatusCode.FAILED_PRECONDITION),
-    (E.EmbedderMismatch("other"), grpc.StatusCode.FAILED_PRECONDITION),
-    (E.StoreUnavailable("down"), grpc.StatusCode.UNAVAILABLE),
-    (E.StoreCorrupted("broken"), grpc.StatusCode.DATA_LOSS),
-    (E.Unauthenticated("who"), grpc.StatusCode.UNAUTHENTICATED),
-    (E.PermissionDenied("no"), grpc.StatusCode.PERMISSION_DENIED),
-    (E.WeightsUnavailable("offline"), grpc.StatusCode.FAILED_PRECONDITION),
-    (KeyError("bug"), grpc.StatusCode.INTERNAL),
-])
+@pytest.mark.parametrize(
+    "exc, code",
+    [
+        (E.InvalidArgument("bad", field="top_k"), grpc.StatusCode.INVALID_ARGUMENT),
+        (E.NotFound("gone"), grpc.StatusCode.NOT_FOUND),
+        (E.NotIndexed("empty"), grpc.StatusCode.FAILED_PRECONDITION),
+        (E.EmbedderMismatch("other"), grpc.StatusCode.FAILED_PRECONDITION),
+        (E.StoreUnavailable("down"), grpc.StatusCode.UNAVAILABLE),
+        (E.StoreCorrupted("broken"), grpc.StatusCode.DATA_LOSS),
+        (E.Unauthenticated("who"), grpc.StatusCode.UNAUTHENTICATED),
+        (E.PermissionDenied("no"), grpc.StatusCode.PERMISSION_DENIED),
+        (E.WeightsUnavailable("offline"), grpc.StatusCode.FAILED_PRECONDITION),
+        (KeyError("bug"), grpc.StatusCode.INTERNAL),
+    ],
+)
 def test_error_codes(exc, code) -> None:
     assert code_for(exc)[0] is code
     status = to_rpc_status(exc)
@@ -133,27 +157,49 @@ def test_status_details_round_trip_to_our_errors() -> None:
     back = from_rpc_error(_FakeRpcError(status))
     assert isinstance(back, E.InvalidArgument) and back.field == "top_k" and "1..1000" in str(back)
     assert isinstance(from_rpc_error(_FakeRpcError(to_rpc_status(E.NotIndexed("x")))), E.NotIndexed)
-    assert isinstance(from_rpc_error(_FakeRpcError(to_rpc_status(E.StoreUnavailable("x")))), E.StoreUnavailable)
-    assert isinstance(from_rpc_error(_FakeRpcError(to_rpc_status(ServiceUnavailable("x")))), ServiceUnavailable)
-    assert isinstance(from_rpc_error(_FakeRpcError(to_rpc_status(DeadlineExceeded("x")))), DeadlineExceeded)
+    assert isinstance(
+        from_rpc_error(_FakeRpcError(to_rpc_status(E.StoreUnavailable("x")))), E.StoreUnavailable
+    )
+    assert isinstance(
+        from_rpc_error(_FakeRpcError(to_rpc_status(ServiceUnavailable("x")))), ServiceUnavailable
+    )
+    assert isinstance(
+        from_rpc_error(_FakeRpcError(to_rpc_status(DeadlineExceeded("x")))), DeadlineExceeded
+    )
 
 
 # -- conversions ---------------------------------------------------------------------------------------
 def _record() -> NeuronRecord:
     return NeuronRecord(
-        model_id="m1", layer="layer2.0.conv1", layer_index=3, depth=0.5, unit=7,
+        model_id="m1",
+        layer="layer2.0.conv1",
+        layer_index=3,
+        depth=0.5,
+        unit=7,
         vector=np.linspace(-1, 1, 8, dtype=np.float32),
         top_samples=[TopSample("cat/0001.jpg", 1, 2.5), TopSample("dog/0002.jpg", 2, 1.5)],
-        labels={"broden": [Label("striped", 0.2), Label("dotted", 0.1)], "places": [Label("beach", 0.3)]},
-        label_set=["striped", "beach"], clarity=0.7, polysemanticity=0.2, redundancy=0.9,
-        stats={"mean": 0.1, "max": 2.5}, generation=1)
+        labels={
+            "broden": [Label("striped", 0.2), Label("dotted", 0.1)],
+            "places": [Label("beach", 0.3)],
+        },
+        label_set=["striped", "beach"],
+        clarity=0.7,
+        polysemanticity=0.2,
+        redundancy=0.9,
+        stats={"mean": 0.1, "max": 2.5},
+        generation=1,
+    )
 
 
 def test_neuron_round_trip() -> None:
     rec = _record()
-    back = C.neuron_from_pb(pb.Neuron.FromString(C.neuron_to_pb(rec, include_vector=True).SerializeToString()))
+    back = C.neuron_from_pb(
+        pb.Neuron.FromString(C.neuron_to_pb(rec, include_vector=True).SerializeToString())
+    )
     np.testing.assert_allclose(back.vector, rec.vector)
-    assert back.labels["broden"][0].label == "striped" and back.labels["places"][0].score == pytest.approx(0.3)
+    assert back.labels["broden"][0].label == "striped" and back.labels["places"][
+        0
+    ].score == pytest.approx(0.3)
     assert back.top_samples[0].sample_id == "cat/0001.jpg" and back.generation == 1
     assert back.label_set == rec.label_set and back.stats["max"] == pytest.approx(2.5)
     assert C.neuron_to_pb(rec).vector == []
@@ -161,27 +207,56 @@ def test_neuron_round_trip() -> None:
 
 def test_hit_carries_best_label_per_vocabulary() -> None:
     hit = C.hit_to_pb(Hit(_record(), 0.42))
-    assert hit.key == "m1/layer2.0.conv1/7" and [l.label for l in hit.top_labels] == ["beach", "striped"]
+    assert hit.key == "m1/layer2.0.conv1/7" and [l.label for l in hit.top_labels] == [
+        "beach",
+        "striped",
+    ]
     back = C.hit_from_pb(hit)
     assert back.score == pytest.approx(0.42) and back.record.key == "m1/layer2.0.conv1/7"
     assert back.record.top_label.label == "beach"
 
 
 def test_model_and_stats_round_trip() -> None:
-    m = ModelEntry("m1", architecture="resnet20", source={"kind": "cifar_resnet", "depth": 20},
-                   layers=[LayerInfo("conv1", 0, 0.0, 16, "conv")], status=ModelStatus.INDEXED,
-                   created_at=1_700_000_000.5, indexed_at=1_700_000_100.0, tags=["cifar"])
+    m = ModelEntry(
+        "m1",
+        architecture="resnet20",
+        source={"kind": "cifar_resnet", "depth": 20},
+        layers=[LayerInfo("conv1", 0, 0.0, 16, "conv")],
+        status=ModelStatus.INDEXED,
+        created_at=1_700_000_000.5,
+        indexed_at=1_700_000_100.0,
+        tags=["cifar"],
+    )
     back = C.model_from_pb(C.model_to_pb(m))
-    assert back.source == {"kind": "cifar_resnet", "depth": 20} and back.status is ModelStatus.INDEXED
-    assert back.layers == m.layers and back.created_at == pytest.approx(m.created_at) and back.tags == ["cifar"]
+    assert (
+        back.source == {"kind": "cifar_resnet", "depth": 20} and back.status is ModelStatus.INDEXED
+    )
+    assert (
+        back.layers == m.layers
+        and back.created_at == pytest.approx(m.created_at)
+        and back.tags == ["cifar"]
+    )
     assert C.model_to_pb(ModelEntry("m2", indexed_at=0.0)).HasField("index_time") is False
-    s = StoreStats(16, [ModelCount("m1", ModelStatus.INDEXED, 16, {"conv1": 16})], 1024, EmbedderInfo("e", "w", 8), "edge")
+    s = StoreStats(
+        16,
+        [ModelCount("m1", ModelStatus.INDEXED, 16, {"conv1": 16})],
+        1024,
+        EmbedderInfo("e", "w", 8),
+        "edge",
+    )
     assert C.stats_from_pb(C.stats_to_pb(s)) == s
 
 
 def test_filter_and_description_round_trip() -> None:
     assert C.filter_from_pb(pb.NeuronFilter()) is None
-    flt = SearchFilter(model_ids=("a", "b"), layers=("l",), depth_min=0.0, depth_max=0.5, min_clarity=0.25, label="x")
+    flt = SearchFilter(
+        model_ids=("a", "b"),
+        layers=("l",),
+        depth_min=0.0,
+        depth_max=0.5,
+        min_clarity=0.25,
+        label="x",
+    )
     assert C.filter_from_pb(C.filter_to_pb(flt)) == flt
     d = Description("m", "l", 1, {"custom": [Label("a", 0.5)]}, ["a"])
     back = C.description_from_pb(C.description_to_pb(d))

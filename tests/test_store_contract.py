@@ -236,7 +236,7 @@ def test_search_matches_brute_force(store: KnowledgeStore):
     assert [h.record.key for h in hits] == [k for k, _ in want]
     assert hits[0].record.key == recs[3].key and hits[0].score == pytest.approx(1.0, abs=1e-4)
     assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
-    for h, (_, s) in zip(hits, want):
+    for h, (_, s) in zip(hits, want, strict=False):
         assert h.score == pytest.approx(s, abs=1e-4)
     assert hits[0].record.vector.size == 0
 

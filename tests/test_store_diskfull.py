@@ -72,16 +72,16 @@ def test_open_and_write_on_a_full_disk(tmp_path: Path, small_disk, monkeypatch):
     files_before = sorted((p.name, p.stat().st_size) for p in path.rglob("*") if p.is_file())
     with pytest.raises(StorageFull, match="MiB free"):  # even a read-only command: open maps WAL
         EdgeStore(path)
-    assert sorted((p.name, p.stat().st_size) for p in path.rglob("*") if p.is_file()) == files_before
+    assert (
+        sorted((p.name, p.stat().st_size) for p in path.rglob("*") if p.is_file()) == files_before
+    )
 
     # Some space comes back, the store opens; a write that would not fit is refused up front.
     if small_disk is not None:
         (small_disk / "ballast").unlink()
         _fill(small_disk, leave_mb=120)
     else:
-        monkeypatch.setattr(
-            diskspace.shutil, "disk_usage", lambda p: _Usage(1 << 30, 0, 120 << 20)
-        )
+        monkeypatch.setattr(diskspace.shutil, "disk_usage", lambda p: _Usage(1 << 30, 0, 120 << 20))
     monkeypatch.setenv("NEURONATLAS_MIN_FREE_MB", "64")
     with EdgeStore(path) as s:
         big = make_records("gamma", {"layer": 40_000}, seed=3)  # ~170 MiB by the estimate

@@ -84,9 +84,18 @@ def _concept_list(items, what: str) -> list[str]:
     return out
 
 
-def audit_model(store, embedder, model: str, valid: list[str], spurious: list[str],
-                threshold: float | None = None, top_neurons: int = 8, top_images: int = 6,
-                seed: int = 0, cache_dir: Path | None = None) -> Audit:
+def audit_model(
+    store,
+    embedder,
+    model: str,
+    valid: list[str],
+    spurious: list[str],
+    threshold: float | None = None,
+    top_neurons: int = 8,
+    top_images: int = 6,
+    seed: int = 0,
+    cache_dir: Path | None = None,
+) -> Audit:
     """Audit an indexed model against valid and spurious concepts (see module docstring).
 
     ``threshold``: fixed score threshold for every concept, or None to calibrate each concept on
@@ -102,12 +111,20 @@ def audit_model(store, embedder, model: str, valid: list[str], spurious: list[st
     entry = indexed_entry(store, model)
     bound = store.embedder
     info = embedder.info
-    if bound is not None and (bound.name, bound.weights, bound.dim) != (info.name, info.weights, info.dim):
-        raise EmbedderMismatch(f"the store holds vectors of {bound.name} ({bound.weights}, dim {bound.dim}); "
-                               f"the audit embedder is {info.name} ({info.weights}, dim {info.dim})")
+    if bound is not None and (bound.name, bound.weights, bound.dim) != (
+        info.name,
+        info.weights,
+        info.dim,
+    ):
+        raise EmbedderMismatch(
+            f"the store holds vectors of {bound.name} ({bound.weights}, dim {bound.dim}); "
+            f"the audit embedder is {info.name} ({info.weights}, dim {info.dim})"
+        )
 
-    recs = sorted(store.scroll_neurons(model, generation=entry.generation, with_vectors=True),
-                  key=lambda r: (r.layer_index, r.layer, r.unit))
+    recs = sorted(
+        store.scroll_neurons(model, generation=entry.generation, with_vectors=True),
+        key=lambda r: (r.layer_index, r.layer, r.unit),
+    )
     if not recs:
         raise NotIndexed(f"model {model!r} has no stored neurons")
     layers = list(dict.fromkeys(r.layer for r in recs))
@@ -117,23 +134,36 @@ def audit_model(store, embedder, model: str, valid: list[str], spurious: list[st
     depths = np.array([next(r.depth for r in recs if r.layer == n) for n in layers])
     x = np.stack([r.vector for r in recs]).astype(np.float32)
     if x.shape[1] != info.dim:
-        raise EmbedderMismatch(f"stored vectors have dimension {x.shape[1]}, the embedder {info.dim}")
+        raise EmbedderMismatch(
+            f"stored vectors have dimension {x.shape[1]}, the embedder {info.dim}"
+        )
 
     concepts = valid + spurious
     scorer = LabelScorer(embedder, concepts, name="audit", cache_dir=cache_dir)
     s = scorer.scores(x)  # (N, C)
     s0 = scorer.scores(rotation_null(x, x.mean(axis=0), _rng(seed, 4)))
-    thr = (np.quantile(s0, NULL_QUANTILE, axis=0) if threshold is None
-           else np.full(len(concepts), float(threshold)))
+    thr = (
+        np.quantile(s0, NULL_QUANTILE, axis=0)
+        if threshold is None
+        else np.full(len(concepts), float(threshold))
+    )
     aligned, aligned0 = s >= thr, s0 >= thr
 
     per_concept = []
     for c, name in enumerate(concepts):
         per_layer = np.bincount(layer_of, weights=aligned[:, c], minlength=len(layers)) / sizes
-        per_concept.append(ConceptAudit(
-            concept=name, kind="valid" if c < len(valid) else "spurious", threshold=float(thr[c]),
-            aligned=int(aligned[:, c].sum()), share=float(aligned[:, c].mean()),
-            share_baseline=float(aligned0[:, c].mean()), layer_share=per_layer, best_score=float(s[:, c].max())))
+        per_concept.append(
+            ConceptAudit(
+                concept=name,
+                kind="valid" if c < len(valid) else "spurious",
+                threshold=float(thr[c]),
+                aligned=int(aligned[:, c].sum()),
+                share=float(aligned[:, c].mean()),
+                share_baseline=float(aligned0[:, c].mean()),
+                layer_share=per_layer,
+                best_score=float(s[:, c].max()),
+            )
+        )
 
     nv = len(valid)
     any_v = aligned[:, :nv].any(axis=1) if nv else np.zeros(len(x), bool)
@@ -150,36 +180,60 @@ def audit_model(store, embedder, model: str, valid: list[str], spurious: list[st
             if best_m[i] < 0:
                 break
             r = recs[i]
-            worst.append(SpuriousNeuron(layer=r.layer, unit=r.unit, concept=spurious[best_c[i]],
-                                        score=float(s[i, nv + best_c[i]]),
-                                        top_samples=[t.sample_id for t in r.top_samples[:top_images]]))
+            worst.append(
+                SpuriousNeuron(
+                    layer=r.layer,
+                    unit=r.unit,
+                    concept=spurious[best_c[i]],
+                    score=float(s[i, nv + best_c[i]]),
+                    top_samples=[t.sample_id for t in r.top_samples[:top_images]],
+                )
+            )
     return Audit(
-        model_id=model, generation=entry.generation, n_neurons=len(x), layers=layers, depths=depths,
-        layer_sizes=sizes, concepts=per_concept,
-        valid_share=float(any_v.mean()), spurious_share=float(any_s.mean()),
-        valid_share_baseline=float(any_v0.mean()), spurious_share_baseline=float(any_s0.mean()),
+        model_id=model,
+        generation=entry.generation,
+        n_neurons=len(x),
+        layers=layers,
+        depths=depths,
+        layer_sizes=sizes,
+        concepts=per_concept,
+        valid_share=float(any_v.mean()),
+        spurious_share=float(any_s.mean()),
+        valid_share_baseline=float(any_v0.mean()),
+        spurious_share_baseline=float(any_s0.mean()),
         layer_valid_share=np.bincount(layer_of, weights=any_v, minlength=len(layers)) / sizes,
         layer_spurious_share=np.bincount(layer_of, weights=any_s, minlength=len(layers)) / sizes,
-        spurious_neurons=worst)
+        spurious_neurons=worst,
+    )
 
 
 def audit_summary(a: Audit) -> str:
     """A plain-text report of an audit."""
-    lines = [f"Concept audit of {a.model_id} (generation {a.generation}, {a.n_neurons} neurons, "
-             f"{len(a.layers)} layers)", "",
-             f"aligned with a valid concept:    {a.valid_share:6.1%}   (noise floor {a.valid_share_baseline:6.1%})",
-             f"aligned with a spurious concept: {a.spurious_share:6.1%}   (noise floor {a.spurious_share_baseline:6.1%})",
-             "", f"{'concept':28s} {'kind':9s} {'threshold':>9s} {'neurons':>8s} {'share':>7s} {'floor':>7s}"]
+    lines = [
+        f"Concept audit of {a.model_id} (generation {a.generation}, {a.n_neurons} neurons, "
+        f"{len(a.layers)} layers)",
+        "",
+        f"aligned with a valid concept:    {a.valid_share:6.1%}   (noise floor {a.valid_share_baseline:6.1%})",
+        f"aligned with a spurious concept: {a.spurious_share:6.1%}   (noise floor {a.spurious_share_baseline:6.1%})",
+        "",
+        f"{'concept':28s} {'kind':9s} {'threshold':>9s} {'neurons':>8s} {'share':>7s} {'floor':>7s}",
+    ]
     for c in a.concepts:
-        lines.append(f"{c.concept[:28]:28s} {c.kind:9s} {c.threshold:9.4f} {c.aligned:8d} "
-                     f"{c.share:7.1%} {c.share_baseline:7.1%}")
+        lines.append(
+            f"{c.concept[:28]:28s} {c.kind:9s} {c.threshold:9.4f} {c.aligned:8d} "
+            f"{c.share:7.1%} {c.share_baseline:7.1%}"
+        )
     lines += ["", "per layer (valid / spurious share):"]
     for i, name in enumerate(a.layers):
-        lines.append(f"  {name:24s} depth {a.depths[i]:.2f}  {a.layer_valid_share[i]:6.1%} / "
-                     f"{a.layer_spurious_share[i]:6.1%}")
+        lines.append(
+            f"  {name:24s} depth {a.depths[i]:.2f}  {a.layer_valid_share[i]:6.1%} / "
+            f"{a.layer_spurious_share[i]:6.1%}"
+        )
     if a.spurious_neurons:
         lines += ["", "most spurious-aligned neurons (top probe images):"]
         for n in a.spurious_neurons:
-            lines.append(f"  {a.model_id}/{n.layer}/{n.unit}  {n.concept} ({n.score:+.4f}): "
-                         + ", ".join(n.top_samples))
+            lines.append(
+                f"  {a.model_id}/{n.layer}/{n.unit}  {n.concept} ({n.score:+.4f}): "
+                + ", ".join(n.top_samples)
+            )
     return "\n".join(lines) + "\n"

@@ -153,10 +153,17 @@ class Comparison:
         out = []
         for k in range(offset, min(offset + limit, len(s.match_sim))):
             ia, ib = int(s.match_a[k]), int(s.match_b[k])
-            out.append(MatchedPair(
-                a_layer=self.a.layers[self.a.layer_of[ia]], a_unit=int(self.a.units[ia]),
-                b_layer=self.b.layers[self.b.layer_of[ib]], b_unit=int(self.b.units[ib]),
-                similarity=float(s.match_sim[k]), a_label=self.a.labels[ia], b_label=self.b.labels[ib]))
+            out.append(
+                MatchedPair(
+                    a_layer=self.a.layers[self.a.layer_of[ia]],
+                    a_unit=int(self.a.units[ia]),
+                    b_layer=self.b.layers[self.b.layer_of[ib]],
+                    b_unit=int(self.b.units[ib]),
+                    similarity=float(s.match_sim[k]),
+                    a_label=self.a.labels[ia],
+                    b_label=self.b.labels[ib],
+                )
+            )
         return out
 
 
@@ -176,8 +183,10 @@ def indexed_entry(store, model_id: str) -> ModelEntry:
     """The catalogue entry of an indexed model (NotFound / NotIndexed otherwise)."""
     entry = store.get_model(model_id)
     if entry.status != ModelStatus.INDEXED:
-        raise NotIndexed(f"model {model_id!r} is {entry.status.value}, not indexed"
-                         + (f" ({entry.status_reason})" if entry.status_reason else ""))
+        raise NotIndexed(
+            f"model {model_id!r} is {entry.status.value}, not indexed"
+            + (f" ({entry.status_reason})" if entry.status_reason else "")
+        )
     return entry
 
 
@@ -207,11 +216,19 @@ def load_model_vectors(store, model_id: str, layers: list[str] | None = None) ->
             labels.append(lab)
     v = np.asarray(np.stack(vecs), dtype=np.float32)
     v /= np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
-    side = ModelSide(model_id=model_id, generation=entry.generation, layers=names,
-                     depths=np.array([meta[n][1] for n in names], dtype=np.float64),
-                     sizes=np.array(sizes, dtype=np.int64), layer_of=np.array(layer_of, dtype=np.int64),
-                     units=np.array(units, dtype=np.int64), labels=labels)
-    return ModelVectors(entry=entry, side=side, vectors=v, bounds=np.concatenate([[0], np.cumsum(sizes)]))
+    side = ModelSide(
+        model_id=model_id,
+        generation=entry.generation,
+        layers=names,
+        depths=np.array([meta[n][1] for n in names], dtype=np.float64),
+        sizes=np.array(sizes, dtype=np.int64),
+        layer_of=np.array(layer_of, dtype=np.int64),
+        units=np.array(units, dtype=np.int64),
+        labels=labels,
+    )
+    return ModelVectors(
+        entry=entry, side=side, vectors=v, bounds=np.concatenate([[0], np.cumsum(sizes)])
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -228,8 +245,14 @@ class BlockStats:
     full: np.ndarray | None  # (n_rows, N_B) when asked for (small problems only)
 
 
-def block_stats(va: np.ndarray, groups_a: np.ndarray, vb: np.ndarray, bounds_b: np.ndarray,
-                chunk: int = 1024, keep_full: bool = False) -> BlockStats:
+def block_stats(
+    va: np.ndarray,
+    groups_a: np.ndarray,
+    vb: np.ndarray,
+    bounds_b: np.ndarray,
+    chunk: int = 1024,
+    keep_full: bool = False,
+) -> BlockStats:
     """Reduce the cosine matrix ``va @ vb.T`` block by block (never all of it at once).
 
     ``groups_a`` (L_rows+1,) are row offsets of A's groups (layers); ``bounds_b`` B's layer offsets.
@@ -263,7 +286,9 @@ def segment_mean(x: np.ndarray, bounds: np.ndarray) -> np.ndarray:
     return sums / np.diff(bounds)[:, None]
 
 
-def layer_similarity(st_ab: np.ndarray, bounds_a: np.ndarray, st_ba: np.ndarray, bounds_b: np.ndarray) -> np.ndarray:
+def layer_similarity(
+    st_ab: np.ndarray, bounds_a: np.ndarray, st_ba: np.ndarray, bounds_b: np.ndarray
+) -> np.ndarray:
     """(L_A, L_B): mean best-match cosine, averaged over both directions."""
     return 0.5 * (segment_mean(st_ab, bounds_a) + segment_mean(st_ba, bounds_b).T)
 
@@ -305,14 +330,25 @@ def _permutation_p(x: np.ndarray, y: np.ndarray, rho: float, n_perm: int, seed: 
     return float((1 + np.sum(rhos >= rho - 1e-9)) / (n_perm + 1))
 
 
-def depth_alignment(sim: np.ndarray, depth_a: np.ndarray, depth_b: np.ndarray, baseline: np.ndarray,
-                    n_perm: int = 2000, seed: int = 0) -> Alignment:
+def depth_alignment(
+    sim: np.ndarray,
+    depth_a: np.ndarray,
+    depth_b: np.ndarray,
+    baseline: np.ndarray,
+    n_perm: int = 2000,
+    seed: int = 0,
+) -> Alignment:
     """For each row layer the depth of its best column layer; rho against depth, with floors."""
     matched = depth_b[sim.argmax(axis=1)]
     rho = spearman(depth_a, matched)
     rho0 = spearman(depth_a, depth_b[baseline.argmax(axis=1)])
     p = _permutation_p(depth_a, matched, rho, n_perm, seed)
-    return Alignment(depth=np.asarray(depth_a, float), matched_depth=matched, rho=Score(rho, rho0), p_value=float(p))
+    return Alignment(
+        depth=np.asarray(depth_a, float),
+        matched_depth=matched,
+        rho=Score(rho, rho0),
+        p_value=float(p),
+    )
 
 
 def match_neurons(stats: BlockStats, n_b: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
@@ -350,7 +386,12 @@ def match_neurons(stats: BlockStats, n_b: int) -> tuple[np.ndarray, np.ndarray, 
         sim = vals[np.searchsorted(keys, ra * n_b + rb)]
         method = "sparse-assignment"
     order = np.argsort(-sim, kind="stable")
-    return ra[order].astype(np.int64), rb[order].astype(np.int64), sim[order].astype(np.float32), method
+    return (
+        ra[order].astype(np.int64),
+        rb[order].astype(np.int64),
+        sim[order].astype(np.float32),
+        method,
+    )
 
 
 def rotation_null(x: np.ndarray, mean_dir: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -366,44 +407,84 @@ def rotation_null(x: np.ndarray, mean_dir: np.ndarray, rng: np.random.Generator)
     return (out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)).astype(np.float32)
 
 
-def stratified_rows(bounds: np.ndarray, total: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def stratified_rows(
+    bounds: np.ndarray, total: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
     """Up to ``total`` rows spread evenly over layers; returns (rows, per-layer offsets)."""
     n_layers = len(bounds) - 1
     per = max(1, math.ceil(total / n_layers))
     rows, offs = [], [0]
     for i in range(n_layers):
         lo, hi = int(bounds[i]), int(bounds[i + 1])
-        pick = np.arange(lo, hi) if hi - lo <= per else np.sort(rng.choice(np.arange(lo, hi), per, replace=False))
+        pick = (
+            np.arange(lo, hi)
+            if hi - lo <= per
+            else np.sort(rng.choice(np.arange(lo, hi), per, replace=False))
+        )
         rows.append(pick)
         offs.append(offs[-1] + len(pick))
     return np.concatenate(rows), np.array(offs, dtype=np.int64)
 
 
-def _concepts(a: ModelSide, b: ModelSide, best_a: np.ndarray, best_b: np.ndarray,
-              ma: np.ndarray, mb: np.ndarray, ms: np.ndarray, tau: float, top: int = 25):
+def _concepts(
+    a: ModelSide,
+    b: ModelSide,
+    best_a: np.ndarray,
+    best_b: np.ndarray,
+    ma: np.ndarray,
+    mb: np.ndarray,
+    ms: np.ndarray,
+    tau: float,
+    top: int = 25,
+):
     ok = ms >= tau
     lab_a = Counter(a.labels[i] for i in ma[ok] if a.labels[i])
     lab_b = Counter(b.labels[i] for i in mb[ok] if b.labels[i])
     shared_names = set(lab_a) & set(lab_b)
-    shared = sorted((ConceptCount(n, lab_a[n], lab_b[n]) for n in shared_names),
-                    key=lambda c: (-min(c.count_a, c.count_b), c.label))[:top]
-    un_a = Counter(a.labels[i] for i in np.flatnonzero(best_a < tau) if a.labels[i] and a.labels[i] not in shared_names)
-    un_b = Counter(b.labels[i] for i in np.flatnonzero(best_b < tau) if b.labels[i] and b.labels[i] not in shared_names)
-    unique_a = [ConceptCount(n, c, 0) for n, c in sorted(un_a.items(), key=lambda kv: (-kv[1], kv[0]))[:top]]
-    unique_b = [ConceptCount(n, 0, c) for n, c in sorted(un_b.items(), key=lambda kv: (-kv[1], kv[0]))[:top]]
+    shared = sorted(
+        (ConceptCount(n, lab_a[n], lab_b[n]) for n in shared_names),
+        key=lambda c: (-min(c.count_a, c.count_b), c.label),
+    )[:top]
+    un_a = Counter(
+        a.labels[i]
+        for i in np.flatnonzero(best_a < tau)
+        if a.labels[i] and a.labels[i] not in shared_names
+    )
+    un_b = Counter(
+        b.labels[i]
+        for i in np.flatnonzero(best_b < tau)
+        if b.labels[i] and b.labels[i] not in shared_names
+    )
+    unique_a = [
+        ConceptCount(n, c, 0) for n, c in sorted(un_a.items(), key=lambda kv: (-kv[1], kv[0]))[:top]
+    ]
+    unique_b = [
+        ConceptCount(n, 0, c) for n, c in sorted(un_b.items(), key=lambda kv: (-kv[1], kv[0]))[:top]
+    ]
     return shared, unique_a, unique_b
 
 
-def semantic_view(a: ModelVectors, b: ModelVectors, tau: float | None = None, null_samples: int = 512,
-                  seed: int = 0, chunk: int = 1024, dense_limit: int = DENSE_LIMIT) -> SemanticView:
+def semantic_view(
+    a: ModelVectors,
+    b: ModelVectors,
+    tau: float | None = None,
+    null_samples: int = 512,
+    seed: int = 0,
+    chunk: int = 1024,
+    dense_limit: int = DENSE_LIMIT,
+) -> SemanticView:
     """The semantic view of A against B (see module docstring). ``tau=None``: the 95th
     percentile of best-match cosines under the noise floor."""
     if a.vectors.shape[1] != b.vectors.shape[1]:
-        raise FailedPrecondition(f"models were embedded with different dimensions "
-                                 f"({a.vectors.shape[1]} vs {b.vectors.shape[1]})")
+        raise FailedPrecondition(
+            f"models were embedded with different dimensions "
+            f"({a.vectors.shape[1]} vs {b.vectors.shape[1]})"
+        )
     rng = _rng(seed, 2)
     n_a, n_b = len(a.vectors), len(b.vectors)
-    st = block_stats(a.vectors, a.bounds, b.vectors, b.bounds, chunk=chunk, keep_full=n_a * n_b <= dense_limit)
+    st = block_stats(
+        a.vectors, a.bounds, b.vectors, b.bounds, chunk=chunk, keep_full=n_a * n_b <= dense_limit
+    )
     best_a, best_b = st.best_ab.max(axis=1), st.best_ba.max(axis=1)
     sim = layer_similarity(st.best_ab, a.bounds, st.best_ba, b.bounds)
 
@@ -415,9 +496,17 @@ def semantic_view(a: ModelVectors, b: ModelVectors, tau: float | None = None, nu
     else:
         rows_a, offs_a = stratified_rows(a.bounds, null_samples, rng)
         rows_b, offs_b = stratified_rows(b.bounds, null_samples, rng)
-    na = block_stats(rotation_null(a.vectors[rows_a], mean_dir, rng), offs_a, b.vectors, b.bounds, chunk=chunk,
-                     keep_full=len(rows_a) * n_b <= dense_limit)
-    nb = block_stats(rotation_null(b.vectors[rows_b], mean_dir, rng), offs_b, a.vectors, a.bounds, chunk=chunk)
+    na = block_stats(
+        rotation_null(a.vectors[rows_a], mean_dir, rng),
+        offs_a,
+        b.vectors,
+        b.bounds,
+        chunk=chunk,
+        keep_full=len(rows_a) * n_b <= dense_limit,
+    )
+    nb = block_stats(
+        rotation_null(b.vectors[rows_b], mean_dir, rng), offs_b, a.vectors, a.bounds, chunk=chunk
+    )
     null_a, null_b = na.best_ab.max(axis=1), nb.best_ab.max(axis=1)
     sim0 = 0.5 * (segment_mean(na.best_ab, offs_a) + segment_mean(nb.best_ab, offs_b).T)
     if tau is None:
@@ -427,15 +516,26 @@ def semantic_view(a: ModelVectors, b: ModelVectors, tau: float | None = None, nu
     _, _, ms0, _ = match_neurons(na, n_b)
     shared, unique_a, unique_b = _concepts(a.side, b.side, best_a, best_b, ma, mb, ms, tau)
     return SemanticView(
-        layer_similarity=sim, layer_similarity_baseline=sim0,
+        layer_similarity=sim,
+        layer_similarity_baseline=sim0,
         alignment=depth_alignment(sim, a.side.depths, b.side.depths, sim0, seed=seed),
         alignment_b=depth_alignment(sim.T, b.side.depths, a.side.depths, sim0.T, seed=seed),
         best_match=Score(float(best_a.mean()), float(null_a.mean())),
-        matching=Score(float(ms.mean()) if len(ms) else 0.0, float(ms0.mean()) if len(ms0) else 0.0),
+        matching=Score(
+            float(ms.mean()) if len(ms) else 0.0, float(ms0.mean()) if len(ms0) else 0.0
+        ),
         coverage_a=Score(float((best_a >= tau).mean()), float((null_a >= tau).mean())),
         coverage_b=Score(float((best_b >= tau).mean()), float((null_b >= tau).mean())),
-        tau=float(tau), matching_method=method, null_exact=bool(null_exact), match_a=ma, match_b=mb, match_sim=ms,
-        shared=shared, unique_a=unique_a, unique_b=unique_b)
+        tau=float(tau),
+        matching_method=method,
+        null_exact=bool(null_exact),
+        match_a=ma,
+        match_b=mb,
+        match_sim=ms,
+        shared=shared,
+        unique_a=unique_a,
+        unique_b=unique_b,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -457,15 +557,18 @@ def linear_cka(x: np.ndarray, y: np.ndarray) -> float:
     return float(np.dot(_unit_gram(x).astype(np.float64), _unit_gram(y).astype(np.float64)))
 
 
-def cka_matrix(acts_a: list[np.ndarray], acts_b: list[np.ndarray], perm: np.ndarray | None = None) -> np.ndarray:
+def cka_matrix(
+    acts_a: list[np.ndarray], acts_b: list[np.ndarray], perm: np.ndarray | None = None
+) -> np.ndarray:
     """(L_A, L_B) linear CKA between every pair of layers; ``perm`` reorders B's samples."""
     ga = np.stack([_unit_gram(x) for x in acts_a])
     gb = np.stack([_unit_gram(x if perm is None else x[perm]) for x in acts_b])
     return (ga @ gb.T).astype(np.float64)
 
 
-def activation_view(home: Path, a: ModelEntry, b: ModelEntry, layers: list[str] | None = None,
-                    seed: int = 0) -> ActivationView:
+def activation_view(
+    home: Path, a: ModelEntry, b: ModelEntry, layers: list[str] | None = None, seed: int = 0
+) -> ActivationView:
     """Linear CKA layer x layer from the two models' activation sketches."""
     sk = []
     for entry in (a, b):
@@ -478,39 +581,61 @@ def activation_view(home: Path, a: ModelEntry, b: ModelEntry, layers: list[str] 
             ) from None
     sa, sb = sk
     if not np.array_equal(sa.sample_indices, sb.sample_indices) or (
-            sa.probe_set and sb.probe_set and sa.probe_set != sb.probe_set):
+        sa.probe_set and sb.probe_set and sa.probe_set != sb.probe_set
+    ):
         raise FailedPrecondition(
             f"the activation sketches of {a.model_id!r} and {b.model_id!r} were taken on different probe "
             f"samples ({sa.probe_set or '?'}: {sa.n_samples}, {sb.probe_set or '?'}: {sb.n_samples}); "
-            "index both models on the same probe set")
+            "index both models on the same probe set"
+        )
     names_a = [n for n in sa.layer_names if layers is None or n in layers]
     names_b = [n for n in sb.layer_names if layers is None or n in layers]
     if not names_a or not names_b:
-        raise InvalidArgument(f"no sketched layer left after the layer filter {layers}", field="layers")
+        raise InvalidArgument(
+            f"no sketched layer left after the layer filter {layers}", field="layers"
+        )
     da, db = _depths(a, names_a), _depths(b, names_b)
     cka = cka_matrix([sa.layers[n] for n in names_a], [sb.layers[n] for n in names_b])
     perm = _rng(seed, 3).permutation(sa.n_samples)
     cka0 = cka_matrix([sa.layers[n] for n in names_a], [sb.layers[n] for n in names_b], perm=perm)
-    return ActivationView(cka=cka, cka_baseline=cka0, layers_a=names_a, layers_b=names_b,
-                          alignment=depth_alignment(cka, da, db, cka0, seed=seed),
-                          alignment_b=depth_alignment(cka.T, db, da, cka0.T, seed=seed),
-                          n_samples=sa.n_samples)
+    return ActivationView(
+        cka=cka,
+        cka_baseline=cka0,
+        layers_a=names_a,
+        layers_b=names_b,
+        alignment=depth_alignment(cka, da, db, cka0, seed=seed),
+        alignment_b=depth_alignment(cka.T, db, da, cka0.T, seed=seed),
+        n_samples=sa.n_samples,
+    )
 
 
 def _depths(entry: ModelEntry, names: list[str]) -> np.ndarray:
     known = {l.name: l.depth for l in entry.layers}
     n = len(names)
-    return np.array([known.get(nm, i / max(n - 1, 1)) for i, nm in enumerate(names)], dtype=np.float64)
+    return np.array(
+        [known.get(nm, i / max(n - 1, 1)) for i, nm in enumerate(names)], dtype=np.float64
+    )
 
 
 # ---------------------------------------------------------------------------------------------
 # the entry point, with its cache
 
 
-def compare_models(store, model_a: str, model_b: str, layers: list[str] | None = None, *,
-                   home: Path, tau: float | None = None, activation: bool = True,
-                   offset: int = 0, limit: int = 50, null_samples: int = 512, seed: int = 0,
-                   use_cache: bool = True) -> Comparison:
+def compare_models(
+    store,
+    model_a: str,
+    model_b: str,
+    layers: list[str] | None = None,
+    *,
+    home: Path,
+    tau: float | None = None,
+    activation: bool = True,
+    offset: int = 0,
+    limit: int = 50,
+    null_samples: int = 512,
+    seed: int = 0,
+    use_cache: bool = True,
+) -> Comparison:
     """Compare two indexed models (semantic view, and activation view unless ``activation=False``).
 
     ``layers`` keeps only the named layers (of either model). ``tau`` is the coverage threshold
@@ -528,7 +653,9 @@ def compare_models(store, model_a: str, model_b: str, layers: list[str] | None =
         known = {l.name for l in ea.layers} | {l.name for l in eb.layers}
         missing = [n for n in layers if known and n not in known]
         if missing:
-            raise InvalidArgument(f"unknown layers {missing} (neither model has them)", field="layers")
+            raise InvalidArgument(
+                f"unknown layers {missing} (neither model has them)", field="layers"
+            )
     key = _cache_key(ea, eb, layers, tau, activation, null_samples, seed)
     path = Path(home) / "cache" / "compare" / f"{model_a}__{model_b}" / f"{key}.npz"
     if use_cache and path.exists():
@@ -546,8 +673,13 @@ def compare_models(store, model_a: str, model_b: str, layers: list[str] | None =
     t2 = time.perf_counter()
     act = activation_view(Path(home), ea, eb, layers, seed=seed) if activation else None
     t3 = time.perf_counter()
-    cmp = Comparison(a=va.side, b=vb.side, semantic=sem, activation=act,
-                     timings={"load_s": t1 - t0, "semantic_s": t2 - t1, "activation_s": t3 - t2})
+    cmp = Comparison(
+        a=va.side,
+        b=vb.side,
+        semantic=sem,
+        activation=act,
+        timings={"load_s": t1 - t0, "semantic_s": t2 - t1, "activation_s": t3 - t2},
+    )
     if use_cache:
         _save(path, cmp)
     return _paged(cmp, offset, limit)
@@ -560,15 +692,33 @@ def _paged(cmp: Comparison, offset: int, limit: int) -> Comparison:
 
 
 def _cache_key(ea: ModelEntry, eb: ModelEntry, layers, tau, activation, null_samples, seed) -> str:
-    ident = [COMPARE_VERSION, [ea.model_id, ea.generation, ea.indexed_at, ea.embedder],
-             [eb.model_id, eb.generation, eb.indexed_at, eb.embedder],
-             sorted(layers) if layers is not None else None, tau, bool(activation), null_samples, seed]
+    ident = [
+        COMPARE_VERSION,
+        [ea.model_id, ea.generation, ea.indexed_at, ea.embedder],
+        [eb.model_id, eb.generation, eb.indexed_at, eb.embedder],
+        sorted(layers) if layers is not None else None,
+        tau,
+        bool(activation),
+        null_samples,
+        seed,
+    ]
     return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
 
 # Cache format: one .npz; arrays stored by path, everything else as JSON with type tags.
-_TYPES = {c.__name__: c for c in (Score, Alignment, ModelSide, ConceptCount, SemanticView,
-                                   ActivationView, Comparison, MatchedPair)}
+_TYPES = {
+    c.__name__: c
+    for c in (
+        Score,
+        Alignment,
+        ModelSide,
+        ConceptCount,
+        SemanticView,
+        ActivationView,
+        Comparison,
+        MatchedPair,
+    )
+}
 
 
 def _encode(obj: Any, arrays: dict[str, np.ndarray], path: str) -> Any:
@@ -576,8 +726,13 @@ def _encode(obj: Any, arrays: dict[str, np.ndarray], path: str) -> Any:
         arrays[path] = obj
         return {"__array__": path}
     if is_dataclass(obj):
-        return {"__type__": type(obj).__name__,
-                **{f.name: _encode(getattr(obj, f.name), arrays, f"{path}.{f.name}") for f in fields(obj)}}
+        return {
+            "__type__": type(obj).__name__,
+            **{
+                f.name: _encode(getattr(obj, f.name), arrays, f"{path}.{f.name}")
+                for f in fields(obj)
+            },
+        }
     if isinstance(obj, dict):
         return {k: _encode(v, arrays, f"{path}.{k}") for k, v in obj.items()}
     if isinstance(obj, list):
@@ -602,8 +757,13 @@ def _decode(obj: Any, arrays) -> Any:
 
 def _save(path: Path, cmp: Comparison) -> None:
     arrays: dict[str, np.ndarray] = {}
-    tree = _encode(Comparison(a=cmp.a, b=cmp.b, semantic=cmp.semantic, activation=cmp.activation,
-                              timings=cmp.timings), arrays, "c")
+    tree = _encode(
+        Comparison(
+            a=cmp.a, b=cmp.b, semantic=cmp.semantic, activation=cmp.activation, timings=cmp.timings
+        ),
+        arrays,
+        "c",
+    )
     arrays["__tree__"] = np.frombuffer(json.dumps(tree).encode(), dtype=np.uint8)
     atomic_save_npz(path, arrays)
 
@@ -627,45 +787,68 @@ def comparison_summary(cmp: Comparison, pairs: int = 15) -> str:
     """A plain-text report of a comparison (scores beside their noise floors)."""
     s = cmp.semantic
     al = s.alignment
-    lines = [f"Comparison {cmp.a.model_id} (gen {cmp.a.generation}, {len(cmp.a.layer_of)} neurons, "
-             f"{len(cmp.a.layers)} layers) vs {cmp.b.model_id} (gen {cmp.b.generation}, "
-             f"{len(cmp.b.layer_of)} neurons, {len(cmp.b.layers)} layers)", "",
-             "Semantic view (neuron vectors in embedding space)",
-             _score("depth alignment rho (A->B)", al.rho) + f"   permutation p {al.p_value:.4f}",
-             _score("depth alignment rho (B->A)", s.alignment_b.rho) + f"   permutation p {s.alignment_b.p_value:.4f}",
-             _score("mean best-match cosine (A->B)", s.best_match),
-             _score(f"one-to-one matching ({s.matching_method})", s.matching)
-             + ("" if s.null_exact else "   (floor from a sample: upper bound)"),
-             _score(f"coverage of A (tau {s.tau:.3f})", s.coverage_a, "{:.1%}"),
-             _score(f"coverage of B (tau {s.tau:.3f})", s.coverage_b, "{:.1%}")]
+    lines = [
+        f"Comparison {cmp.a.model_id} (gen {cmp.a.generation}, {len(cmp.a.layer_of)} neurons, "
+        f"{len(cmp.a.layers)} layers) vs {cmp.b.model_id} (gen {cmp.b.generation}, "
+        f"{len(cmp.b.layer_of)} neurons, {len(cmp.b.layers)} layers)",
+        "",
+        "Semantic view (neuron vectors in embedding space)",
+        _score("depth alignment rho (A->B)", al.rho) + f"   permutation p {al.p_value:.4f}",
+        _score("depth alignment rho (B->A)", s.alignment_b.rho)
+        + f"   permutation p {s.alignment_b.p_value:.4f}",
+        _score("mean best-match cosine (A->B)", s.best_match),
+        _score(f"one-to-one matching ({s.matching_method})", s.matching)
+        + ("" if s.null_exact else "   (floor from a sample: upper bound)"),
+        _score(f"coverage of A (tau {s.tau:.3f})", s.coverage_a, "{:.1%}"),
+        _score(f"coverage of B (tau {s.tau:.3f})", s.coverage_b, "{:.1%}"),
+    ]
     if cmp.activation is not None:
         act = cmp.activation
         diag = act.cka.max(axis=1).mean()
         diag0 = act.cka_baseline.max(axis=1).mean()
-        lines += ["", f"Activation view (linear CKA on {act.n_samples} probe samples)",
-                  _score("depth alignment rho (A->B)", act.alignment.rho)
-                  + f"   permutation p {act.alignment.p_value:.4f}",
-                  _score("depth alignment rho (B->A)", act.alignment_b.rho)
-                  + f"   permutation p {act.alignment_b.p_value:.4f}",
-                  _score("mean best-layer CKA (A->B)", Score(float(diag), float(diag0)))]
-    lines += ["", "Relative-depth alignment A->B (semantic"
-              + (", CKA" if cmp.activation is not None else "") + ")"]
+        lines += [
+            "",
+            f"Activation view (linear CKA on {act.n_samples} probe samples)",
+            _score("depth alignment rho (A->B)", act.alignment.rho)
+            + f"   permutation p {act.alignment.p_value:.4f}",
+            _score("depth alignment rho (B->A)", act.alignment_b.rho)
+            + f"   permutation p {act.alignment_b.p_value:.4f}",
+            _score("mean best-layer CKA (A->B)", Score(float(diag), float(diag0))),
+        ]
+    lines += [
+        "",
+        "Relative-depth alignment A->B (semantic"
+        + (", CKA" if cmp.activation is not None else "")
+        + ")",
+    ]
     for i, name in enumerate(cmp.a.layers):
         row = f"  {name:24s} {al.depth[i]:.2f} -> {al.matched_depth[i]:.2f}"
         if cmp.activation is not None and name in cmp.activation.layers_a:
             k = cmp.activation.layers_a.index(name)
             row += f"   {cmp.activation.alignment.matched_depth[k]:.2f}"
         lines.append(row)
-    for title, group in (("Concepts shared by matched neurons (A, B)", s.shared),
-                         (f"Concepts only in unmatched neurons of {cmp.a.model_id}", s.unique_a),
-                         (f"Concepts only in unmatched neurons of {cmp.b.model_id}", s.unique_b)):
+    for title, group in (
+        ("Concepts shared by matched neurons (A, B)", s.shared),
+        (f"Concepts only in unmatched neurons of {cmp.a.model_id}", s.unique_a),
+        (f"Concepts only in unmatched neurons of {cmp.b.model_id}", s.unique_b),
+    ):
         if group:
-            lines += ["", title, "  " + ", ".join(
-                f"{c.label} ({c.count_a}, {c.count_b})" if c.count_a and c.count_b
-                else f"{c.label} ({c.count_a or c.count_b})" for c in group)]
+            lines += [
+                "",
+                title,
+                "  "
+                + ", ".join(
+                    f"{c.label} ({c.count_a}, {c.count_b})"
+                    if c.count_a and c.count_b
+                    else f"{c.label} ({c.count_a or c.count_b})"
+                    for c in group
+                ),
+            ]
     top = cmp.page(0, pairs)
     lines += ["", f"Best matched pairs ({len(top)} of {len(s.match_sim)})"]
     for p in top:
-        lines.append(f"  {p.similarity:.3f}  {p.a_layer}/{p.a_unit} [{p.a_label}]  <->  "
-                     f"{p.b_layer}/{p.b_unit} [{p.b_label}]")
+        lines.append(
+            f"  {p.similarity:.3f}  {p.a_layer}/{p.a_unit} [{p.a_label}]  <->  "
+            f"{p.b_layer}/{p.b_unit} [{p.b_label}]"
+        )
     return "\n".join(lines) + "\n"

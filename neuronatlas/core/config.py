@@ -83,7 +83,9 @@ def _coerce(name: str, value: Any) -> Any:
                 raise ValueError(number)
             return number
     except ValueError:
-        raise InvalidArgument(f"setting {name}={value!r} is not a valid {kind}", field=name) from None
+        raise InvalidArgument(
+            f"setting {name}={value!r} is not a valid {kind}", field=name
+        ) from None
     return str(value)
 
 
@@ -91,14 +93,20 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
     """Build Settings from defaults, a TOML file, the environment and explicit overrides."""
     values: dict[str, Any] = {}
     home_env = os.environ.get("NEURONATLAS_HOME")
-    home = Path(overrides["home"]) if overrides.get("home") else (Path(home_env) if home_env else default_home())
+    home = (
+        Path(overrides["home"])
+        if overrides.get("home")
+        else (Path(home_env) if home_env else default_home())
+    )
     explicit = config_file or os.environ.get("NEURONATLAS_CONFIG")
     path = Path(explicit or (home / "config.toml")).expanduser()
     if path.exists():
         try:
             data = tomllib.loads(path.read_text())
         except tomllib.TOMLDecodeError as e:
-            raise InvalidArgument(f"config file {path} is not valid TOML: {e}", field="config") from None
+            raise InvalidArgument(
+                f"config file {path} is not valid TOML: {e}", field="config"
+            ) from None
         data = data.get("neuronatlas", data)
         for k, v in data.items():
             if k not in _TYPES:
@@ -117,7 +125,11 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
             values[k] = _coerce(k, v)
     settings = replace(Settings(), **values)
     if settings.backend not in {"edge", "remote"}:
-        raise InvalidArgument(f"backend must be 'edge' or 'remote', not {settings.backend!r}", field="backend")
+        raise InvalidArgument(
+            f"backend must be 'edge' or 'remote', not {settings.backend!r}", field="backend"
+        )
     if settings.backend == "remote" and not settings.url:
-        raise InvalidArgument("the remote backend needs a url (--url / NEURONATLAS_URL)", field="url")
+        raise InvalidArgument(
+            "the remote backend needs a url (--url / NEURONATLAS_URL)", field="url"
+        )
     return settings

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from neuronatlas.core.embedder.base import Embedder
 from neuronatlas.core.atomic import atomic_save_npy
+from neuronatlas.core.embedder.base import Embedder
 from neuronatlas.core.errors import InvalidArgument, NotFound
 from neuronatlas.core.records import Label
 
@@ -174,7 +174,7 @@ class LabelScorer:
             return [[] for _ in range(s.shape[0])]
         idx = np.argpartition(-s, n - 1, axis=1)[:, :n]
         out = []
-        for row, cand in zip(s, idx):
+        for row, cand in zip(s, idx, strict=False):
             order = cand[np.argsort(-row[cand], kind="stable")]
             out.append([Label(self.labels[j], float(row[j])) for j in order])
         return out

@@ -28,8 +28,16 @@ def _ticks(ax, names: list[str], axis: str, max_ticks: int = 30) -> None:
         ax.set_yticks(pos, [names[i] for i in pos], fontsize=6)
 
 
-def heatmap_pair(matrix: np.ndarray, baseline: np.ndarray, rows: list[str], cols: list[str],
-                 title: str, row_name: str, col_name: str, path: Path) -> Path:
+def heatmap_pair(
+    matrix: np.ndarray,
+    baseline: np.ndarray,
+    rows: list[str],
+    cols: list[str],
+    title: str,
+    row_name: str,
+    col_name: str,
+    path: Path,
+) -> Path:
     """Layer x layer matrix beside its noise-floor version (each with its own colour scale, so
     the structure of both shows; the numbers are in the text summary)."""
     plt = _pyplot()
@@ -56,8 +64,15 @@ def depth_alignment_plot(cmp: Comparison, path: Path) -> Path:
     if cmp.activation is not None:
         views.append(("CKA", cmp.activation.alignment, "tab:orange"))
     for name, al, colour in views:
-        ax.plot(al.depth, al.matched_depth, "o-", color=colour, ms=4, lw=1,
-                label=f"{name}: rho {al.rho.value:+.2f} (floor {al.rho.baseline:+.2f}, p {al.p_value:.3f})")
+        ax.plot(
+            al.depth,
+            al.matched_depth,
+            "o-",
+            color=colour,
+            ms=4,
+            lw=1,
+            label=f"{name}: rho {al.rho.value:+.2f} (floor {al.rho.baseline:+.2f}, p {al.p_value:.3f})",
+        )
     ax.set_xlim(-0.05, 1.05)
     ax.set_ylim(-0.05, 1.05)
     ax.set_xlabel(f"relative depth in {cmp.a.model_id}")
@@ -74,13 +89,32 @@ def comparison_figures(cmp: Comparison, out: Path) -> list[Path]:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     a, b = cmp.a.model_id, cmp.b.model_id
-    paths = [heatmap_pair(cmp.semantic.layer_similarity, cmp.semantic.layer_similarity_baseline,
-                          cmp.a.layers, cmp.b.layers, "mean best-match cosine", a, b,
-                          out / "semantic_heatmap.png")]
+    paths = [
+        heatmap_pair(
+            cmp.semantic.layer_similarity,
+            cmp.semantic.layer_similarity_baseline,
+            cmp.a.layers,
+            cmp.b.layers,
+            "mean best-match cosine",
+            a,
+            b,
+            out / "semantic_heatmap.png",
+        )
+    ]
     if cmp.activation is not None:
         act = cmp.activation
-        paths.append(heatmap_pair(act.cka, act.cka_baseline, act.layers_a, act.layers_b,
-                                  "linear CKA", a, b, out / "cka_heatmap.png"))
+        paths.append(
+            heatmap_pair(
+                act.cka,
+                act.cka_baseline,
+                act.layers_a,
+                act.layers_b,
+                "linear CKA",
+                a,
+                b,
+                out / "cka_heatmap.png",
+            )
+        )
     paths.append(depth_alignment_plot(cmp, out / "depth_alignment.png"))
     return paths
 
@@ -88,25 +122,44 @@ def comparison_figures(cmp: Comparison, out: Path) -> list[Path]:
 def audit_figure(audit: Audit, path: Path) -> Path:
     """Per-concept aligned share (with noise floor) and valid/spurious share by layer depth."""
     plt = _pyplot()
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, max(4, 0.35 * len(audit.concepts) + 2)),
-                                   constrained_layout=True)
+    fig, (ax1, ax2) = plt.subplots(
+        1, 2, figsize=(12, max(4, 0.35 * len(audit.concepts) + 2)), constrained_layout=True
+    )
     names = [c.concept for c in audit.concepts]
     y = np.arange(len(names))
     colours = ["tab:green" if c.kind == "valid" else "tab:red" for c in audit.concepts]
     ax1.barh(y, [100 * c.share for c in audit.concepts], color=colours)
-    ax1.scatter([100 * c.share_baseline for c in audit.concepts], y, marker="|", s=200, color="k",
-                label="noise floor")
+    ax1.scatter(
+        [100 * c.share_baseline for c in audit.concepts],
+        y,
+        marker="|",
+        s=200,
+        color="k",
+        label="noise floor",
+    )
     ax1.set_yticks(y, names, fontsize=8)
     ax1.invert_yaxis()
     ax1.set_xlabel("% of the model's neurons aligned")
     ax1.set_title(f"{audit.model_id}: valid (green) vs spurious (red) concepts", fontsize=9)
     ax1.legend(fontsize=7)
-    ax2.plot(audit.depths, 100 * audit.layer_valid_share, "o-", color="tab:green", ms=3, label="valid")
-    ax2.plot(audit.depths, 100 * audit.layer_spurious_share, "o-", color="tab:red", ms=3, label="spurious")
+    ax2.plot(
+        audit.depths, 100 * audit.layer_valid_share, "o-", color="tab:green", ms=3, label="valid"
+    )
+    ax2.plot(
+        audit.depths,
+        100 * audit.layer_spurious_share,
+        "o-",
+        color="tab:red",
+        ms=3,
+        label="spurious",
+    )
     ax2.set_xlabel("relative depth")
     ax2.set_ylabel("% of the layer aligned")
-    ax2.set_title(f"by layer (model: {100 * audit.valid_share:.1f}% valid, "
-                  f"{100 * audit.spurious_share:.1f}% spurious)", fontsize=9)
+    ax2.set_title(
+        f"by layer (model: {100 * audit.valid_share:.1f}% valid, "
+        f"{100 * audit.spurious_share:.1f}% spurious)",
+        fontsize=9,
+    )
     ax2.legend(fontsize=7)
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -20,7 +20,12 @@ from typing import Any, Generic, TypeVar
 
 import numpy as np
 
-from neuronatlas.core.errors import EmbedderMismatch, FailedPrecondition, InvalidArgument, NotIndexed
+from neuronatlas.core.errors import (
+    EmbedderMismatch,
+    FailedPrecondition,
+    InvalidArgument,
+    NotIndexed,
+)
 from neuronatlas.core.records import (
     EmbedderInfo,
     Label,
@@ -160,8 +165,12 @@ class Atlas:
     ):
         self.store = store
         self.backend = backend
-        self._embedder = None if callable(embedder) and not hasattr(embedder, "encode_text") else embedder
-        self._embedder_factory: Callable[[], Any] | None = embedder if self._embedder is None else None
+        self._embedder = (
+            None if callable(embedder) and not hasattr(embedder, "encode_text") else embedder
+        )
+        self._embedder_factory: Callable[[], Any] | None = (
+            embedder if self._embedder is None else None
+        )
         self._embedder_checked = False
         self._embedder_lock = threading.Lock()
         self.text_cache = _LRU(text_cache_size)
@@ -179,12 +188,18 @@ class Atlas:
         with self._embedder_lock:
             if self._embedder is None:
                 if self._embedder_factory is None:
-                    raise FailedPrecondition("this server has no embedder: only vector and neuron queries work")
+                    raise FailedPrecondition(
+                        "this server has no embedder: only vector and neuron queries work"
+                    )
                 self._embedder = self._embedder_factory()
             if not self._embedder_checked:
                 bound = self.store.embedder
                 info = self._embedder.info
-                if bound is not None and (bound.name, bound.weights, bound.dim) != (info.name, info.weights, info.dim):
+                if bound is not None and (bound.name, bound.weights, bound.dim) != (
+                    info.name,
+                    info.weights,
+                    info.dim,
+                ):
                     raise EmbedderMismatch(
                         f"the store was indexed with {bound.name} ({bound.weights}, dim {bound.dim}) but the "
                         f"embedder is {info.name} ({info.weights}, dim {info.dim}); use the store's embedder"
@@ -208,11 +223,14 @@ class Atlas:
             with Image.open(io.BytesIO(data)) as img:
                 if img.width * img.height > MAX_IMAGE_PIXELS:
                     raise InvalidArgument(
-                        f"image is {img.width}x{img.height}, more than {MAX_IMAGE_PIXELS} pixels", field="image"
+                        f"image is {img.width}x{img.height}, more than {MAX_IMAGE_PIXELS} pixels",
+                        field="image",
                     )
                 rgb = img.convert("RGB")
         except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as e:
-            raise InvalidArgument(f"image bytes are not a readable image ({e})", field="image") from None
+            raise InvalidArgument(
+                f"image bytes are not a readable image ({e})", field="image"
+            ) from None
         return np.asarray(self.embedder().encode_images([rgb])[0], dtype=np.float32)
 
     def scorer(self, labels: tuple[str, ...]) -> Any:
@@ -237,7 +255,11 @@ class Atlas:
             return cached[1]
         with self._catalogue_lock:
             cached = self._catalogue  # another thread may have refreshed it meanwhile
-            if not fresh and cached is not None and time.monotonic() - cached[0] < self._catalogue_ttl_s:
+            if (
+                not fresh
+                and cached is not None
+                and time.monotonic() - cached[0] < self._catalogue_ttl_s
+            ):
                 return cached[1]
             models = {m.model_id: m for m in self.store.list_models()}
             self._catalogue = (time.monotonic(), models)
@@ -249,7 +271,9 @@ class Atlas:
     def require_indexed(self) -> None:
         """NotIndexed unless at least one model is queryable."""
         if not any(m.status is ModelStatus.INDEXED for m in self.catalogue().values()):
-            raise NotIndexed("the store holds no indexed model yet: index one first (`neuronatlas index`)")
+            raise NotIndexed(
+                "the store holds no indexed model yet: index one first (`neuronatlas index`)"
+            )
 
     def close(self) -> None:
         self.store.close()
@@ -267,7 +291,9 @@ def _check_label(label: str, field_name: str) -> str:
     if not isinstance(label, str) or not label.strip():
         raise InvalidArgument("label must not be empty", field=field_name)
     if len(label) > MAX_LABEL_CHARS:
-        raise InvalidArgument(f"label is longer than {MAX_LABEL_CHARS} characters", field=field_name)
+        raise InvalidArgument(
+            f"label is longer than {MAX_LABEL_CHARS} characters", field=field_name
+        )
     return label
 
 
@@ -277,23 +303,31 @@ def _check_ref(model_id: str, layer: str, unit: int, field_name: str = "neuron")
     except InvalidArgument as e:
         raise InvalidArgument(str(e), field=f"{field_name}.model_id") from None
     if not layer or len(layer) > MAX_LAYER_CHARS:
-        raise InvalidArgument(f"layer name must be 1-{MAX_LAYER_CHARS} characters", field=f"{field_name}.layer")
+        raise InvalidArgument(
+            f"layer name must be 1-{MAX_LAYER_CHARS} characters", field=f"{field_name}.layer"
+        )
     if unit < 0:
         raise InvalidArgument(f"unit must be >= 0, not {unit}", field=f"{field_name}.unit")
 
 
-def check_filter(atlas: Atlas, flt: SearchFilter | None, field_name: str = "filter") -> SearchFilter | None:
+def check_filter(
+    atlas: Atlas, flt: SearchFilter | None, field_name: str = "filter"
+) -> SearchFilter | None:
     """Validate a filter: sane ranges, and every named model known (NotFound) and indexed."""
     if flt is None:
         return None
     for name in ("model_ids", "layers"):
         items = getattr(flt, name)
         if items is not None and len(items) > MAX_FILTER_ITEMS:
-            raise InvalidArgument(f"at most {MAX_FILTER_ITEMS} {name}", field=f"{field_name}.{name}")
+            raise InvalidArgument(
+                f"at most {MAX_FILTER_ITEMS} {name}", field=f"{field_name}.{name}"
+            )
     for name in ("depth_min", "depth_max"):
         v = getattr(flt, name)
         if v is not None and not (0.0 <= v <= 1.0):
-            raise InvalidArgument(f"{name} must be in [0, 1], not {v}", field=f"{field_name}.{name}")
+            raise InvalidArgument(
+                f"{name} must be in [0, 1], not {v}", field=f"{field_name}.{name}"
+            )
     if flt.depth_min is not None and flt.depth_max is not None and flt.depth_min > flt.depth_max:
         raise InvalidArgument("depth_min is above depth_max", field=f"{field_name}.depth_min")
     if flt.min_clarity is not None and not math.isfinite(flt.min_clarity):
@@ -322,12 +356,16 @@ def _check_query(query: Query) -> None:
         if not query.text.strip():
             raise InvalidArgument("query text is empty", field="text")
         if len(query.text) > MAX_TEXT_CHARS:
-            raise InvalidArgument(f"query text is longer than {MAX_TEXT_CHARS} characters", field="text")
+            raise InvalidArgument(
+                f"query text is longer than {MAX_TEXT_CHARS} characters", field="text"
+            )
     elif isinstance(query, ImageQuery):
         if not query.data:
             raise InvalidArgument("query image is empty", field="image")
         if len(query.data) > MAX_IMAGE_BYTES:
-            raise InvalidArgument(f"query image is larger than {MAX_IMAGE_BYTES} bytes", field="image")
+            raise InvalidArgument(
+                f"query image is larger than {MAX_IMAGE_BYTES} bytes", field="image"
+            )
     elif isinstance(query, NeuronQuery):
         _check_ref(query.model_id, query.layer, query.unit)
     elif isinstance(query, VectorQuery):
@@ -345,10 +383,14 @@ def query_vector(atlas: Atlas, query: Query) -> np.ndarray:
     if isinstance(query, ImageQuery):
         return atlas.embed_image(query.data)
     if isinstance(query, NeuronQuery):
-        return atlas.store.get_neuron(query.model_id, query.layer, query.unit, with_vector=True).vector
+        return atlas.store.get_neuron(
+            query.model_id, query.layer, query.unit, with_vector=True
+        ).vector
     info = atlas.store.embedder
     if info is None:
-        raise NotIndexed("the store holds no indexed model yet: index one first (`neuronatlas index`)")
+        raise NotIndexed(
+            "the store holds no indexed model yet: index one first (`neuronatlas index`)"
+        )
     vec = check_vectors(np.asarray(query.values, dtype=np.float32), info.dim, what="vector")[0]
     return vec / np.linalg.norm(vec)
 
@@ -370,7 +412,9 @@ def search_neurons(
     if not 1 <= top_k <= MAX_TOP_K:
         raise InvalidArgument(f"top_k must be in 1..{MAX_TOP_K}, not {top_k}", field="top_k")
     if not 0 <= per_model <= MAX_PER_MODEL:
-        raise InvalidArgument(f"per_model must be in 0..{MAX_PER_MODEL}, not {per_model}", field="per_model")
+        raise InvalidArgument(
+            f"per_model must be in 0..{MAX_PER_MODEL}, not {per_model}", field="per_model"
+        )
     limit = top_k if limit is None else limit
     check_page(offset, limit)
     _check_query(query)
@@ -395,7 +439,9 @@ def search_neurons(
     return Page(hits[: end - offset], end if more else None)
 
 
-def get_neuron(atlas: Atlas, model_id: str, layer: str, unit: int, with_vector: bool = False) -> NeuronRecord:
+def get_neuron(
+    atlas: Atlas, model_id: str, layer: str, unit: int, with_vector: bool = False
+) -> NeuronRecord:
     _check_ref(model_id, layer, unit)
     return atlas.store.get_neuron(model_id, layer, unit, with_vector=with_vector)
 
@@ -419,7 +465,13 @@ def describe_neuron(
     _check_ref(model_id, layer, unit)
     rec = atlas.store.get_neuron(model_id, layer, unit, with_vector=bool(custom))
     if not custom:
-        return Description(model_id, layer, unit, {v: ls[:top_n] for v, ls in rec.labels.items()}, list(rec.label_set))
+        return Description(
+            model_id,
+            layer,
+            unit,
+            {v: ls[:top_n] for v, ls in rec.labels.items()},
+            list(rec.label_set),
+        )
     scorer = atlas.scorer(tuple(dict.fromkeys(custom)))
     x = rec.vector[None, :]
     top = [Label(l.label, float(l.score)) for l in scorer.top(x, n=top_n)[0]]
@@ -439,7 +491,9 @@ def find_by_label(
     _check_label(label, "label")
     check_page(offset, limit)
     if flt is not None and flt.label is not None:
-        raise InvalidArgument("filter.label cannot be combined with a label lookup", field="filter.label")
+        raise InvalidArgument(
+            "filter.label cannot be combined with a label lookup", field="filter.label"
+        )
     atlas.require_indexed()
     flt = check_filter(atlas, flt)
     hits = atlas.store.find_by_label(label, prefix=prefix, limit=limit + 1, offset=offset, flt=flt)
@@ -449,7 +503,9 @@ def find_by_label(
 def list_models(atlas: Atlas, offset: int = 0, limit: int = 50) -> Page[ModelEntry]:
     check_page(offset, limit)
     models = sorted(atlas.catalogue(fresh=True).values(), key=lambda m: m.model_id)
-    return Page(models[offset : offset + limit], offset + limit if len(models) > offset + limit else None)
+    return Page(
+        models[offset : offset + limit], offset + limit if len(models) > offset + limit else None
+    )
 
 
 def get_model(atlas: Atlas, model_id: str) -> ModelEntry:

@@ -47,7 +47,9 @@ def parse_neuron_key(key: str) -> tuple[str, str, int]:
     try:
         unit = int(unit_s)
     except ValueError:
-        raise InvalidArgument(f"unit {unit_s!r} in {key!r} is not an integer", field="neuron") from None
+        raise InvalidArgument(
+            f"unit {unit_s!r} in {key!r} is not an integer", field="neuron"
+        ) from None
     if unit < 0 or not model_id or not layer:
         raise InvalidArgument(f"neuron reference {key!r} is not MODEL/LAYER/UNIT", field="neuron")
     return model_id, layer, unit
@@ -57,7 +59,9 @@ def validate_model_id(model_id: str) -> str:
     """Model ids are short slugs: letters, digits, '-', '_', '.'; no '/'."""
     import re
 
-    if not isinstance(model_id, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}", model_id):
+    if not isinstance(model_id, str) or not re.fullmatch(
+        r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}", model_id
+    ):
         raise InvalidArgument(
             f"model id {model_id!r} must be 1-128 characters of letters, digits, '.', '_' or '-'",
             field="model_id",
@@ -77,7 +81,7 @@ class EmbedderInfo:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "EmbedderInfo":
+    def from_dict(cls, d: dict[str, Any]) -> EmbedderInfo:
         return cls(name=str(d["name"]), weights=str(d["weights"]), dim=int(d["dim"]))
 
 
@@ -90,7 +94,11 @@ class TopSample:
     activation: float
 
     def to_dict(self) -> dict[str, Any]:
-        return {"sample_id": self.sample_id, "index": int(self.index), "activation": float(self.activation)}
+        return {
+            "sample_id": self.sample_id,
+            "index": int(self.index),
+            "activation": float(self.activation),
+        }
 
 
 @dataclass
@@ -145,10 +153,15 @@ class NeuronRecord:
             "depth": float(self.depth),
             "unit": int(self.unit),
             "top_samples": [s.to_dict() for s in self.top_samples],
-            "labels": {v: [{"label": l.label, "score": float(l.score)} for l in ls] for v, ls in self.labels.items()},
+            "labels": {
+                v: [{"label": l.label, "score": float(l.score)} for l in ls]
+                for v, ls in self.labels.items()
+            },
             "label_set": list(self.label_set),
             # every stored label, for exact-match filtering and label lookups
-            "label_all": sorted({l.label for ls in self.labels.values() for l in ls} | set(self.label_set)),
+            "label_all": sorted(
+                {l.label for ls in self.labels.values() for l in ls} | set(self.label_set)
+            ),
             "top_label": top.label if top else "",
             "top_label_score": float(top.score) if top else 0.0,
             "clarity": float(self.clarity),
@@ -158,8 +171,10 @@ class NeuronRecord:
         }
 
     @classmethod
-    def from_payload(cls, payload: dict[str, Any], vector: Any = None) -> "NeuronRecord":
-        vec = np.asarray(vector, dtype=np.float32) if vector is not None else np.zeros(0, np.float32)
+    def from_payload(cls, payload: dict[str, Any], vector: Any = None) -> NeuronRecord:
+        vec = (
+            np.asarray(vector, dtype=np.float32) if vector is not None else np.zeros(0, np.float32)
+        )
         return cls(
             model_id=payload["model_id"],
             layer=payload["layer"],
@@ -167,8 +182,14 @@ class NeuronRecord:
             depth=float(payload["depth"]),
             unit=int(payload["unit"]),
             vector=vec,
-            top_samples=[TopSample(s["sample_id"], int(s["index"]), float(s["activation"])) for s in payload.get("top_samples", [])],
-            labels={v: [Label(l["label"], float(l["score"])) for l in ls] for v, ls in payload.get("labels", {}).items()},
+            top_samples=[
+                TopSample(s["sample_id"], int(s["index"]), float(s["activation"]))
+                for s in payload.get("top_samples", [])
+            ],
+            labels={
+                v: [Label(l["label"], float(l["score"])) for l in ls]
+                for v, ls in payload.get("labels", {}).items()
+            },
             label_set=list(payload.get("label_set", [])),
             clarity=float(payload.get("clarity", 0.0)),
             polysemanticity=float(payload.get("polysemanticity", 0.0)),
@@ -208,7 +229,9 @@ class ModelEntry:
     model_id: str
     display_name: str = ""
     architecture: str = ""
-    source: dict[str, Any] = field(default_factory=dict)  # how to build it: {"kind": "cifar_resnet", ...}
+    source: dict[str, Any] = field(
+        default_factory=dict
+    )  # how to build it: {"kind": "cifar_resnet", ...}
     weights_sha256: str = ""
     training_data: str = ""  # training data / task, free text
     layers: list[LayerInfo] = field(default_factory=list)
@@ -236,7 +259,7 @@ class ModelEntry:
         return d
 
     @classmethod
-    def from_payload(cls, payload: dict[str, Any]) -> "ModelEntry":
+    def from_payload(cls, payload: dict[str, Any]) -> ModelEntry:
         p = dict(payload)
         p.pop("kind", None)
         p["status"] = ModelStatus(p.get("status", "registered"))
@@ -251,7 +274,9 @@ def check_vectors(vectors: np.ndarray, dim: int, what: str = "vector") -> np.nda
     if arr.ndim == 1:
         arr = arr[None, :]
     if arr.ndim != 2 or arr.shape[1] != dim:
-        raise InvalidArgument(f"{what} has shape {tuple(np.shape(vectors))}, expected (*, {dim})", field=what)
+        raise InvalidArgument(
+            f"{what} has shape {tuple(np.shape(vectors))}, expected (*, {dim})", field=what
+        )
     if arr.shape[0] == 0:
         raise InvalidArgument(f"empty {what} batch", field=what)
     if not np.isfinite(arr).all():

@@ -68,8 +68,9 @@ def save_sketch(
     """
     idx = np.asarray(sample_indices)
     if idx.ndim != 1 or idx.shape[0] < 2 or not np.issubdtype(idx.dtype, np.integer):
-        raise InvalidArgument("sample_indices must be a 1-D integer array of at least 2 rows",
-                              field="sample_indices")
+        raise InvalidArgument(
+            "sample_indices must be a 1-D integer array of at least 2 rows", field="sample_indices"
+        )
     if not layers:
         raise InvalidArgument("a sketch needs at least one layer", field="layers")
     arrays: dict[str, np.ndarray] = {"sample_indices": idx.astype(np.int64)}
@@ -79,15 +80,22 @@ def save_sketch(
         if a.ndim != 2 or a.shape[0] != idx.shape[0] or a.shape[1] == 0:
             raise InvalidArgument(
                 f"layer {name!r}: activations of shape {a.shape}, expected ({idx.shape[0]}, units)",
-                field="layers")
+                field="layers",
+            )
         if not np.isfinite(a).all():
             raise InvalidArgument(f"layer {name!r}: activations contain NaN or inf", field="layers")
         peak = float(np.abs(a).max())
         scale = peak / _F16_SAFE if peak > _F16_SAFE else 1.0
         arrays[f"layer_{i}"] = (a / scale).astype(np.float16)
         scales.append(scale)
-    meta = {"format": _FORMAT, "model_id": model_id, "generation": int(generation),
-            "probe_set": probe_set, "layers": list(layers), "scales": scales}
+    meta = {
+        "format": _FORMAT,
+        "model_id": model_id,
+        "generation": int(generation),
+        "probe_set": probe_set,
+        "layers": list(layers),
+        "scales": scales,
+    }
     arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
 
     path = sketch_path(home, model_id, generation)
@@ -99,18 +107,27 @@ def load_sketch(home: Path, model_id: str, generation: int) -> Sketch:
     """Read a sketch back (float32 activations); NotFound if it was never saved."""
     path = sketch_path(home, model_id, generation)
     if not path.exists():
-        raise NotFound(f"no activation sketch for model {model_id!r} generation {generation} "
-                       f"(expected {path}); re-index the model to create it")
+        raise NotFound(
+            f"no activation sketch for model {model_id!r} generation {generation} "
+            f"(expected {path}); re-index the model to create it"
+        )
     try:
         with np.load(path, allow_pickle=False) as z:
             meta = json.loads(z["meta"].tobytes().decode())
             idx = z["sample_indices"].astype(np.int64)
-            layers = {name: z[f"layer_{i}"].astype(np.float32) * np.float32(meta["scales"][i])
-                      for i, name in enumerate(meta["layers"])}
+            layers = {
+                name: z[f"layer_{i}"].astype(np.float32) * np.float32(meta["scales"][i])
+                for i, name in enumerate(meta["layers"])
+            }
     except (OSError, KeyError, ValueError) as e:
         raise StoreCorrupted(f"activation sketch {path} cannot be read: {e}") from None
-    return Sketch(model_id=model_id, generation=int(generation), sample_indices=idx,
-                  layers=layers, probe_set=str(meta.get("probe_set", "")))
+    return Sketch(
+        model_id=model_id,
+        generation=int(generation),
+        sample_indices=idx,
+        layers=layers,
+        probe_set=str(meta.get("probe_set", "")),
+    )
 
 
 def delete_sketches(home: Path, model_id: str, keep_generation: int | None = None) -> int:
@@ -118,7 +135,9 @@ def delete_sketches(home: Path, model_id: str, keep_generation: int | None = Non
     d = sketch_dir(home, model_id)
     if not d.exists():
         return 0
-    keep = sketch_path(home, model_id, keep_generation).name if keep_generation is not None else None
+    keep = (
+        sketch_path(home, model_id, keep_generation).name if keep_generation is not None else None
+    )
     removed = 0
     for p in d.glob("gen*.npz"):
         if p.name != keep:

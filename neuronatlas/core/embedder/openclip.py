@@ -407,7 +407,7 @@ class OpenClipEmbedder(Embedder):
         if not texts:
             return np.zeros((0, self.dim), np.float32)
         rows = self.text_cache.lookup(texts)
-        todo = list(dict.fromkeys(t for t, r in zip(texts, rows) if r is None))
+        todo = list(dict.fromkeys(t for t, r in zip(texts, rows, strict=False) if r is None))
         fresh: dict[str, np.ndarray] = {}
         if todo:
             with torch.inference_mode():
@@ -415,11 +415,11 @@ class OpenClipEmbedder(Embedder):
                     chunk = todo[i : i + TEXT_BATCH]
                     tokens = self.tokenizer(chunk).to(self.device)
                     emb = F.normalize(self.model.encode_text(tokens).float(), dim=-1).cpu().numpy()
-                    fresh.update(zip(chunk, emb))
+                    fresh.update(zip(chunk, emb, strict=False))
             self.text_cache.store(todo, np.stack([fresh[t] for t in todo]))
-        return np.stack([r if r is not None else fresh[t] for t, r in zip(texts, rows)]).astype(
-            np.float32, copy=False
-        )
+        return np.stack(
+            [r if r is not None else fresh[t] for t, r in zip(texts, rows, strict=False)]
+        ).astype(np.float32, copy=False)
 
     def cache_info(self) -> dict[str, int]:
         """Text-cache counters: hits, misses, size, maxsize."""

@@ -41,7 +41,7 @@ class TextCache:
         if self.maxsize == 0:
             return
         with self._lock:
-            for t, row in zip(texts, rows):
+            for t, row in zip(texts, rows, strict=False):
                 frozen = np.array(row, dtype=np.float32, copy=True)
                 frozen.setflags(write=False)
                 self._rows[t] = frozen

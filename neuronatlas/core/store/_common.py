@@ -119,7 +119,7 @@ def records_to_points(records: Sequence[NeuronRecord], dim: int) -> list[Point]:
         vecs.append(v)
     arr = check_vectors(np.stack(vecs), dim, what="vector")
     points = []
-    for r, v in zip(records, arr):
+    for r, v in zip(records, arr, strict=False):
         validate_model_id(r.model_id)
         if not isinstance(r.layer, str) or not r.layer:
             raise InvalidArgument(f"neuron of {r.model_id} has an empty layer name", field="layer")
@@ -428,8 +428,10 @@ class QdrantStoreBase(KnowledgeStore):
             limit = per_model
         else:
             wanted = len(models) if top is None else min(top, len(models))
-            limit = min(max(per_model * wanted * PER_MODEL_OVERFETCH, PER_MODEL_MIN_FETCH),
-                        PER_MODEL_MAX_FETCH)
+            limit = min(
+                max(per_model * wanted * PER_MODEL_OVERFETCH, PER_MODEL_MIN_FETCH),
+                PER_MODEL_MAX_FETCH,
+            )
             limit = max(limit, per_model)
         spec = QuerySpec(q, [*self._slot_conds(flt), *conds], limit, hnsw_ef=self.search_ef)
         # Ranking needs a few payload fields only; full payloads are read for the answer.
@@ -468,7 +470,7 @@ class QdrantStoreBase(KnowledgeStore):
                 for _, slot in pending
             ]
             results = self._n_query(specs, with_payload=PER_MODEL_RANK_FIELDS)
-            for (model, _), res in zip(pending, results):
+            for (model, _), res in zip(pending, results, strict=False):
                 if res:
                     groups[model] = sorted(res, key=_point_order)
 
@@ -476,9 +478,13 @@ class QdrantStoreBase(KnowledgeStore):
         if top is not None:
             ordered = ordered[:top]
         chosen = [p for g in ordered for p in g]
-        full = {p.id: p.payload for p in self._n_retrieve([p.id for p in chosen], with_vector=False)}
+        full = {
+            p.id: p.payload for p in self._n_retrieve([p.id for p in chosen], with_vector=False)
+        }
         return [
-            Hit(NeuronRecord.from_payload(full[p.id]), float(p.score)) for p in chosen if p.id in full
+            Hit(NeuronRecord.from_payload(full[p.id]), float(p.score))
+            for p in chosen
+            if p.id in full
         ]
 
     def find_by_label(

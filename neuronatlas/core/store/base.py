@@ -59,7 +59,9 @@ class KnowledgeStore(ABC):
         """Write a batch (ids are deterministic, so rewriting is idempotent). Returns count."""
 
     @abstractmethod
-    def get_neuron(self, model_id: str, layer: str, unit: int, with_vector: bool = True) -> NeuronRecord:
+    def get_neuron(
+        self, model_id: str, layer: str, unit: int, with_vector: bool = True
+    ) -> NeuronRecord:
         """The live record of one neuron, or NotFound."""
 
     @abstractmethod
@@ -86,14 +88,23 @@ class KnowledgeStore(ABC):
 
     @abstractmethod
     def find_by_label(
-        self, label: str, prefix: bool = False, limit: int = 10, offset: int = 0, flt: SearchFilter | None = None
+        self,
+        label: str,
+        prefix: bool = False,
+        limit: int = 10,
+        offset: int = 0,
+        flt: SearchFilter | None = None,
     ) -> list[Hit]:
         """Live neurons carrying ``label`` (exact, or any label starting with it), ranked by
         that label's score (the Hit's score)."""
 
     @abstractmethod
     def scroll_neurons(
-        self, model_id: str, generation: int | None = None, with_vectors: bool = True, batch_size: int = 1024
+        self,
+        model_id: str,
+        generation: int | None = None,
+        with_vectors: bool = True,
+        batch_size: int = 1024,
     ) -> Iterator[NeuronRecord]:
         """All neurons of a model (the live generation unless one is named), in id order."""
 
@@ -144,7 +155,7 @@ class KnowledgeStore(ABC):
     def close(self) -> None:
         """Flush and release (the embedded store's lock too). Idempotent."""
 
-    def __enter__(self) -> "KnowledgeStore":
+    def __enter__(self) -> KnowledgeStore:
         return self
 
     def __exit__(self, *exc: object) -> None:
