@@ -175,8 +175,8 @@ def main() -> None:
         f"numpy {np.__version__}. Command: `python bench/bench_compare.py"
         f"{'' if (args.layers, args.units, args.dim) == (10, 1000, 512) else ' ...'}`",
         "",
-        "| case | semantic view best of %d (s) | median (s) | peak traced memory (MiB) | matching | "
-        "matching score (floor) | coverage A (floor) | depth rho (floor) |" % args.repeat,
+        f"| case | semantic view best of {args.repeat} (s) | median (s) | peak traced memory (MiB) "
+        "| matching | matching score (floor) | coverage A (floor) | depth rho (floor) |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for name, best, med, peak, v in rows:

@@ -43,10 +43,10 @@ def bench_scores(neurons: list[int], k: int, dim: int) -> list[tuple[str, str, f
         vecs = scores.neuron_vectors(emb)
         shape = f"N={n}, k={k}, d={dim}"
         for name, fn in (
-            ("neuron_vectors", lambda: scores.neuron_vectors(emb)),
-            ("clarity", lambda: scores.clarity(emb)),
-            ("polysemanticity (2-means, 20 it)", lambda: scores.polysemanticity(emb)),
-            ("redundancy (chunk 4096)", lambda: scores.redundancy(vecs)),
+            ("neuron_vectors", lambda e=emb: scores.neuron_vectors(e)),
+            ("clarity", lambda e=emb: scores.clarity(e)),
+            ("polysemanticity (2-means, 20 it)", lambda e=emb: scores.polysemanticity(e)),
+            ("redundancy (chunk 4096)", lambda v=vecs: scores.redundancy(v)),
         ):
             t, mem = timed(fn)
             rows.append((name, shape, t * 1e3, mem))

@@ -6,12 +6,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+from neuronatlas.core.config import HomeLike
+from neuronatlas.core.embedder.base import Embedder
 from neuronatlas.core.errors import AlreadyExists, NotFound
 from neuronatlas.core.records import ModelEntry, ModelStatus, validate_model_id
 from neuronatlas.core.store import KnowledgeStore
-from neuronatlas.indexer.pipeline import IndexOptions, index_model
-from neuronatlas.indexer.probes import open_probe_set
-from neuronatlas.indexer.sources import build_model
+
+from .pipeline import IndexOptions, index_model
+from .probes import open_probe_set
+from .sources import build_model
 
 _PATH_KEYS = ("weights", "path")
 
@@ -78,13 +81,13 @@ def register_model(
 
 def build_index(
     store: KnowledgeStore,
-    embedder: Any,
+    embedder: Embedder,
     *,
     model_id: str,
     source: dict[str, Any],
     probe_dir: Path,
     probe_name: str,
-    home: Path,
+    home: HomeLike,
     vocabularies: dict[str, Path] | None = None,
     layers: list[str] | None = None,
     k: int = 20,
@@ -93,8 +96,8 @@ def build_index(
     progress: bool = True,
     **options: Any,
 ) -> ModelEntry:
-    """Register the model if needed, register/embed the probe set (cached under
-    ``home/cache``), index, and return the final catalogue entry. Extra keyword arguments go
+    """Register the model if needed, register/embed the probe set (cached under the home's
+    ``cache/``), index, and return the final catalogue entry. Extra keyword arguments go
     to :class:`IndexOptions` (``weighted``, ``conv_aggregation``, ``checkpoint_every``...)."""
     register_model(store, model_id, source)
     probe = open_probe_set(home, probe_name, probe_dir, probe_limit, progress=progress)

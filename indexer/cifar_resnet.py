@@ -92,7 +92,7 @@ def load_cifar_resnet(depth: int, weights: str | Path | None) -> CifarResNet:
         raise WeightsUnavailable(f"checkpoint {path} does not exist")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises many types for a bad file
+    except Exception as e:  # noqa: BLE001 - torch raises many types for a bad file
         raise WeightsUnavailable(f"checkpoint {path} cannot be read: {e}") from None
     state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else None
     if not isinstance(state, dict):

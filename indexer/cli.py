@@ -118,7 +118,8 @@ def register_cmd(
 ):
     """Register a model in the catalogue (loads it once to check the weights)."""
     from neuronatlas.core.store import open_store
-    from neuronatlas.indexer.api import register_model
+
+    from .api import register_model
 
     source = source_from_options(
         source_json, kind, depth, arch_name, weights, script_path, factory, input_size, mean, std
@@ -161,12 +162,13 @@ def _probe_name(folder: Path, limit: int | None) -> str:
 @click.pass_context
 def probe_cmd(ctx, name, folder, limit, replace):
     """Register a folder of images (class folders or flat) as probe set NAME."""
-    from neuronatlas.indexer.probes import register_probe_set
+    from .probes import register_probe_set
 
     settings = _settings(ctx)
-    probe = register_probe_set(settings.home, name, folder, limit, replace=replace, progress=True)
+    probe = register_probe_set(settings.paths, name, folder, limit, replace=replace, progress=True)
     click.echo(
-        f"{probe.id}: {len(probe)} images from {probe.root}, {len(probe.skipped)} unreadable skipped"
+        f"{probe.id}: {len(probe)} images from {probe.root}, "
+        f"{len(probe.skipped)} unreadable skipped"
     )
     for rel in probe.skipped[:10]:
         click.echo(f"  skipped {rel}", err=True)
@@ -243,9 +245,10 @@ def index_cmd(
     the source options."""
     from neuronatlas.core.embedder import load_embedder
     from neuronatlas.core.store import open_store
-    from neuronatlas.indexer.api import register_model
-    from neuronatlas.indexer.pipeline import IndexOptions, index_model
-    from neuronatlas.indexer.probes import load_probe_set, open_probe_set
+
+    from .api import register_model
+    from .pipeline import IndexOptions, index_model
+    from .probes import load_probe_set, open_probe_set
 
     settings = _settings(ctx)
     source = source_from_options(
@@ -262,14 +265,14 @@ def index_cmd(
     folder = Path(probe).expanduser()
     if folder.is_dir():
         probe_set = open_probe_set(
-            settings.home, _probe_name(folder, limit), folder, limit, progress=progress
+            settings.paths, _probe_name(folder, limit), folder, limit, progress=progress
         )
     elif limit is not None:
         raise InvalidArgument(
             "--limit applies to a probe folder, not a registered probe set", field="limit"
         )
     else:
-        probe_set = load_probe_set(settings.home, probe)
+        probe_set = load_probe_set(settings.paths, probe)
     if probe_set.skipped:
         click.echo(
             f"probe set {probe_set.id}: {len(probe_set.skipped)} unreadable images skipped",
@@ -289,7 +292,7 @@ def index_cmd(
     with open_store(settings) as store:
         if source is not None:
             register_model(store, model_id, source)
-        entry = index_model(store, embedder, model_id, probe_set, settings.home, vocabularies, opt)
+        entry = index_model(store, embedder, model_id, probe_set, settings.paths, vocabularies, opt)
     click.echo(
         f"{entry.model_id}: indexed {entry.neuron_count} neurons in {len(entry.layers)} layers "
         f"(generation {entry.generation}, {entry.index_wall_s:.1f} s)"
@@ -310,12 +313,13 @@ def show_cmd(ctx, neuron, out):
     """Draw NEURON (MODEL/LAYER/UNIT): its top probe images, activations and labels."""
     from neuronatlas.core.records import parse_neuron_key
     from neuronatlas.core.store import open_store
-    from neuronatlas.indexer.grid import show_neuron
+
+    from .grid import show_neuron
 
     model_id, layer, unit = parse_neuron_key(neuron)
     settings = _settings(ctx)
     with open_store(settings) as store:
-        path = show_neuron(store, settings.home, model_id, layer, unit, Path(out))
+        path = show_neuron(store, settings.paths, model_id, layer, unit, Path(out))
     click.echo(str(path))
 
 

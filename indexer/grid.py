@@ -8,13 +8,15 @@ from pathlib import Path
 
 from PIL import Image
 
+from neuronatlas.core.config import Home
 from neuronatlas.core.errors import FailedPrecondition
 from neuronatlas.core.records import NeuronRecord
 from neuronatlas.core.store import KnowledgeStore
-from neuronatlas.indexer.probes import load_probe_set
+
+from .probes import load_probe_set
 
 
-def probe_root(store: KnowledgeStore, home: Path, model_id: str) -> Path:
+def probe_root(store: KnowledgeStore, home: Home, model_id: str) -> Path:
     """The folder of the probe set a model was indexed with (from its catalogue entry)."""
     entry = store.get_model(model_id)
     if not entry.probe_set:
@@ -76,7 +78,7 @@ def render_grid(record: NeuronRecord, root: Path, out: Path, columns: int = 5) -
 
 
 def show_neuron(
-    store: KnowledgeStore, home: Path, model_id: str, layer: str, unit: int, out: Path
+    store: KnowledgeStore, home: Home, model_id: str, layer: str, unit: int, out: Path
 ) -> Path:
     record = store.get_neuron(model_id, layer, unit, with_vector=False)
     return render_grid(record, probe_root(store, home, model_id), out)

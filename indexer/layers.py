@@ -215,7 +215,7 @@ def resolve_layers(
     try:
         with torch.inference_mode():
             out = model(x)
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 - a user's model may raise anything
         raise InvalidArgument(
             f"the model fails on a {tuple(x.shape)} input: {e}", field="source"
         ) from None

@@ -14,10 +14,10 @@ old generation) while it is re-indexed; progress and failures of the re-index ar
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -25,14 +25,27 @@ from tqdm import tqdm
 
 from neuronatlas.core import labels as labels_mod
 from neuronatlas.core import scores
+from neuronatlas.core.config import Home, HomeLike
+from neuronatlas.core.embedder.base import Embedder
 from neuronatlas.core.errors import FailedPrecondition, InvalidArgument, NotFound
-from neuronatlas.core.records import LayerInfo, ModelEntry, ModelStatus, NeuronRecord, TopSample
+from neuronatlas.core.labels import LabelScorer
+from neuronatlas.core.records import (
+    EmbedderInfo,
+    LayerInfo,
+    ModelEntry,
+    ModelStatus,
+    NeuronRecord,
+    TopSample,
+)
 from neuronatlas.core.sketches import SKETCH_SAMPLES, delete_sketches, save_sketch
 from neuronatlas.core.store import KnowledgeStore
-from neuronatlas.indexer.layers import ActivationTap, LayerSpec, check_aggregation, resolve_layers
-from neuronatlas.indexer.probes import ProbeSet, batches, embedder_key, probe_embeddings
-from neuronatlas.indexer.runstate import ForwardState, RunDir, RunRecord, fingerprint
-from neuronatlas.indexer.sources import BuiltModel, build_model
+
+from .layers import ActivationTap, LayerSpec, check_aggregation, resolve_layers
+from .probes import ProbeSet, batches, embedder_key, probe_embeddings
+from .runstate import ForwardState, RunDir, RunRecord, fingerprint
+from .sources import BuiltModel, build_model
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -51,13 +64,13 @@ class IndexOptions:
     progress: bool = True
 
 
-def embedder_id(info: Any) -> str:
+def embedder_id(info: EmbedderInfo) -> str:
     return f"{info.name}@{info.weights}"
 
 
 def _vocab_scorers(
-    embedder: Any, vocabularies: dict[str, Path] | None, cache_dir: Path
-) -> list[tuple[str, Any]]:
+    embedder: Embedder, vocabularies: dict[str, Path] | None, cache_dir: Path
+) -> list[tuple[str, LabelScorer]]:
     """(vocabulary name, LabelScorer) pairs; missing or empty files raise before any write."""
     out = []
     for name, path in (vocabularies or {}).items():
@@ -66,7 +79,7 @@ def _vocab_scorers(
         words = labels_mod.load_vocabulary(path)
         if not words:
             raise InvalidArgument(f"vocabulary {path} holds no labels", field="vocab")
-        out.append((name, labels_mod.LabelScorer(embedder, words, name=name, cache_dir=cache_dir)))
+        out.append((name, LabelScorer(embedder, words, name=name, cache_dir=cache_dir)))
     return out
 
 
@@ -76,28 +89,30 @@ class IndexRun:
     def __init__(
         self,
         store: KnowledgeStore,
-        embedder: Any,
+        embedder: Embedder,
         model_id: str,
         probe: ProbeSet,
-        home: Path,
+        home: HomeLike,
         vocabularies: dict[str, Path] | None = None,
         options: IndexOptions | None = None,
     ):
         self.store, self.embedder, self.model_id, self.probe = store, embedder, model_id, probe
-        self.home = Path(home)
+        self.home = Home.of(home)
         self.vocabularies = {k: Path(v) for k, v in (vocabularies or {}).items()}
         self.opt = options or IndexOptions()
         self.timings: dict[str, float] = {}
         self.resumed_from = 0  # first sample of this attempt's forward pass (> 0: resumed)
 
     # -- validation ------------------------------------------------------------------------
-    def _prepare(self) -> tuple[ModelEntry, BuiltModel, list[LayerSpec], list[Any]]:
+    def _prepare(
+        self,
+    ) -> tuple[ModelEntry, BuiltModel, list[LayerSpec], list[tuple[str, LabelScorer]]]:
         opt = self.opt
         entry = self.store.get_model(self.model_id)
         if opt.k < 1 or opt.k > len(self.probe):
             raise InvalidArgument(
-                f"k={opt.k} but probe set {self.probe.name!r} has {len(self.probe)} images; use 1 <= k <= "
-                f"{len(self.probe)}",
+                f"k={opt.k} but probe set {self.probe.name!r} has {len(self.probe)} images; "
+                f"use 1 <= k <= {len(self.probe)}",
                 field="k",
             )
         if opt.batch_size < 1:
@@ -110,7 +125,7 @@ class IndexRun:
             )
         specs = resolve_layers(built.module, opt.layers, (3, built.input.size, built.input.size))
         check_aggregation(opt.conv_aggregation, opt.token_aggregation)
-        scorers = _vocab_scorers(self.embedder, self.vocabularies, self.home / "cache" / "labels")
+        scorers = _vocab_scorers(self.embedder, self.vocabularies, self.home.labels_cache)
         self.store.bind_embedder(self.embedder.info)
         return entry, built, specs, scorers
 
@@ -203,9 +218,17 @@ class IndexRun:
         reason = (
             "interrupted" if isinstance(err, KeyboardInterrupt) else f"{type(err).__name__}: {err}"
         )
+        # Best effort: the store itself may be what failed, and the original error (re-raised
+        # by run()) matters more than this bookkeeping.
         try:
             entry = self.store.get_model(self.model_id)
-        except Exception:
+        except Exception as e:  # noqa: BLE001 - any store failure; logged, not swallowed
+            log.warning(
+                "could not record the failure of %s (%s): reading its entry failed: %s",
+                self.model_id,
+                reason,
+                e,
+            )
             return
         if live is None:
             entry.status = ModelStatus.FAILED
@@ -216,8 +239,13 @@ class IndexRun:
         entry.updated_at = time.time()
         try:
             self.store.put_model(entry)
-        except Exception:  # the store itself may be what failed; the original error matters
-            pass
+        except Exception as e:  # noqa: BLE001 - any store failure; logged, not swallowed
+            log.warning(
+                "could not record the failure of %s (%s): writing its entry failed: %s",
+                self.model_id,
+                reason,
+                e,
+            )
 
     # -- forward phase ---------------------------------------------------------------------
     def _forward(
@@ -295,7 +323,7 @@ class IndexRun:
         specs: list[LayerSpec],
         state: ForwardState,
         emb: np.ndarray,
-        scorers: list[Any],
+        scorers: list[tuple[str, LabelScorer]],
         rundir: RunDir,
         rec: RunRecord,
     ) -> list[LayerInfo]:
@@ -420,10 +448,10 @@ class IndexRun:
 
 def index_model(
     store: KnowledgeStore,
-    embedder: Any,
+    embedder: Embedder,
     model_id: str,
     probe: ProbeSet,
-    home: Path,
+    home: HomeLike,
     vocabularies: dict[str, Path] | None = None,
     options: IndexOptions | None = None,
 ) -> ModelEntry:

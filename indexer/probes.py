@@ -1,22 +1,22 @@
 """Probe sets: named, content-hashed folders of images, and their cached CLIP embeddings.
 
-A probe set is registered once (``home/probes/<name>.json``): its images in sorted
-relative-path order (class folders or flat), unreadable files skipped and counted, and a
-content hash over the relative paths and file bytes. The row of an image in that order is its
-sample index everywhere (top-k indices, embedding matrix rows).
+A probe set is registered once (``Home.probe_file(name)``: ``<home>/probes/<name>.json``): its
+images in sorted relative-path order (class folders or flat), unreadable files skipped and
+counted, and a content hash over the relative paths and file bytes. The row of an image in
+that order is its sample index everywhere (top-k indices, embedding matrix rows).
 
 Embeddings are computed once per (probe-set hash, embedder identity) and cached under
-``home/cache/embeddings/`` as ``.npy`` + ``.json`` manifest, both written atomically.
+``Home.embeddings_cache`` (``<home>/cache/embeddings/``) as ``.npy`` + ``.json`` manifest, both
+written atomically.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,8 +26,11 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from neuronatlas.core.atomic import atomic_write_bytes, atomic_write_json
+from neuronatlas.core.atomic import atomic_save_npy, atomic_write_json
+from neuronatlas.core.config import Home, HomeLike
+from neuronatlas.core.embedder.base import Embedder
 from neuronatlas.core.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from neuronatlas.core.hashing import file_sha256
 from neuronatlas.core.records import EmbedderInfo
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
@@ -120,7 +123,7 @@ def _readable(path: Path) -> bool:
         with Image.open(path) as im:
             im.load()
         return True
-    except Exception:  # PIL raises many types for corrupt or truncated files
+    except Exception:  # noqa: BLE001 - PIL raises many types for corrupt or truncated files
         return False
 
 
@@ -146,19 +149,15 @@ def scan_probe_folder(
             skipped.append(rel)
             continue
         good.append(rel)
-        h.update(rel.encode() + b"\0" + hashlib.sha256(path.read_bytes()).digest())
+        h.update(rel.encode() + b"\0" + bytes.fromhex(file_sha256(path)))
     if not good:
         what = f" ({len(skipped)} unreadable)" if skipped else ""
         raise InvalidArgument(f"probe folder {root} holds no readable images{what}", field="probe")
     return ProbeSet(name, root, good, h.hexdigest(), skipped, limit, stat_signature(root, files))
 
 
-def _registry(home: Path) -> Path:
-    return Path(home) / "probes"
-
-
 def register_probe_set(
-    home: Path,
+    home: HomeLike,
     name: str,
     folder: str | Path,
     limit: int | None = None,
@@ -168,7 +167,7 @@ def register_probe_set(
     """Register a probe folder under ``name``. Same content again is a no-op; other content
     under a taken name needs ``replace=True`` (else AlreadyExists)."""
     probe = scan_probe_folder(name, folder, limit, progress)
-    path = _registry(home) / f"{name}.json"
+    path = Home.of(home).probe_file(name)
     if path.exists():
         old = load_probe_set(home, name)
         if old.sha256 == probe.sha256:
@@ -183,12 +182,12 @@ def register_probe_set(
 
 
 def open_probe_set(
-    home: Path, name: str, folder: str | Path, limit: int | None = None, progress: bool = False
+    home: HomeLike, name: str, folder: str | Path, limit: int | None = None, progress: bool = False
 ) -> ProbeSet:
     """The registered probe set ``name`` if it still matches ``folder`` (same root, limit and
     file sizes/mtimes: no re-hashing), else register the folder under ``name``."""
     root = Path(folder).expanduser().resolve()
-    path = _registry(home) / f"{name}.json"
+    path = Home.of(home).probe_file(name)
     if path.is_file() and root.is_dir():
         old = load_probe_set(home, name)
         if (
@@ -200,19 +199,16 @@ def open_probe_set(
     return register_probe_set(home, name, root, limit, progress=progress)
 
 
-def load_probe_set(home: Path, name: str) -> ProbeSet:
-    path = _registry(home) / f"{name}.json"
+def load_probe_set(home: HomeLike, name: str) -> ProbeSet:
+    home = Home.of(home)
+    path = home.probe_file(name)
     if not path.is_file():
-        known = sorted(p.stem for p in _registry(home).glob("*.json"))
+        known = sorted(p.stem for p in home.probes.glob("*.json"))
         raise NotFound(f"no probe set named {name!r} (registered: {', '.join(known) or 'none'})")
     return ProbeSet.from_dict(json.loads(path.read_text()))
 
 
-def list_probe_sets(home: Path) -> list[ProbeSet]:
-    return [load_probe_set(home, p.stem) for p in sorted(_registry(home).glob("*.json"))]
-
-
-class ProbeImages(torch.utils.data.Dataset):
+class ProbeImages(torch.utils.data.Dataset[torch.Tensor]):
     """The images of a probe set through a transform, in sample order."""
 
     def __init__(self, probe: ProbeSet, transform: Callable[[Image.Image], torch.Tensor]):
@@ -226,7 +222,7 @@ class ProbeImages(torch.utils.data.Dataset):
         try:
             with Image.open(path) as im:
                 img = im.convert("RGB")
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - PIL raises many types for a damaged file
             raise FailedPrecondition(
                 f"probe image {path} can no longer be read ({e}); register probe set "
                 f"{self.probe.name!r} again"
@@ -235,10 +231,14 @@ class ProbeImages(torch.utils.data.Dataset):
 
 
 def batches(
-    probe: ProbeSet, transform: Callable, batch_size: int, start: int = 0, workers: int = 0
-):
+    probe: ProbeSet,
+    transform: Callable[[Image.Image], torch.Tensor],
+    batch_size: int,
+    start: int = 0,
+    workers: int = 0,
+) -> Iterator[tuple[int, torch.Tensor]]:
     """Yield (first sample index, (b, C, H, W) tensor) in sample order from ``start``."""
-    ds = ProbeImages(probe, transform)
+    ds: torch.utils.data.Dataset[torch.Tensor] = ProbeImages(probe, transform)
     if start:
         ds = torch.utils.data.Subset(ds, range(start, len(probe)))
     loader = torch.utils.data.DataLoader(
@@ -254,19 +254,24 @@ def embedder_key(info: EmbedderInfo) -> str:
     return hashlib.sha256(json.dumps(info.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
 
 
-def embedding_cache_path(home: Path, probe: ProbeSet, info: EmbedderInfo) -> Path:
-    return Path(home) / "cache" / "embeddings" / f"{probe.sha256[:16]}-{embedder_key(info)}.npy"
+def embedding_cache_path(home: HomeLike, probe: ProbeSet, info: EmbedderInfo) -> Path:
+    cache = Home.of(home).embeddings_cache
+    return cache / f"{probe.sha256[:16]}-{embedder_key(info)}.npy"
 
 
 def probe_embeddings(
-    home: Path, probe: ProbeSet, embedder: Any, batch_size: int = 256, progress: bool = True
+    home: HomeLike,
+    probe: ProbeSet,
+    embedder: Embedder,
+    batch_size: int = 256,
+    progress: bool = True,
 ) -> np.ndarray:
     """(n, dim) L2-normalised image embeddings of the probe set, computed once and cached."""
     path = embedding_cache_path(home, probe, embedder.info)
     manifest = path.with_suffix(".json")
     if path.is_file() and manifest.is_file():
         meta = json.loads(manifest.read_text())
-        emb = np.load(path)
+        emb: np.ndarray = np.load(path)
         if meta.get("probe_sha256") == probe.sha256 and emb.shape == (
             len(probe),
             embedder.info.dim,
@@ -279,9 +284,7 @@ def probe_embeddings(
             out[start : start + x.shape[0]] = embedder.encode_images(x, batch_size=batch_size)
             bar.update(x.shape[0])
     bar.close()
-    buf = io.BytesIO()
-    np.save(buf, out)
-    atomic_write_bytes(path, buf.getvalue())
+    atomic_save_npy(path, out, durable=True)
     atomic_write_json(
         manifest,
         {

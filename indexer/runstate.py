@@ -1,27 +1,27 @@
 """Checkpoints that make an indexing run resumable after Ctrl-C or kill -9.
 
-``home/runs/<model_id>/`` holds ``run.json`` (the run's fingerprint, target generation,
-written layers, time spent so far) and ``state.npz`` (the streaming top-k and statistics of
-every layer, the activation sketch collected so far, and how many samples are done). Both
-are replaced atomically, so a killed run leaves either the previous checkpoint or the new
-one. A later run with the same fingerprint continues from the checkpoint; batches come in a
-fixed order, so the result equals that of an uninterrupted run.
+``Home.run_dir(model_id)`` (``<home>/runs/<model_id>/``) holds ``run.json`` (the run's
+fingerprint, target generation, written layers, time spent so far) and ``state.npz`` (the
+streaming top-k and statistics of every layer, the activation sketch collected so far, and how
+many samples are done). Both are replaced atomically, so a killed run leaves either the
+previous checkpoint or the new one. A later run with the same fingerprint continues from the
+checkpoint; batches come in a fixed order, so the result equals that of an uninterrupted run.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import shutil
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from neuronatlas.core.atomic import atomic_write_bytes, atomic_write_json
-from neuronatlas.indexer.topk import RunningStats, StreamingTopK
+from neuronatlas.core.atomic import atomic_save_npz, atomic_write_json
+from neuronatlas.core.config import Home
+
+from .topk import RunningStats, StreamingTopK
 
 
 def fingerprint(parts: dict[str, Any]) -> str:
@@ -56,8 +56,8 @@ class RunRecord:
 
 
 class RunDir:
-    def __init__(self, home: Path, model_id: str):
-        self.path = Path(home) / "runs" / model_id
+    def __init__(self, home: Home, model_id: str):
+        self.path = home.run_dir(model_id)
         self.record_path = self.path / "run.json"
         self.state_path = self.path / "state.npz"
 
@@ -70,9 +70,8 @@ class RunDir:
             return None
 
     def save_record(self, rec: RunRecord) -> None:
-        atomic_write_json(
-            self.record_path, rec.__dict__, durable=False
-        )  # rename is enough for kill -9
+        # durable=False: the rename is enough for kill -9
+        atomic_write_json(self.record_path, rec.__dict__, durable=False)
 
     def save_state(self, state: ForwardState) -> None:
         arrays: dict[str, np.ndarray] = {"samples_done": np.array(state.samples_done)}
@@ -84,9 +83,7 @@ class RunDir:
             for key, val in state.stats[n].state().items():
                 arrays[f"{i}.stats.{key}"] = val
             arrays[f"{i}.sketch"] = state.sketch[n]
-        buf = io.BytesIO()
-        np.savez(buf, **arrays)
-        atomic_write_bytes(self.state_path, buf.getvalue(), durable=False)
+        atomic_save_npz(self.state_path, arrays, durable=False)
 
     def load_state(self, layer_names: list[str]) -> ForwardState | None:
         """The checkpointed state, or None if absent or for other layers."""

@@ -31,7 +31,9 @@ from neuronatlas.core.errors import (
     NeuronAtlasError,
     WeightsUnavailable,
 )
-from neuronatlas.indexer.cifar_resnet import CIFAR_MEAN, CIFAR_STD, load_cifar_resnet
+from neuronatlas.core.hashing import file_sha256
+
+from .cifar_resnet import CIFAR_MEAN, CIFAR_STD, load_cifar_resnet
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -69,14 +71,6 @@ class BuiltModel:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def state_sha256(module: nn.Module) -> str:
     """Identity of in-memory weights (for sources without a weights file)."""
     h = hashlib.sha256()
@@ -104,7 +98,7 @@ def _weights_file(value: Any, what: str) -> Path:
 def _load_state_file(module: nn.Module, path: Path, what: str) -> None:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 - torch raises many types for a bad file
         raise WeightsUnavailable(f"{what} weights {path} cannot be read: {e}") from None
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
@@ -179,7 +173,7 @@ def _torchvision(source: dict[str, Any]) -> BuiltModel:
             raise InvalidArgument(
                 f"torchvision {name} has no weights {weights!r}", field="weights"
             ) from None
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - download, cache and load errors of any type
             raise WeightsUnavailable(
                 f"torchvision weights {name}/{weights} cannot be loaded: {e}"
             ) from None
@@ -235,7 +229,7 @@ def _torchscript(source: dict[str, Any]) -> BuiltModel:
     path = _weights_file(source.get("path", ""), "TorchScript")
     try:
         module = torch.jit.load(str(path), map_location="cpu")
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 - torch raises many types for a bad archive
         raise WeightsUnavailable(f"TorchScript file {path} cannot be loaded: {e}") from None
     return BuiltModel(
         module.eval(),
@@ -263,7 +257,7 @@ def _python(source: dict[str, Any]) -> BuiltModel:
         module = _seeded(source, lambda: fn(**dict(source.get("kwargs", {}))))
     except NeuronAtlasError:
         raise
-    except Exception as e:  # whatever the user's factory raises
+    except Exception as e:  # noqa: BLE001 - whatever the user's factory raises
         raise InvalidArgument(
             f"model factory {ref!r} failed: {type(e).__name__}: {e}", field="factory"
         ) from None

@@ -7,18 +7,14 @@
 
 from __future__ import annotations
 
-import importlib
 import sys
 
 import click
 
 from neuronatlas.core.errors import NeuronAtlasError
-
-_COMMAND_MODULES = (
-    "neuronatlas.indexer.cli",
-    "neuronatlas.service.cli",
-    "neuronatlas.service.compare_cli",
-)
+from neuronatlas.indexer import cli as indexer_cli
+from neuronatlas.service import cli as service_cli
+from neuronatlas.service import compare_cli
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -70,15 +66,9 @@ def settings_from(ctx: click.Context):
     return load_settings(config_file, **args)
 
 
-for _name in _COMMAND_MODULES:
-    try:
-        _mod = importlib.import_module(_name)
-    except ModuleNotFoundError as _e:  # an app not built yet must not break the others
-        if _e.name != _name:
-            raise
-        continue
-    for _cmd in getattr(_mod, "COMMANDS", []):
-        cli.add_command(_cmd)
+# The apps' commands (their modules import ``settings_from`` back only when a command runs).
+for _cmd in (*indexer_cli.COMMANDS, *service_cli.COMMANDS, *compare_cli.COMMANDS):
+    cli.add_command(_cmd)
 
 
 def main() -> None:

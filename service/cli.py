@@ -1,9 +1,10 @@
 """Service commands: ``serve`` and the query commands ``search``, ``neuron``, ``labels``,
-``models``, ``stats``.
+``models``, ``stats`` (``compare`` and ``audit`` are in ``compare_cli.py``).
 
-Query commands talk to a server when ``--server HOST:PORT`` (or ``NEURONATLAS_SERVER``) is
-given, otherwise they open the configured store directly and run the same core queries.
-Output: readable tables, or ``--json`` for scripts.
+Every query command talks to one ``QueryBackend`` (``neuronatlas.core.backend``), chosen once:
+a server's typed client when ``--server HOST:PORT`` (or ``NEURONATLAS_SERVER``) is given,
+otherwise an ``Atlas`` over the configured store in this process. Both answer the same calls
+with the same core results. Output: readable tables, or ``--json`` for scripts.
 """
 
 from __future__ import annotations
@@ -19,115 +20,50 @@ from typing import Any
 import click
 
 from neuronatlas.core import queries as Q
-from neuronatlas.core.records import ModelEntry, NeuronRecord, parse_neuron_key
+from neuronatlas.core.backend import QueryBackend, all_models
+from neuronatlas.core.embedder.base import Embedder
+from neuronatlas.core.records import NeuronRecord, parse_neuron_key
 from neuronatlas.core.store.base import Hit, SearchFilter
 
-# -- backends: a server (Client) or the store itself (Direct) -------------------------------
+
+# -- the backend: a server (Client) or the store itself (Atlas) ------------------------------
+def open_backend(
+    ctx: click.Context,
+    server: str | None,
+    token: str | None = None,
+    tls: bool | str = False,
+    timeout: float = 30.0,
+) -> QueryBackend:
+    """The typed client of ``server``, or an Atlas over the configured store (embedder loaded
+    on the first text/image query or audit)."""
+    if server:
+        from neuronatlas.service.client import Client
+
+        return Client(server, token=token, tls=tls, timeout=timeout)
+    from neuronatlas.cli import settings_from
+    from neuronatlas.core.store import open_store
+
+    settings = settings_from(ctx)
+
+    def load() -> Embedder:
+        from neuronatlas.core.embedder import load_embedder
+
+        return load_embedder(settings.embedder, settings.device)
+
+    return Q.Atlas(open_store(settings), load, backend=settings.backend, home=settings.paths)
 
 
-class Direct:
-    """The Client's query methods, answered from the configured store in-process."""
-
-    def __init__(self, settings: Any):
-        from neuronatlas.core.store import open_store
-
-        def load() -> Any:
-            from neuronatlas.core.embedder import load_embedder
-
-            return load_embedder(settings.embedder, settings.device)
-
-        self.atlas = Q.Atlas(open_store(settings), load, backend=settings.backend)
-
-    def search_hits(
-        self, query: Q.Query, flt: SearchFilter | None, top_k: int, per_model: int
-    ) -> list[Hit]:
-        return Q.search_neurons(self.atlas, query, flt, top_k=top_k, per_model=per_model).items
-
-    def get_neuron(self, ref: str, include_vector: bool = False) -> NeuronRecord:
-        return Q.get_neuron(self.atlas, *parse_neuron_key(ref), with_vector=include_vector)
-
-    def describe_neuron(self, ref: str, labels: list[str], top_n: int) -> Q.Description:
-        return Q.describe_neuron(self.atlas, *parse_neuron_key(ref), labels=labels, top_n=top_n)
-
-    def find_hits(
-        self, label: str, prefix: bool, flt: SearchFilter | None, limit: int
-    ) -> list[Hit]:
-        return Q.find_by_label(self.atlas, label, prefix=prefix, flt=flt, limit=limit).items
-
-    def all_models(self) -> list[ModelEntry]:
-        return sorted(self.atlas.catalogue(fresh=True).values(), key=lambda m: m.model_id)
-
-    def stats(self) -> Q.StoreStats:
-        return Q.stats(self.atlas)
-
-    def close(self) -> None:
-        self.atlas.close()
-
-
-class Remote:
-    """The same methods over gRPC."""
-
-    def __init__(self, client: Any):
-        self.client = client
-
-    def search_hits(
-        self, query: Q.Query, flt: SearchFilter | None, top_k: int, per_model: int
-    ) -> list[Hit]:
-        kw: dict[str, Any] = {}
-        if isinstance(query, Q.TextQuery):
-            kw["text"] = query.text
-        elif isinstance(query, Q.ImageQuery):
-            kw["image"] = query.data
-        elif isinstance(query, Q.NeuronQuery):
-            kw["neuron"] = (query.model_id, query.layer, query.unit)
-        else:
-            kw["vector"] = query.values
-        return list(self.client.search_all(filter=flt, top_k=top_k, per_model=per_model, **kw))
-
-    def get_neuron(self, ref: str, include_vector: bool = False) -> NeuronRecord:
-        return self.client.get_neuron(ref, include_vector=include_vector)
-
-    def describe_neuron(self, ref: str, labels: list[str], top_n: int) -> Q.Description:
-        return self.client.describe_neuron(ref, labels=labels, top_n=top_n)
-
-    def find_hits(
-        self, label: str, prefix: bool, flt: SearchFilter | None, limit: int
-    ) -> list[Hit]:
-        hits: list[Hit] = []
-        token = ""
-        while len(hits) < limit:
-            page = self.client.find_by_label(
-                label,
-                prefix=prefix,
-                filter=flt,
-                page_size=min(100, limit - len(hits)),
-                page_token=token,
-            )
-            hits.extend(page.hits)
-            token = page.next_page_token
-            if not token:
-                break
-        return hits[:limit]
-
-    def all_models(self) -> list[ModelEntry]:
-        return self.client.all_models()
-
-    def stats(self) -> Q.StoreStats:
-        return self.client.stats()
-
-    def close(self) -> None:
-        self.client.close()
-
-
-def connection_options(fn: Callable) -> Callable:
-    """--server/--token/--tls/--timeout/--json, and a ``backend`` argument for the command."""
+def backend_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """--server/--token/--tls/--ca-cert/--timeout, and a ``backend`` argument for the command
+    (closed when it returns)."""
 
     @click.option(
         "--server",
         envvar="NEURONATLAS_SERVER",
         default=None,
         metavar="HOST:PORT",
-        help="Query this NeuronAtlas server (env NEURONATLAS_SERVER); default: open the store directly.",
+        help="Query this NeuronAtlas server (env NEURONATLAS_SERVER); "
+        "default: open the store directly.",
     )
     @click.option(
         "--token",
@@ -145,24 +81,31 @@ def connection_options(fn: Callable) -> Callable:
     @click.option(
         "--timeout", type=float, default=30.0, show_default=True, help="Deadline per call, seconds."
     )
-    @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
     @click.pass_context
     @functools.wraps(fn)
-    def wrapper(ctx: click.Context, server, token, tls, ca_cert, timeout, as_json, **kwargs):
-        if server:
-            from neuronatlas.service.client import Client
-
-            backend: Any = Remote(Client(server, token=token, tls=ca_cert or tls, timeout=timeout))
-        else:
-            from neuronatlas.cli import settings_from
-
-            backend = Direct(settings_from(ctx))
+    def wrapper(
+        ctx: click.Context,
+        server: str | None,
+        token: str | None,
+        tls: bool,
+        ca_cert: str | None,
+        timeout: float,
+        **kwargs: Any,
+    ) -> Any:
+        backend = open_backend(ctx, server, token, ca_cert or tls, timeout)
         try:
-            return fn(backend=backend, as_json=as_json, **kwargs)
+            return fn(backend=backend, **kwargs)
         finally:
             backend.close()
 
     return wrapper
+
+
+def connection_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``backend_options`` plus --json (an ``as_json`` argument)."""
+    return backend_options(
+        click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")(fn)
+    )
 
 
 # -- output ------------------------------------------------------------------------------------
@@ -198,9 +141,7 @@ def _hit_dict(h: Hit) -> dict[str, Any]:
         "score": h.score,
         "depth": r.depth,
         "clarity": r.clarity,
-        "top_labels": [
-            {"label": l.label, "score": l.score} for ls in r.labels.values() for l in ls[:1]
-        ],
+        "top_labels": [{"label": lab.label, "score": lab.score} for lab in Q.top_labels(r)],
     }
 
 
@@ -220,7 +161,14 @@ def _hits_out(hits: list[Hit], as_json: bool) -> None:
     )
 
 
-def _filter(models, layers, depth_min, depth_max, min_clarity, label=None) -> SearchFilter | None:
+def _filter(
+    models: tuple[str, ...],
+    layers: tuple[str, ...],
+    depth_min: float | None,
+    depth_max: float | None,
+    min_clarity: float | None,
+    label: str | None = None,
+) -> SearchFilter | None:
     flt = SearchFilter(
         model_ids=tuple(models) or None,
         layers=tuple(layers) or None,
@@ -232,7 +180,7 @@ def _filter(models, layers, depth_min, depth_max, min_clarity, label=None) -> Se
     return None if flt == SearchFilter() else flt
 
 
-def filter_options(fn: Callable) -> Callable:
+def filter_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     for opt in reversed(
         [
             click.option("--model", "models", multiple=True, help="Only this model (repeatable)."),
@@ -289,10 +237,24 @@ def filter_options(fn: Callable) -> Callable:
     "--no-embedder", is_flag=True, help="Serve vector and neuron queries only (no CLIP model)."
 )
 @click.option(
-    "--grace", type=float, default=5.0, show_default=True, help="Shutdown grace period, seconds."
+    "--grace",
+    type=click.FloatRange(min=0.0),
+    default=5.0,
+    show_default=True,
+    help="On SIGTERM / Ctrl-C, seconds running calls get to finish before the server stops.",
 )
 @click.pass_context
-def serve(ctx, address, tokens_file, tls_cert, tls_key, tls_client_ca, workers, no_embedder, grace):
+def serve(
+    ctx: click.Context,
+    address: str,
+    tokens_file: str | None,
+    tls_cert: str | None,
+    tls_key: str | None,
+    tls_client_ca: str | None,
+    workers: int,
+    no_embedder: bool,
+    grace: float,
+) -> None:
     """Run the gRPC service (health checking and reflection included) until SIGTERM/Ctrl-C."""
     from neuronatlas.cli import settings_from
     from neuronatlas.core.embedder import load_embedder
@@ -312,11 +274,11 @@ def serve(ctx, address, tokens_file, tls_cert, tls_key, tls_client_ca, workers, 
     tokens = TokenSet.load(tokens_file)
     tls = (
         TlsConfig(Path(tls_cert), Path(tls_key), Path(tls_client_ca) if tls_client_ca else None)
-        if tls_cert
+        if tls_cert and tls_key
         else None
     )
     embedder = None if no_embedder else load_embedder(settings.embedder, settings.device)
-    atlas = Q.Atlas(open_store(settings), embedder, backend=settings.backend)
+    atlas = Q.Atlas(open_store(settings), embedder, backend=settings.backend, home=settings.paths)
     try:
         if embedder is not None:
             atlas.embedder()  # fail now, not on the first query, if it does not match the store
@@ -327,7 +289,7 @@ def serve(ctx, address, tokens_file, tls_cert, tls_key, tls_client_ca, workers, 
             tls=tls,
             max_workers=workers,
             close_atlas=True,
-            home=settings.home,
+            grace=grace,
         )
     except BaseException:
         atlas.close()
@@ -360,20 +322,20 @@ def serve(ctx, address, tokens_file, tls_cert, tls_key, tls_client_ca, workers, 
 @click.option("--per-model", type=int, default=0, help="Best N neurons of each model.")
 @connection_options
 def search(
-    backend,
-    as_json,
-    text,
-    image,
-    like,
-    models,
-    layers,
-    depth_min,
-    depth_max,
-    min_clarity,
-    label,
-    top_k,
-    per_model,
-):
+    backend: QueryBackend,
+    as_json: bool,
+    text: str | None,
+    image: str | None,
+    like: str | None,
+    models: tuple[str, ...],
+    layers: tuple[str, ...],
+    depth_min: float | None,
+    depth_max: float | None,
+    min_clarity: float | None,
+    label: str | None,
+    top_k: int,
+    per_model: int,
+) -> None:
     """Neurons matching TEXT (or --image / --like), best first."""
     from neuronatlas.core.errors import InvalidArgument
 
@@ -385,11 +347,9 @@ def search(
     elif image:
         query = Q.ImageQuery(Path(image).read_bytes())
     else:
-        query = Q.NeuronQuery(*parse_neuron_key(like))
-    hits = backend.search_hits(
-        query, _filter(models, layers, depth_min, depth_max, min_clarity, label), top_k, per_model
-    )
-    _hits_out(hits, as_json)
+        query = Q.NeuronQuery(*parse_neuron_key(str(like)))
+    flt = _filter(models, layers, depth_min, depth_max, min_clarity, label)
+    _hits_out(backend.search_neurons(query, flt, top_k=top_k, per_model=per_model).items, as_json)
 
 
 @click.command()
@@ -398,9 +358,9 @@ def search(
     "--vector", "with_vector", is_flag=True, help="Include the embedding vector (JSON only)."
 )
 @connection_options
-def neuron(backend, as_json, ref, with_vector):
+def neuron(backend: QueryBackend, as_json: bool, ref: str, with_vector: bool) -> None:
     """Everything stored about one neuron."""
-    rec = backend.get_neuron(ref, include_vector=with_vector)
+    rec = backend.get_neuron(*parse_neuron_key(ref), with_vector=with_vector)
 
     def text() -> str:
         lines = [
@@ -446,7 +406,7 @@ def neuron(backend, as_json, ref, with_vector):
 
 
 @click.group()
-def labels():
+def labels() -> None:
     """Describe a neuron with labels, or find neurons by label."""
 
 
@@ -466,14 +426,21 @@ def labels():
 )
 @click.option("--top-n", type=int, default=5, show_default=True, help="Labels per vocabulary.")
 @connection_options
-def labels_describe(backend, as_json, ref, custom, labels_file, top_n):
+def labels_describe(
+    backend: QueryBackend,
+    as_json: bool,
+    ref: str,
+    custom: tuple[str, ...],
+    labels_file: str | None,
+    top_n: int,
+) -> None:
     """Labels of one neuron: stored vocabularies, or your own labels scored live."""
     names = list(custom)
     if labels_file:
         from neuronatlas.core.labels import load_vocabulary
 
         names += load_vocabulary(labels_file)
-    d = backend.describe_neuron(ref, names, top_n)
+    d = backend.describe_neuron(*parse_neuron_key(ref), labels=names, top_n=top_n)
     rows = [
         [vocab, i + 1, l.label, l.score] for vocab, ls in d.labels.items() for i, l in enumerate(ls)
     ]
@@ -501,20 +468,27 @@ def labels_describe(backend, as_json, ref, custom, labels_file, top_n):
 @click.option("--limit", type=click.IntRange(1, 10000), default=20, show_default=True)
 @connection_options
 def labels_find(
-    backend, as_json, label, prefix, models, layers, depth_min, depth_max, min_clarity, limit
-):
+    backend: QueryBackend,
+    as_json: bool,
+    label: str,
+    prefix: bool,
+    models: tuple[str, ...],
+    layers: tuple[str, ...],
+    depth_min: float | None,
+    depth_max: float | None,
+    min_clarity: float | None,
+    limit: int,
+) -> None:
     """Neurons carrying LABEL across models, ranked by the label's score."""
-    hits = backend.find_hits(
-        label, prefix, _filter(models, layers, depth_min, depth_max, min_clarity), limit
-    )
-    _hits_out(hits, as_json)
+    flt = _filter(models, layers, depth_min, depth_max, min_clarity)
+    _hits_out(backend.find_by_label(label, prefix=prefix, flt=flt, limit=limit).items, as_json)
 
 
 @click.command()
 @connection_options
-def models(backend, as_json):
+def models(backend: QueryBackend, as_json: bool) -> None:
     """The model catalogue."""
-    entries = backend.all_models()
+    entries = list(all_models(backend))
     rows = [
         [m.model_id, m.architecture, m.status.value, len(m.layers), m.neuron_count, m.embedder]
         for m in entries
@@ -532,7 +506,7 @@ def models(backend, as_json):
 
 @click.command()
 @connection_options
-def stats(backend, as_json):
+def stats(backend: QueryBackend, as_json: bool) -> None:
     """Neuron counts per model and layer, and the store size."""
     s = backend.stats()
     data = {
@@ -563,8 +537,8 @@ def stats(backend, as_json):
             else "none"
         )
         head = (
-            f"neurons {s.total_neurons}   models {len(s.models)}   size {s.size_bytes / 2**20:.1f} MiB   "
-            f"embedder {emb}"
+            f"neurons {s.total_neurons}   models {len(s.models)}   "
+            f"size {s.size_bytes / 2**20:.1f} MiB   embedder {emb}"
         )
         return head + (
             "\n\n" + table(["model", "status", "layer", "neurons"], rows) if rows else ""
@@ -573,4 +547,4 @@ def stats(backend, as_json):
     _emit(as_json, data, text)
 
 
-COMMANDS = [serve, search, neuron, labels, models, stats]
+COMMANDS: list[click.Command] = [serve, search, neuron, labels, models, stats]

@@ -1,23 +1,35 @@
-"""A typed Python client for ``neuronatlas.v1``: methods return core records and raise the
-NeuronAtlas error matching the status code (``errors.from_rpc_error``)."""
+"""A typed Python client for ``neuronatlas.v1``: the remote ``QueryBackend``.
+
+Its query methods have the names and signatures of :class:`neuronatlas.core.queries.Atlas`
+(``neuronatlas.core.backend.QueryBackend``) and return the same core types, paged by offset and
+limit: a page larger than the server's page-size limit is fetched in several calls, so a
+``Page`` from here holds what the in-process one holds. Failures raise the NeuronAtlas error
+matching the status (``errors.from_rpc_error``).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import dataclass
+import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 import numpy as np
+from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from neuronatlas.core import validate as V
 from neuronatlas.core.audit import Audit
+from neuronatlas.core.backend import QueryBackend
+from neuronatlas.core.compare import Comparison
 from neuronatlas.core.errors import InvalidArgument
 from neuronatlas.core.queries import (
     Description,
     ImageQuery,
     NeuronQuery,
+    Page,
+    Query,
     StoreStats,
     TextQuery,
     VectorQuery,
@@ -25,37 +37,22 @@ from neuronatlas.core.queries import (
 from neuronatlas.core.records import ModelEntry, NeuronRecord, parse_neuron_key
 from neuronatlas.core.store.base import Hit, SearchFilter
 from neuronatlas.service import convert as C
+from neuronatlas.service import paging
 from neuronatlas.service.errors import from_rpc_error
 from neuronatlas.service.server import MAX_RECEIVE_BYTES, MAX_SEND_BYTES
 from neuronatlas.v1 import neuronatlas_pb2 as pb
 from neuronatlas.v1 import neuronatlas_pb2_grpc as pb_grpc
 
 NeuronRefLike = str | tuple[str, str, int]
-
-
-@dataclass
-class HitPage:
-    hits: list[Hit]
-    next_page_token: str = ""
-
-
-@dataclass
-class ModelPage:
-    models: list[ModelEntry]
-    next_page_token: str = ""
-
-
-def _ref(neuron: NeuronRefLike) -> pb.NeuronRef:
-    model_id, layer, unit = parse_neuron_key(neuron) if isinstance(neuron, str) else neuron
-    return C.ref_to_pb(model_id, layer, unit)
+T = TypeVar("T")
+_INT32_MAX = 2**31 - 1
 
 
 class Client:
-    """``Client("host:port", token=..., tls=..., timeout=...)``.
+    """``Client("host:port", token=..., tls=..., timeout=...)``; a ``QueryBackend``.
 
     ``tls``: False (plaintext), True (system roots) or the path of a PEM CA bundle;
-    ``client_cert``/``client_key`` for mutual TLS. ``timeout`` is the default deadline (s) of
-    every call; each method also takes ``timeout=``.
+    ``client_cert``/``client_key`` for mutual TLS. ``timeout`` is the deadline (s) of every call.
     """
 
     def __init__(
@@ -72,7 +69,7 @@ class Client:
         self.target = target
         self.timeout = timeout
         self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
-        options = [
+        options: list[tuple[str, Any]] = [
             ("grpc.max_receive_message_length", MAX_SEND_BYTES),
             ("grpc.max_send_message_length", MAX_RECEIVE_BYTES),
         ]
@@ -96,182 +93,210 @@ class Client:
         self._stub = pb_grpc.NeuronAtlasServiceStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
 
-    def _call(self, method: str, request: Any, timeout: float | None) -> Any:
+    def _call(self, method: str, request: Message) -> Any:
         try:
             return getattr(self._stub, method)(
-                request, timeout=timeout or self.timeout, metadata=self._metadata
+                request, timeout=self.timeout, metadata=self._metadata
             )
         except grpc.RpcError as e:
             raise from_rpc_error(e) from None
 
+    def _paged(
+        self,
+        method: str,
+        request: Message,
+        offset: int,
+        limit: int,
+        results: Callable[[Any], Sequence[T]],
+    ) -> tuple[list[T], int | None, Any]:
+        """Items ``offset..offset+limit`` (in the method's paging unit), fetched page after
+        page; returns them, the next offset (None at the end) and the first response."""
+        items: list[T] = []
+        first, cur = None, offset
+        while True:
+            request.page_size = min(offset + limit - cur, _INT32_MAX)
+            request.page_token = paging.encode_token(request, cur) if cur else ""
+            resp = self._call(method, request)
+            first = resp if first is None else first
+            items.extend(results(resp))
+            nxt = paging.offset_of(request, resp.next_page_token)
+            if nxt is None or nxt >= offset + limit or nxt <= cur:
+                return items, nxt, first
+            cur = nxt
+
     # -- queries ----------------------------------------------------------------------------
+    def search_neurons(
+        self,
+        query: Query,
+        flt: SearchFilter | None = None,
+        *,
+        top_k: int = V.DEFAULT_TOP_K,
+        per_model: int = 0,
+        offset: int = 0,
+        limit: int | None = None,
+    ) -> Page[Hit]:
+        # Checked here too where the message cannot say it (0 means "unset" on the wire).
+        V.check_range(top_k, 1, V.MAX_TOP_K, "top_k")
+        limit = top_k if limit is None else limit
+        V.check_page(offset, limit)
+        V.check_filter(flt)
+        req = pb.SearchNeuronsRequest(top_k=top_k, per_model=per_model)
+        C.query_to_pb(query, req)
+        if flt is not None:
+            req.filter.CopyFrom(C.filter_to_pb(flt))
+        hits, nxt, _ = self._paged(
+            "SearchNeurons", req, offset, limit, lambda r: [C.hit_from_pb(h) for h in r.results]
+        )
+        return Page(hits, nxt)
+
     def search(
         self,
         text: str | None = None,
         *,
         image: bytes | None = None,
         neuron: NeuronRefLike | None = None,
-        vector: Any = None,
+        vector: np.ndarray | Sequence[float] | None = None,
         filter: SearchFilter | None = None,
-        top_k: int = 0,
+        top_k: int = V.DEFAULT_TOP_K,
         per_model: int = 0,
-        page_size: int = 0,
-        page_token: str = "",
-        timeout: float | None = None,
-    ) -> HitPage:
-        """Neurons closest to exactly one of text / image bytes / neuron / vector."""
+        offset: int = 0,
+        limit: int | None = None,
+    ) -> Page[Hit]:
+        """``search_neurons`` with exactly one of text / image bytes / neuron / vector."""
         given = [q for q in (text, image, neuron, vector) if q is not None]
         if len(given) != 1:
             raise InvalidArgument(
                 "give exactly one of text, image, neuron or vector", field="query"
             )
-        req = pb.SearchNeuronsRequest(
-            top_k=top_k, per_model=per_model, page_size=page_size, page_token=page_token
-        )
+        query: Query
         if text is not None:
-            C.query_to_pb(TextQuery(text), req)
+            query = TextQuery(text)
         elif image is not None:
-            C.query_to_pb(ImageQuery(bytes(image)), req)
+            query = ImageQuery(bytes(image))
         elif neuron is not None:
-            C.query_to_pb(NeuronQuery(*_unpack(neuron)), req)
+            query = NeuronQuery(*_unpack(neuron))
         else:
-            C.query_to_pb(VectorQuery(np.asarray(vector, dtype=np.float32)), req)
-        if filter is not None:
-            req.filter.CopyFrom(C.filter_to_pb(filter))
-        resp = self._call("SearchNeurons", req, timeout)
-        return HitPage([C.hit_from_pb(h) for h in resp.results], resp.next_page_token)
-
-    def search_all(self, text: str | None = None, **kwargs: Any) -> Iterator[Hit]:
-        """Every hit of a search, following page tokens."""
-        token = ""
-        while True:
-            page = self.search(text, page_token=token, **kwargs)
-            yield from page.hits
-            token = page.next_page_token
-            if not token:
-                return
+            query = VectorQuery(np.asarray(vector, dtype=np.float32))
+        return self.search_neurons(
+            query, filter, top_k=top_k, per_model=per_model, offset=offset, limit=limit
+        )
 
     def get_neuron(
-        self, neuron: NeuronRefLike, include_vector: bool = False, timeout: float | None = None
+        self, model_id: str, layer: str, unit: int, *, with_vector: bool = False
     ) -> NeuronRecord:
-        req = pb.GetNeuronRequest(neuron=_ref(neuron), include_vector=include_vector)
-        return C.neuron_from_pb(self._call("GetNeuron", req, timeout).neuron)
+        req = pb.GetNeuronRequest(
+            neuron=C.ref_to_pb(model_id, layer, unit), include_vector=with_vector
+        )
+        return C.neuron_from_pb(self._call("GetNeuron", req).neuron)
 
     def describe_neuron(
         self,
-        neuron: NeuronRefLike,
-        labels: list[str] | None = None,
-        top_n: int = 0,
-        timeout: float | None = None,
+        model_id: str,
+        layer: str,
+        unit: int,
+        *,
+        labels: Sequence[str] | None = None,
+        top_n: int = V.DEFAULT_TOP_N,
     ) -> Description:
-        req = pb.DescribeNeuronRequest(neuron=_ref(neuron), labels=list(labels or []), top_n=top_n)
-        return C.description_from_pb(self._call("DescribeNeuron", req, timeout))
+        V.check_range(top_n, 1, V.MAX_TOP_N, "top_n")  # 0 means "unset" on the wire
+        req = pb.DescribeNeuronRequest(
+            neuron=C.ref_to_pb(model_id, layer, unit), labels=list(labels or []), top_n=top_n
+        )
+        return C.description_from_pb(self._call("DescribeNeuron", req))
 
     def find_by_label(
         self,
         label: str,
+        *,
         prefix: bool = False,
-        filter: SearchFilter | None = None,
-        page_size: int = 0,
-        page_token: str = "",
-        timeout: float | None = None,
-    ) -> HitPage:
+        flt: SearchFilter | None = None,
+        offset: int = 0,
+        limit: int = 20,
+    ) -> Page[Hit]:
+        V.check_page(offset, limit)
+        V.check_filter(flt)
         req = pb.FindNeuronsByLabelRequest(
-            label=label,
-            match=pb.LABEL_MATCH_PREFIX if prefix else pb.LABEL_MATCH_EXACT,
-            page_size=page_size,
-            page_token=page_token,
+            label=label, match=pb.LABEL_MATCH_PREFIX if prefix else pb.LABEL_MATCH_EXACT
         )
-        if filter is not None:
-            req.filter.CopyFrom(C.filter_to_pb(filter))
-        resp = self._call("FindNeuronsByLabel", req, timeout)
-        return HitPage([C.hit_from_pb(h) for h in resp.results], resp.next_page_token)
+        if flt is not None:
+            req.filter.CopyFrom(C.filter_to_pb(flt))
+        hits, nxt, _ = self._paged(
+            "FindNeuronsByLabel",
+            req,
+            offset,
+            limit,
+            lambda r: [C.hit_from_pb(h) for h in r.results],
+        )
+        return Page(hits, nxt)
 
     # -- catalogue --------------------------------------------------------------------------
-    def list_models(
-        self, page_size: int = 0, page_token: str = "", timeout: float | None = None
-    ) -> ModelPage:
-        resp = self._call(
-            "ListModels", pb.ListModelsRequest(page_size=page_size, page_token=page_token), timeout
+    def list_models(self, *, offset: int = 0, limit: int = 50) -> Page[ModelEntry]:
+        V.check_page(offset, limit)
+        models, nxt, _ = self._paged(
+            "ListModels",
+            pb.ListModelsRequest(),
+            offset,
+            limit,
+            lambda r: [C.model_from_pb(m) for m in r.models],
         )
-        return ModelPage([C.model_from_pb(m) for m in resp.models], resp.next_page_token)
+        return Page(models, nxt)
 
-    def all_models(self, timeout: float | None = None) -> list[ModelEntry]:
-        out, token = [], ""
-        while True:
-            page = self.list_models(page_token=token, timeout=timeout)
-            out.extend(page.models)
-            token = page.next_page_token
-            if not token:
-                return out
+    def get_model(self, model_id: str) -> ModelEntry:
+        return C.model_from_pb(self._call("GetModel", pb.GetModelRequest(model_id=model_id)).model)
 
-    def get_model(self, model_id: str, timeout: float | None = None) -> ModelEntry:
-        return C.model_from_pb(
-            self._call("GetModel", pb.GetModelRequest(model_id=model_id), timeout).model
-        )
-
-    def delete_model(self, model_id: str, timeout: float | None = None) -> int:
+    def delete_model(self, model_id: str) -> int:
         """Needs an admin token. Returns the number of neuron records removed."""
-        return self._call(
-            "DeleteModel", pb.DeleteModelRequest(model_id=model_id), timeout
+        deleted: int = self._call(
+            "DeleteModel", pb.DeleteModelRequest(model_id=model_id)
         ).deleted_neurons
+        return deleted
 
-    def stats(self, timeout: float | None = None) -> StoreStats:
-        return C.stats_from_pb(self._call("GetStats", pb.GetStatsRequest(), timeout))
+    def stats(self) -> StoreStats:
+        return C.stats_from_pb(self._call("GetStats", pb.GetStatsRequest()))
 
     # -- comparison and audit -------------------------------------------------------------------
     def compare_models(
         self,
         model_a: str,
         model_b: str,
-        layers: list[str] | None = None,
+        layers: Sequence[str] | None = None,
         *,
         tau: float | None = None,
         activation: bool = True,
-        page_size: int = 0,
-        page_token: str = "",
-        timeout: float | None = None,
-    ) -> C.RemoteComparison:
-        """Compare two indexed models (``core.compare``); one page of matched pairs, follow
-        ``next_page_token`` for more. ``activation=False`` skips the CKA view."""
-        req = pb.CompareModelsRequest(
-            model_a=model_a,
-            model_b=model_b,
-            layers=list(layers or []),
-            semantic_only=not activation,
-            page_size=page_size,
-            page_token=page_token,
-        )
-        if tau is not None:
-            req.tau = float(tau)
-        return C.comparison_from_pb(self._call("CompareModels", req, timeout))
+        offset: int = 0,
+        limit: int | None = 50,
+    ) -> Comparison:
+        """Compare two indexed models (``core.compare``) with matched pairs
+        ``offset..offset+limit`` (all from ``offset`` on with ``limit=None``)."""
+        limit = sys.maxsize if limit is None else limit
+        V.check_page(offset, limit)
+        req = C.compare_request(model_a, model_b, layers, tau, activation)
+        pairs, _, first = self._paged("CompareModels", req, offset, limit, lambda r: r.pairs)
+        return C.comparison_from_pb(first, pairs)
 
     def audit_model(
         self,
         model_id: str,
-        valid: list[str] | None = None,
-        spurious: list[str] | None = None,
+        valid: Sequence[str] = (),
+        spurious: Sequence[str] = (),
         *,
         threshold: float | None = None,
-        timeout: float | None = None,
     ) -> Audit:
         """Audit a model against valid and spurious concepts (``core.audit``)."""
-        req = pb.AuditModelRequest(
-            model_id=model_id, valid=list(valid or []), spurious=list(spurious or [])
-        )
-        if threshold is not None:
-            req.threshold = float(threshold)
-        return C.audit_from_pb(self._call("AuditModel", req, timeout))
+        req = C.audit_request(model_id, valid, spurious, threshold)
+        return C.audit_from_pb(self._call("AuditModel", req))
 
-    def health(self, service: str = "", timeout: float | None = None) -> str:
+    # -- the connection ---------------------------------------------------------------------------
+    def health(self, service: str = "") -> str:
         """The server's health status name, e.g. "SERVING"."""
         try:
             resp = self._health.Check(
-                health_pb2.HealthCheckRequest(service=service), timeout=timeout or self.timeout
+                health_pb2.HealthCheckRequest(service=service), timeout=self.timeout
             )
         except grpc.RpcError as e:
             raise from_rpc_error(e) from None
-        return health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
+        name: str = health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
+        return name
 
     def close(self) -> None:
         self._channel.close()
@@ -284,4 +309,13 @@ class Client:
 
 
 def _unpack(neuron: NeuronRefLike) -> tuple[str, str, int]:
-    return parse_neuron_key(neuron) if isinstance(neuron, str) else tuple(neuron)  # type: ignore[return-value]
+    if isinstance(neuron, str):
+        return parse_neuron_key(neuron)
+    model_id, layer, unit = neuron
+    return model_id, layer, int(unit)
+
+
+if TYPE_CHECKING:  # mypy checks that the client is a QueryBackend
+
+    def _is_query_backend(client: Client) -> QueryBackend:
+        return client

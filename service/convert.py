@@ -6,15 +6,26 @@ responses; the client turns responses back into the same core records.
 
 from __future__ import annotations
 
+import json
 import math
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Iterable, Sequence
+from typing import Any, TypedDict
 
 import numpy as np
 from google.protobuf import struct_pb2, timestamp_pb2
 from google.protobuf.json_format import MessageToDict
 
-from neuronatlas.core.errors import InvalidArgument
+from neuronatlas.core.audit import Audit, ConceptAudit, SpuriousNeuron
+from neuronatlas.core.compare import (
+    ActivationView,
+    Alignment,
+    Comparison,
+    ConceptCount,
+    MatchedPair,
+    ModelSide,
+    Score,
+    SemanticView,
+)
 from neuronatlas.core.queries import (
     Description,
     ImageQuery,
@@ -24,6 +35,7 @@ from neuronatlas.core.queries import (
     StoreStats,
     TextQuery,
     VectorQuery,
+    top_labels_by_vocabulary,
 )
 from neuronatlas.core.records import (
     EmbedderInfo,
@@ -33,12 +45,10 @@ from neuronatlas.core.records import (
     ModelStatus,
     NeuronRecord,
     TopSample,
-    neuron_key,
 )
 from neuronatlas.core.store.base import Hit, SearchFilter
+from neuronatlas.core.validate import no_query
 from neuronatlas.v1 import neuronatlas_pb2 as pb
-
-MAX_TOP_LABELS = 5
 
 _STATUS_TO_PB = {
     ModelStatus.REGISTERED: pb.MODEL_STATUS_REGISTERED,
@@ -50,11 +60,7 @@ _STATUS_FROM_PB = {v: k for k, v in _STATUS_TO_PB.items()}
 
 
 # -- requests -> core ---------------------------------------------------------------------
-def ref_from_pb(ref: pb.NeuronRef, field: str = "neuron") -> tuple[str, str, int]:
-    if not ref.model_id:
-        raise InvalidArgument(f"{field}.model_id is required", field=f"{field}.model_id")
-    if not ref.layer:
-        raise InvalidArgument(f"{field}.layer is required", field=f"{field}.layer")
+def ref_from_pb(ref: pb.NeuronRef) -> tuple[str, str, int]:
     return ref.model_id, ref.layer, int(ref.unit)
 
 
@@ -98,7 +104,7 @@ def query_from_pb(req: pb.SearchNeuronsRequest) -> Query:
         return NeuronQuery(*ref_from_pb(req.neuron))
     if which == "vector":
         return VectorQuery(np.asarray(req.vector.values, dtype=np.float32))
-    raise InvalidArgument("one of text, image, neuron or vector is required", field="query")
+    raise no_query()
 
 
 def query_to_pb(query: Query, req: pb.SearchNeuronsRequest) -> None:
@@ -111,22 +117,16 @@ def query_to_pb(query: Query, req: pb.SearchNeuronsRequest) -> None:
     elif isinstance(query, VectorQuery):
         req.vector.values.extend(np.asarray(query.values, dtype=np.float32).ravel().tolist())
     else:
-        raise InvalidArgument(f"unsupported query {query!r}", field="query")
+        raise no_query()
 
 
 # -- records -> responses -------------------------------------------------------------------
-def _labels_to_pb(labels: list[Label]) -> list[pb.Label]:
-    return [pb.Label(label=l.label, score=float(l.score)) for l in labels]
+def _labels_to_pb(labels: Iterable[Label]) -> list[pb.Label]:
+    return [pb.Label(label=lab.label, score=float(lab.score)) for lab in labels]
 
 
-def _labels_from_pb(labels) -> list[Label]:
-    return [Label(l.label, float(l.score)) for l in labels]
-
-
-def top_labels(rec: NeuronRecord) -> list[Label]:
-    """Best label of each vocabulary, best first."""
-    best = [ls[0] for ls in rec.labels.values() if ls]
-    return sorted(best, key=lambda l: -l.score)[:MAX_TOP_LABELS]
+def _labels_from_pb(labels: Iterable[pb.Label]) -> list[Label]:
+    return [Label(lab.label, float(lab.score)) for lab in labels]
 
 
 def _quality(rec: NeuronRecord) -> pb.QualityScores:
@@ -145,13 +145,20 @@ def hit_to_pb(hit: Hit) -> pb.NeuronHit:
         score=float(hit.score),
         layer_index=int(r.layer_index),
         depth=float(r.depth),
-        top_labels=_labels_to_pb(top_labels(r)),
+        top_labels=[
+            pb.Label(label=lab.label, score=float(lab.score), vocabulary=vocab)
+            for vocab, lab in top_labels_by_vocabulary(r)
+        ],
         quality=_quality(r),
     )
 
 
 def hit_from_pb(h: pb.NeuronHit) -> Hit:
-    """A Hit whose record carries what NeuronHit has (top labels under vocabulary "top")."""
+    """A Hit whose record carries what NeuronHit has: the best label of each vocabulary (under
+    "top" from a server that does not name vocabularies), depth, layer index, quality scores."""
+    labels: dict[str, list[Label]] = {}
+    for lab in h.top_labels:
+        labels.setdefault(lab.vocabulary or "top", []).append(Label(lab.label, float(lab.score)))
     rec = NeuronRecord(
         model_id=h.neuron.model_id,
         layer=h.neuron.layer,
@@ -159,7 +166,7 @@ def hit_from_pb(h: pb.NeuronHit) -> Hit:
         depth=h.depth,
         unit=h.neuron.unit,
         vector=np.zeros(0, np.float32),
-        labels={"top": _labels_from_pb(h.top_labels)} if h.top_labels else {},
+        labels=labels,
         clarity=h.quality.clarity,
         polysemanticity=h.quality.polysemanticity,
         redundancy=h.quality.redundancy,
@@ -235,14 +242,10 @@ def _ts(seconds: float) -> timestamp_pb2.Timestamp | None:
     return ts
 
 
-def _struct(d: dict) -> struct_pb2.Struct:
+def _struct(d: dict[str, Any]) -> struct_pb2.Struct:
+    """A Struct of JSON-like data (anything else as its string)."""
     s = struct_pb2.Struct()
-    s.update(
-        {
-            k: (str(v) if not isinstance(v, (str, int, float, bool, type(None), list, dict)) else v)
-            for k, v in d.items()
-        }
-    )
+    s.update(json.loads(json.dumps(d, default=str)))
     return s
 
 
@@ -267,6 +270,7 @@ def model_to_pb(m: ModelEntry) -> pb.Model:
         tags=list(m.tags),
         notes=m.notes,
         neuron_count=m.neuron_count,
+        extra=_struct(m.extra),
     )
     for name, secs in (
         ("create_time", m.created_at),
@@ -303,6 +307,7 @@ def model_from_pb(m: pb.Model) -> ModelEntry:
         index_wall_s=m.index_wall_seconds,
         tags=list(m.tags),
         notes=m.notes,
+        extra=MessageToDict(m.extra),
     )
 
 
@@ -347,11 +352,6 @@ def stats_from_pb(r: pb.GetStatsResponse) -> StoreStats:
     )
 
 
-def hit_key(hit: Hit) -> str:
-    r = hit.record
-    return neuron_key(r.model_id, r.layer, r.unit)
-
-
 # -- comparison and audit ----------------------------------------------------------------------
 def matrix_to_pb(m: np.ndarray, row_labels: list[str], col_labels: list[str]) -> pb.Matrix:
     m = np.asarray(m, dtype=np.float32)
@@ -369,17 +369,15 @@ def matrix_from_pb(m: pb.Matrix) -> np.ndarray:
     return np.asarray(m.values, dtype=np.float32).reshape(m.rows, m.cols)
 
 
-def _score_to_pb(s) -> pb.ScoreWithFloor:
+def _score_to_pb(s: Score) -> pb.ScoreWithFloor:
     return pb.ScoreWithFloor(value=float(s.value), noise_floor=float(s.baseline))
 
 
-def _score_from_pb(s: pb.ScoreWithFloor):
-    from neuronatlas.core.compare import Score
-
+def _score_from_pb(s: pb.ScoreWithFloor) -> Score:
     return Score(float(s.value), float(s.noise_floor))
 
 
-def _alignment_to_pb(al, layers: list[str]) -> pb.DepthAlignment:
+def _alignment_to_pb(al: Alignment, layers: list[str]) -> pb.DepthAlignment:
     return pb.DepthAlignment(
         layers=list(layers),
         depth=np.asarray(al.depth, np.float32).tolist(),
@@ -389,14 +387,14 @@ def _alignment_to_pb(al, layers: list[str]) -> pb.DepthAlignment:
     )
 
 
-def _concept_counts_to_pb(items) -> list[pb.ConceptCount]:
+def _concept_counts_to_pb(items: Iterable[ConceptCount]) -> list[pb.ConceptCount]:
     return [
         pb.ConceptCount(label=c.label, count_a=int(c.count_a), count_b=int(c.count_b))
         for c in items
     ]
 
 
-def _side_to_pb(side) -> pb.ComparedModel:
+def _side_to_pb(side: ModelSide) -> pb.ComparedModel:
     return pb.ComparedModel(
         model_id=side.model_id,
         generation=int(side.generation),
@@ -406,32 +404,41 @@ def _side_to_pb(side) -> pb.ComparedModel:
     )
 
 
-def compare_args_from_pb(req: pb.CompareModelsRequest) -> dict:
-    """Core keyword arguments of ``compare_models`` from a request (paging excluded)."""
-    from neuronatlas.core.queries import MAX_FILTER_ITEMS, MAX_LAYER_CHARS
+class CompareArgs(TypedDict):
+    model_a: str
+    model_b: str
+    layers: list[str] | None
+    tau: float | None
+    activation: bool
 
-    for name in ("model_a", "model_b"):
-        _check_model_id(getattr(req, name), name)
-    if len(req.layers) > MAX_FILTER_ITEMS:
-        raise InvalidArgument(f"at most {MAX_FILTER_ITEMS} layers", field="layers")
-    for layer in req.layers:
-        if not layer or len(layer) > MAX_LAYER_CHARS:
-            raise InvalidArgument(
-                f"layer names must be 1-{MAX_LAYER_CHARS} characters", field="layers"
-            )
-    tau = float(req.tau) if req.HasField("tau") else None
-    if tau is not None and not (math.isfinite(tau) and -1.0 <= tau <= 1.0):
-        raise InvalidArgument(f"tau must be a cosine in [-1, 1], not {tau}", field="tau")
+
+def compare_args_from_pb(req: pb.CompareModelsRequest) -> CompareArgs:
+    """Keyword arguments of ``Atlas.compare_models`` from a request (paging excluded)."""
     return {
         "model_a": req.model_a,
         "model_b": req.model_b,
         "layers": list(req.layers) or None,
-        "tau": tau,
+        "tau": float(req.tau) if req.HasField("tau") else None,
         "activation": not req.semantic_only,
     }
 
 
-def comparison_to_pb(cmp, next_page_token: str = "") -> pb.CompareModelsResponse:
+def compare_request(
+    model_a: str,
+    model_b: str,
+    layers: Sequence[str] | None,
+    tau: float | None,
+    activation: bool,
+) -> pb.CompareModelsRequest:
+    req = pb.CompareModelsRequest(
+        model_a=model_a, model_b=model_b, layers=list(layers or []), semantic_only=not activation
+    )
+    if tau is not None:
+        req.tau = float(tau)
+    return req
+
+
+def comparison_to_pb(cmp: Comparison, next_page_token: str = "") -> pb.CompareModelsResponse:
     """A core ``Comparison`` (with its page of pairs) as a CompareModelsResponse."""
     s, a, b = cmp.semantic, cmp.a, cmp.b
     out = pb.CompareModelsResponse(
@@ -471,41 +478,43 @@ def comparison_to_pb(cmp, next_page_token: str = "") -> pb.CompareModelsResponse
         out.cka.CopyFrom(matrix_to_pb(act.cka, act.layers_a, act.layers_b))
         out.cka_floor.CopyFrom(matrix_to_pb(act.cka_baseline, act.layers_a, act.layers_b))
         out.cka_alignment.CopyFrom(_alignment_to_pb(act.alignment, act.layers_a))
+        out.cka_alignment_b.CopyFrom(_alignment_to_pb(act.alignment_b, act.layers_b))
         out.cka_samples = int(act.n_samples)
     return out
 
 
-def audit_args_from_pb(req: pb.AuditModelRequest) -> dict:
-    """Core keyword arguments of ``audit_model`` from a request."""
-    from neuronatlas.core.queries import MAX_LABEL_CHARS
+class AuditArgs(TypedDict):
+    model_id: str
+    valid: list[str]
+    spurious: list[str]
+    threshold: float | None
 
-    _check_model_id(req.model_id, "model_id")
-    if not req.valid and not req.spurious:
-        raise InvalidArgument("give at least one valid or spurious concept", field="valid")
-    if len(req.valid) + len(req.spurious) > MAX_AUDIT_CONCEPTS:
-        raise InvalidArgument(f"at most {MAX_AUDIT_CONCEPTS} concepts in all", field="valid")
-    for name in ("valid", "spurious"):
-        for i, c in enumerate(getattr(req, name)):
-            if not c.strip() or len(c) > MAX_LABEL_CHARS:
-                raise InvalidArgument(
-                    f"{name} concepts must be 1-{MAX_LABEL_CHARS} characters", field=f"{name}[{i}]"
-                )
-    threshold = float(req.threshold) if req.HasField("threshold") else None
-    if threshold is not None and not math.isfinite(threshold):
-        raise InvalidArgument("threshold must be finite", field="threshold")
+
+def audit_args_from_pb(req: pb.AuditModelRequest) -> AuditArgs:
+    """Keyword arguments of ``Atlas.audit_model`` from a request."""
     return {
-        "model": req.model_id,
+        "model_id": req.model_id,
         "valid": list(req.valid),
         "spurious": list(req.spurious),
-        "threshold": threshold,
+        "threshold": float(req.threshold) if req.HasField("threshold") else None,
     }
 
 
-def audit_to_pb(a) -> pb.AuditModelResponse:
+def audit_request(
+    model_id: str, valid: Sequence[str], spurious: Sequence[str], threshold: float | None
+) -> pb.AuditModelRequest:
+    req = pb.AuditModelRequest(model_id=model_id, valid=list(valid), spurious=list(spurious))
+    if threshold is not None:
+        req.threshold = float(threshold)
+    return req
+
+
+def audit_to_pb(a: Audit) -> pb.AuditModelResponse:
     """A core ``Audit`` as an AuditModelResponse."""
 
-    def floats(x) -> list[float]:
-        return np.asarray(x, dtype=np.float32).tolist()
+    def floats(x: np.ndarray) -> list[float]:
+        out: list[float] = np.asarray(x, dtype=np.float32).tolist()
+        return out
 
     return pb.AuditModelResponse(
         model_id=a.model_id,
@@ -546,10 +555,8 @@ def audit_to_pb(a) -> pb.AuditModelResponse:
     )
 
 
-def audit_from_pb(r: pb.AuditModelResponse):
+def audit_from_pb(r: pb.AuditModelResponse) -> Audit:
     """The core ``Audit`` a response describes."""
-    from neuronatlas.core.audit import Audit, ConceptAudit, SpuriousNeuron
-
     return Audit(
         model_id=r.model_id,
         generation=r.generation,
@@ -589,53 +596,11 @@ def audit_from_pb(r: pb.AuditModelResponse):
     )
 
 
-MAX_AUDIT_CONCEPTS = 100
-_MODEL_ID_MAX = 128
+def _counts_from_pb(items: Iterable[pb.ConceptCount]) -> list[ConceptCount]:
+    return [ConceptCount(c.label, int(c.count_a), int(c.count_b)) for c in items]
 
 
-def _check_model_id(model_id: str, field: str) -> None:
-    if not model_id:
-        raise InvalidArgument(f"{field} is required", field=field)
-    if len(model_id) > _MODEL_ID_MAX:
-        raise InvalidArgument(f"{field} is longer than {_MODEL_ID_MAX} characters", field=field)
-
-
-@dataclass
-class RemoteComparison:
-    """A comparison as CompareModels returns it: matrices as numpy arrays, scores with floors,
-    one page of matched pairs (``core.compare`` types where they exist)."""
-
-    model_a: str
-    model_b: str
-    layers_a: list[str]
-    layers_b: list[str]
-    layer_similarity: np.ndarray
-    layer_similarity_floor: np.ndarray
-    alignment: Any  # core.compare.Alignment, A -> B (semantic)
-    alignment_b: Any
-    best_match: Any  # core.compare.Score
-    matching: Any
-    coverage_a: Any
-    coverage_b: Any
-    tau: float
-    matching_method: str
-    floor_exact: bool
-    cka: np.ndarray | None
-    cka_floor: np.ndarray | None
-    cka_alignment: Any
-    cka_samples: int
-    shared: list
-    unique_a: list
-    unique_b: list
-    pairs: list
-    pairs_total: int
-    next_page_token: str = ""
-    cached: bool = False
-
-
-def _alignment_from_pb(al: pb.DepthAlignment):
-    from neuronatlas.core.compare import Alignment
-
+def _alignment_from_pb(al: pb.DepthAlignment) -> Alignment:
     return Alignment(
         depth=np.asarray(al.depth, np.float64),
         matched_depth=np.asarray(al.matched_depth, np.float64),
@@ -644,48 +609,91 @@ def _alignment_from_pb(al: pb.DepthAlignment):
     )
 
 
-def comparison_from_pb(r: pb.CompareModelsResponse) -> RemoteComparison:
-    from neuronatlas.core.compare import ConceptCount, MatchedPair
+def _side_from_pb(m: pb.ComparedModel, depths: np.ndarray) -> ModelSide:
+    """A compared model's per-neuron table: rows in (layer, unit) order, units 0..n-1 of each
+    layer (as the indexer writes them); labels are filled in from the pairs received."""
+    sizes = np.asarray(m.layer_sizes, np.int64)
+    return ModelSide(
+        model_id=m.model_id,
+        generation=int(m.generation),
+        layers=list(m.layers),
+        depths=depths,
+        sizes=sizes,
+        layer_of=np.repeat(np.arange(len(sizes), dtype=np.int64), sizes),
+        units=np.concatenate([np.arange(n, dtype=np.int64) for n in sizes])
+        if len(sizes)
+        else np.zeros(0, np.int64),
+        labels=[""] * int(sizes.sum()),
+    )
 
-    def counts(items) -> list:
-        return [ConceptCount(c.label, c.count_a, c.count_b) for c in items]
 
-    return RemoteComparison(
-        model_a=r.model_a.model_id,
-        model_b=r.model_b.model_id,
-        layers_a=list(r.model_a.layers),
-        layers_b=list(r.model_b.layers),
-        layer_similarity=matrix_from_pb(r.layer_similarity),
-        layer_similarity_floor=matrix_from_pb(r.layer_similarity_floor),
+def _row(side: ModelSide, layer: str, unit: int, label: str) -> int:
+    """The table row of a neuron (appended if the table lacks it), its label noted."""
+    pos = side.layers.index(layer) if layer in side.layers else -1
+    start = int(side.sizes[:pos].sum()) if pos >= 0 else 0
+    if pos >= 0 and 0 <= unit < int(side.sizes[pos]) and int(side.units[start + unit]) == unit:
+        row = start + unit
+    else:  # not a contiguous unit range: keep the neuron at the end of the table
+        side.layer_of = np.append(side.layer_of, max(pos, 0))
+        side.units = np.append(side.units, unit)
+        side.labels.append("")
+        row = len(side.labels) - 1
+    side.labels[row] = label
+    return row
+
+
+def comparison_from_pb(
+    r: pb.CompareModelsResponse, pairs: Sequence[pb.MatchedPair] | None = None
+) -> Comparison:
+    """The core ``Comparison`` a response describes, with ``pairs`` (default: the response's
+    page) as its matched pairs: ``Comparison.pairs`` and ``page(0, len(pairs))`` give them."""
+    pairs = list(r.pairs) if pairs is None else list(pairs)
+    a = _side_from_pb(r.model_a, np.asarray(r.alignment.depth, np.float64))
+    b = _side_from_pb(r.model_b, np.asarray(r.alignment_b.depth, np.float64))
+    match_a = [_row(a, p.a.layer, int(p.a.unit), p.a_label) for p in pairs]
+    match_b = [_row(b, p.b.layer, int(p.b.unit), p.b_label) for p in pairs]
+    semantic = SemanticView(
+        layer_similarity=matrix_from_pb(r.layer_similarity).astype(np.float64),
+        layer_similarity_baseline=matrix_from_pb(r.layer_similarity_floor).astype(np.float64),
         alignment=_alignment_from_pb(r.alignment),
         alignment_b=_alignment_from_pb(r.alignment_b),
         best_match=_score_from_pb(r.best_match),
         matching=_score_from_pb(r.matching),
         coverage_a=_score_from_pb(r.coverage_a_to_b),
         coverage_b=_score_from_pb(r.coverage_b_to_a),
-        tau=r.tau,
+        tau=float(r.tau),
         matching_method=r.matching_method,
-        floor_exact=r.floor_exact,
-        cka=matrix_from_pb(r.cka) if r.has_activation else None,
-        cka_floor=matrix_from_pb(r.cka_floor) if r.has_activation else None,
-        cka_alignment=_alignment_from_pb(r.cka_alignment) if r.has_activation else None,
-        cka_samples=r.cka_samples,
-        shared=counts(r.shared_concepts),
-        unique_a=counts(r.unique_concepts_a),
-        unique_b=counts(r.unique_concepts_b),
-        pairs=[
-            MatchedPair(
-                a_layer=p.a.layer,
-                a_unit=p.a.unit,
-                b_layer=p.b.layer,
-                b_unit=p.b.unit,
-                similarity=p.similarity,
-                a_label=p.a_label,
-                b_label=p.b_label,
-            )
-            for p in r.pairs
-        ],
-        pairs_total=r.total_pairs,
-        next_page_token=r.next_page_token,
-        cached=r.cached,
+        null_exact=bool(r.floor_exact),
+        match_a=np.asarray(match_a, np.int64),
+        match_b=np.asarray(match_b, np.int64),
+        match_sim=np.asarray([p.similarity for p in pairs], np.float64),
+        shared=_counts_from_pb(r.shared_concepts),
+        unique_a=_counts_from_pb(r.unique_concepts_a),
+        unique_b=_counts_from_pb(r.unique_concepts_b),
     )
+    activation = None
+    if r.has_activation:
+        activation = ActivationView(
+            cka=matrix_from_pb(r.cka).astype(np.float64),
+            cka_baseline=matrix_from_pb(r.cka_floor).astype(np.float64),
+            layers_a=list(r.cka.row_labels),
+            layers_b=list(r.cka.col_labels),
+            alignment=_alignment_from_pb(r.cka_alignment),
+            alignment_b=_alignment_from_pb(r.cka_alignment_b),
+            n_samples=int(r.cka_samples),
+        )
+    cmp = Comparison(a=a, b=b, semantic=semantic, activation=activation, cached=bool(r.cached))
+    cmp.pairs = [
+        MatchedPair(
+            a_layer=p.a.layer,
+            a_unit=int(p.a.unit),
+            b_layer=p.b.layer,
+            b_unit=int(p.b.unit),
+            similarity=float(p.similarity),
+            a_label=p.a_label,
+            b_label=p.b_label,
+        )
+        for p in pairs
+    ]
+    cmp.pairs_total = int(r.total_pairs)
+    return cmp

@@ -1,9 +1,12 @@
-"""The one mapping between NeuronAtlas errors and gRPC status codes.
+"""The one mapping between NeuronAtlas errors and gRPC status codes, derived from the classes.
 
-Server side, :func:`to_rpc_status` turns an exception into a ``grpc.Status`` carrying a
+Every error class names its status itself (``code``, ``reason``; see ``core/errors.py``). Server
+side, :func:`to_rpc_status` turns an exception into a ``grpc.Status`` carrying a
 ``google.rpc.Status`` with details (ErrorInfo always, BadRequest field violations for
 INVALID_ARGUMENT, PreconditionFailure for FAILED_PRECONDITION). Client side,
-:func:`from_rpc_error` turns a ``grpc.RpcError`` back into the matching NeuronAtlas error.
+:func:`from_rpc_error` turns a ``grpc.RpcError`` back into the error class its ErrorInfo reason
+names (a registry built from the classes), or, for a status without one (the gRPC runtime's own),
+the class that stands for the status code.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import logging
 
 import grpc
 from google.protobuf import any_pb2
+from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
@@ -25,60 +29,70 @@ DOMAIN = "neuronatlas.dev"
 class ServiceUnavailable(E.NeuronAtlasError):
     """The NeuronAtlas server (or its store) cannot be reached; retrying may help."""
 
+    code = "UNAVAILABLE"
+    reason = "UNAVAILABLE"
+
 
 class DeadlineExceeded(E.NeuronAtlasError):
     """The call did not finish within its deadline."""
+
+    code = "DEADLINE_EXCEEDED"
+    reason = "DEADLINE_EXCEEDED"
+
+
+class MessageTooLarge(E.InvalidArgument):
+    """A request or response is over the transport's message size limit."""
+
+    code = "RESOURCE_EXHAUSTED"
+    reason = "RESOURCE_EXHAUSTED"
 
 
 class ServerError(E.NeuronAtlasError):
     """The server failed on its side (a bug or an unexpected state)."""
 
-
-# Most specific classes first: the first isinstance match wins.
-_CODES: list[tuple[type[BaseException], grpc.StatusCode, str]] = [
-    (E.InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT"),
-    (E.NotFound, grpc.StatusCode.NOT_FOUND, "NOT_FOUND"),
-    (E.AlreadyExists, grpc.StatusCode.ALREADY_EXISTS, "ALREADY_EXISTS"),
-    (E.NotIndexed, grpc.StatusCode.FAILED_PRECONDITION, "NOT_INDEXED"),
-    (E.EmbedderMismatch, grpc.StatusCode.FAILED_PRECONDITION, "EMBEDDER_MISMATCH"),
-    (E.FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION, "FAILED_PRECONDITION"),
-    (E.StoreUnavailable, grpc.StatusCode.UNAVAILABLE, "STORE_UNAVAILABLE"),
-    (E.StoreLocked, grpc.StatusCode.UNAVAILABLE, "STORE_LOCKED"),
-    (E.StoreCorrupted, grpc.StatusCode.DATA_LOSS, "STORE_CORRUPTED"),
-    (E.NotAStore, grpc.StatusCode.FAILED_PRECONDITION, "NOT_A_STORE"),
-    (E.StoreError, grpc.StatusCode.FAILED_PRECONDITION, "STORE_ERROR"),
-    (E.WeightsUnavailable, grpc.StatusCode.FAILED_PRECONDITION, "WEIGHTS_UNAVAILABLE"),
-    (E.Unauthenticated, grpc.StatusCode.UNAUTHENTICATED, "UNAUTHENTICATED"),
-    (E.PermissionDenied, grpc.StatusCode.PERMISSION_DENIED, "PERMISSION_DENIED"),
-    (ServiceUnavailable, grpc.StatusCode.UNAVAILABLE, "UNAVAILABLE"),
-    (DeadlineExceeded, grpc.StatusCode.DEADLINE_EXCEEDED, "DEADLINE_EXCEEDED"),
-]
-
-# Client side: status code -> error class (the reason in ErrorInfo refines it).
-_FROM_CODE: dict[grpc.StatusCode, type[E.NeuronAtlasError]] = {
-    grpc.StatusCode.INVALID_ARGUMENT: E.InvalidArgument,
-    grpc.StatusCode.NOT_FOUND: E.NotFound,
-    grpc.StatusCode.ALREADY_EXISTS: E.AlreadyExists,
-    grpc.StatusCode.FAILED_PRECONDITION: E.FailedPrecondition,
-    grpc.StatusCode.UNAVAILABLE: ServiceUnavailable,
-    grpc.StatusCode.DATA_LOSS: E.StoreCorrupted,
-    grpc.StatusCode.UNAUTHENTICATED: E.Unauthenticated,
-    grpc.StatusCode.PERMISSION_DENIED: E.PermissionDenied,
-    grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceeded,
-    grpc.StatusCode.RESOURCE_EXHAUSTED: E.InvalidArgument,  # message over the transport limit
-    grpc.StatusCode.OUT_OF_RANGE: E.InvalidArgument,
-}
-_FROM_REASON: dict[str, type[E.NeuronAtlasError]] = {
-    "NOT_INDEXED": E.NotIndexed,
-    "EMBEDDER_MISMATCH": E.EmbedderMismatch,
-    "STORE_UNAVAILABLE": E.StoreUnavailable,
-    "STORE_LOCKED": E.StoreLocked,
-    "NOT_A_STORE": E.NotAStore,
-    "WEIGHTS_UNAVAILABLE": E.WeightsUnavailable,
-}
+    code = "INTERNAL"
+    reason = "INTERNAL"
 
 
-def _pack(msg) -> any_pb2.Any:
+def error_classes() -> list[type[E.NeuronAtlasError]]:
+    """Every error class that names its own ``reason`` (all subclasses, base excluded)."""
+    out: list[type[E.NeuronAtlasError]] = []
+    todo = list(E.NeuronAtlasError.__subclasses__())
+    while todo:
+        cls = todo.pop(0)
+        if "reason" in vars(cls) and cls not in out:
+            out.append(cls)
+        todo.extend(cls.__subclasses__())
+    return out
+
+
+def by_reason() -> dict[str, type[E.NeuronAtlasError]]:
+    """ErrorInfo reason -> error class. Two classes may not share a reason."""
+    out: dict[str, type[E.NeuronAtlasError]] = {}
+    for cls in error_classes():
+        if cls.reason in out and out[cls.reason] is not cls:
+            raise RuntimeError(
+                f"{cls.__qualname__} and {out[cls.reason].__qualname__} share reason {cls.reason!r}"
+            )
+        out[cls.reason] = cls
+    return out
+
+
+def for_code(code: grpc.StatusCode) -> type[E.NeuronAtlasError]:
+    """The class standing for a bare status code: the one whose reason is the code's name,
+    else the only class with that code, else ServerError."""
+    classes = [c for c in error_classes() if c.code == code.name]
+    generic = [c for c in classes if c.reason == code.name]
+    if generic:
+        return generic[0]
+    return classes[0] if len(classes) == 1 else ServerError
+
+
+def status_code(cls: type[E.NeuronAtlasError]) -> grpc.StatusCode:
+    return grpc.StatusCode[cls.code]
+
+
+def _pack(msg: Message) -> any_pb2.Any:
     a = any_pb2.Any()
     a.Pack(msg)
     return a
@@ -86,10 +100,9 @@ def _pack(msg) -> any_pb2.Any:
 
 def code_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     """(status code, ErrorInfo reason) for an exception; INTERNAL for anything unexpected."""
-    for cls, code, reason in _CODES:
-        if isinstance(exc, cls):
-            return code, reason
-    return grpc.StatusCode.INTERNAL, "INTERNAL"
+    if isinstance(exc, E.NeuronAtlasError):
+        return status_code(type(exc)), type(exc).reason
+    return grpc.StatusCode.INTERNAL, ServerError.reason
 
 
 def make_status(
@@ -102,16 +115,16 @@ def make_status(
     details = [
         _pack(error_details_pb2.ErrorInfo(reason=reason, domain=DOMAIN, metadata=metadata or {}))
     ]
-    if code is grpc.StatusCode.INVALID_ARGUMENT:
+    if code is grpc.StatusCode.INVALID_ARGUMENT or field is not None:
         violation = error_details_pb2.BadRequest.FieldViolation(
             field=field or "request", description=message
         )
         details.append(_pack(error_details_pb2.BadRequest(field_violations=[violation])))
     elif code is grpc.StatusCode.FAILED_PRECONDITION:
-        violation = error_details_pb2.PreconditionFailure.Violation(
+        precondition = error_details_pb2.PreconditionFailure.Violation(
             type=reason, subject="store", description=message
         )
-        details.append(_pack(error_details_pb2.PreconditionFailure(violations=[violation])))
+        details.append(_pack(error_details_pb2.PreconditionFailure(violations=[precondition])))
     status = status_pb2.Status(code=code.value[0], message=message, details=details)
     return rpc_status.to_status(status)
 
@@ -133,7 +146,8 @@ def to_rpc_status(exc: BaseException) -> grpc.Status:
 
 def from_rpc_error(err: grpc.RpcError) -> E.NeuronAtlasError:
     """The NeuronAtlas error a client raises for a failed call."""
-    code = err.code() if hasattr(err, "code") else grpc.StatusCode.UNKNOWN
+    code = err.code() if hasattr(err, "code") else None
+    code = code if isinstance(code, grpc.StatusCode) else grpc.StatusCode.UNKNOWN
     message = err.details() if hasattr(err, "details") else str(err)
     reason, field = "", None
     status = rpc_status.from_call(err) if hasattr(err, "trailing_metadata") else None
@@ -141,17 +155,17 @@ def from_rpc_error(err: grpc.RpcError) -> E.NeuronAtlasError:
         if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
             info = error_details_pb2.ErrorInfo()
             detail.Unpack(info)
-            reason = info.reason
+            if info.domain == DOMAIN:
+                reason = info.reason
         elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
             br = error_details_pb2.BadRequest()
             detail.Unpack(br)
             if br.field_violations:
                 field = br.field_violations[0].field
-    cls = _FROM_REASON.get(reason) or _FROM_CODE.get(code, ServerError)
-    text = f"{message} [{code.name}]" if code is not None else str(message)
+    cls = by_reason().get(reason)
+    if cls is None or cls.code != code.name:  # unknown reason, or not ours: go by the code
+        cls = for_code(code)
+    text = f"{message} [{code.name}]"
     if issubclass(cls, E.InvalidArgument):
-        exc: E.NeuronAtlasError = cls(text, field=field)
-    else:
-        exc = cls(text)
-    exc.code = code  # type: ignore[attr-defined]
-    return exc
+        return cls(text, field=field)
+    return cls(text)

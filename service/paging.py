@@ -2,6 +2,8 @@
 
 A token carries the offset of the next page and a fingerprint of the request it belongs to
 (every field except page_size and page_token), so it cannot be replayed against another query.
+The typed client (``client.py``) shares this format: it asks for the page at an offset by
+minting the token for its own request, and reads the next offset back from the response's.
 """
 
 from __future__ import annotations
@@ -42,9 +44,14 @@ def encode_token(request: Message, offset: int | None) -> str:
 
 def decode_token(request: Message) -> int:
     """The offset a request's page_token points at (0 without a token)."""
-    token = request.page_token
+    offset = offset_of(request, request.page_token)
+    return 0 if offset is None else offset
+
+
+def offset_of(request: Message, token: str) -> int | None:
+    """The offset ``token`` (issued for ``request``) points at; None for "" (no next page)."""
     if not token:
-        return 0
+        return None
     try:
         data = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
         offset, fp = int(data["o"]), str(data["f"])

@@ -10,15 +10,18 @@ import threading
 from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from neuronatlas.core.config import Home, HomeLike
 from neuronatlas.core.errors import InvalidArgument
 from neuronatlas.core.queries import Atlas
 from neuronatlas.service.auth import AuthInterceptor, TokenSet
 from neuronatlas.service.servicer import MAX_REQUEST_BYTES, NeuronAtlasServicer
+from neuronatlas.service.wire import MalformedRequestInterceptor
 from neuronatlas.v1 import neuronatlas_pb2 as pb
 from neuronatlas.v1 import neuronatlas_pb2_grpc as pb_grpc
 
@@ -65,13 +68,21 @@ class Server:
         tls: TlsConfig | None = None,
         max_workers: int = 16,
         close_atlas: bool = False,
-        home: Path | None = None,
+        home: HomeLike | None = None,
+        grace: float = 5.0,
     ):
+        """``home``: where comparisons and audits read sketches and keep caches (sets the
+        Atlas's home; default: the Atlas's own). ``grace``: seconds running calls get to finish
+        when the server stops (SIGTERM / SIGINT, or ``stop()`` without an argument)."""
         self.atlas = atlas
+        self.grace = float(grace)
         self.tokens = tokens or TokenSet()
         self._close_atlas = close_atlas
         self._stopped = threading.Event()
-        interceptors = [AuthInterceptor(self.tokens)] if self.tokens else []
+        # Outermost first: malformed request bytes get INVALID_ARGUMENT on every method.
+        interceptors: list[grpc.ServerInterceptor] = [MalformedRequestInterceptor()]
+        if self.tokens:
+            interceptors.append(AuthInterceptor(self.tokens))
         self.grpc_server = grpc.server(
             futures.ThreadPoolExecutor(
                 max_workers=max_workers, thread_name_prefix="neuronatlas-rpc"
@@ -83,8 +94,10 @@ class Server:
                 ("grpc.so_reuseport", 0),
             ],
         )
+        if home is not None:  # where comparisons and audits read sketches and keep caches
+            atlas.home = Home.of(home)
         pb_grpc.add_NeuronAtlasServiceServicer_to_server(
-            NeuronAtlasServicer(atlas, home=home), self.grpc_server
+            NeuronAtlasServicer(atlas), self.grpc_server
         )
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc_server)
@@ -109,14 +122,15 @@ class Server:
         )
         return self
 
-    def stop(self, grace: float = 5.0) -> None:
+    def stop(self, grace: float | None = None) -> None:
         """Graceful shutdown: report NOT_SERVING, refuse new calls, let running calls finish
-        for up to ``grace`` seconds, then close the store if this server owns it."""
+        for up to ``grace`` seconds (default: the server's ``grace``), then close the store if
+        this server owns it."""
         if self._stopped.is_set():
             return
         self._stopped.set()
         self.health.enter_graceful_shutdown()
-        self.grpc_server.stop(grace).wait()
+        self.grpc_server.stop(self.grace if grace is None else grace).wait()
         if self._close_atlas:
             self.atlas.close()
         log.info("stopped")
@@ -137,6 +151,6 @@ class Server:
         self.stop(grace=1.0)
 
 
-def build_server(atlas: Atlas, address: str = "127.0.0.1:50051", **kwargs) -> Server:
+def build_server(atlas: Atlas, address: str = "127.0.0.1:50051", **kwargs: Any) -> Server:
     """A server for ``atlas`` bound to ``address`` (port 0 picks a free port), not started."""
     return Server(atlas, address, **kwargs)

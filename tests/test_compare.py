@@ -6,7 +6,7 @@ import time
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
+from helpers import add_model, per_row, run_report_cli, spread, unit_rows
 
 from neuronatlas.core.compare import (
     BlockStats,
@@ -22,23 +22,10 @@ from neuronatlas.core.compare import (
     spearman,
 )
 from neuronatlas.core.errors import FailedPrecondition, InvalidArgument, NotFound, NotIndexed
-from neuronatlas.core.records import (
-    EmbedderInfo,
-    Label,
-    LayerInfo,
-    ModelEntry,
-    ModelStatus,
-    NeuronRecord,
-    TopSample,
-)
+from neuronatlas.core.records import EmbedderInfo, ModelEntry, ModelStatus
 from neuronatlas.core.sketches import load_sketch, save_sketch
 
 DIM = 32
-
-
-def unit_rows(rng: np.random.Generator, n: int, d: int = DIM) -> np.ndarray:
-    x = rng.standard_normal((n, d)).astype(np.float32)
-    return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
 def vectors_of(
@@ -76,45 +63,25 @@ def put_model(
     labels: list[str] | None = None,
     status: ModelStatus = ModelStatus.INDEXED,
 ) -> ModelEntry:
-    """Write a model's neurons and its catalogue entry into a store."""
-    recs, row = [], 0
-    for li, size in enumerate(sizes):
-        for u in range(size):
-            lab = labels[row] if labels else ""
-            recs.append(
-                NeuronRecord(
-                    model_id=model_id,
-                    layer=f"layer{li}",
-                    layer_index=li,
-                    depth=li / max(len(sizes) - 1, 1),
-                    unit=u,
-                    vector=vecs[row],
-                    labels={"vocab": [Label(lab, 0.1)]} if lab else {},
-                    top_samples=[TopSample(f"cls/{row}.jpg", row, 1.0)],
-                )
-            )
-            row += 1
-    store.upsert_neurons(recs)
-    entry = ModelEntry(
-        model_id=model_id,
-        status=status,
-        indexed_at=time.time(),
-        layers=[
-            LayerInfo(f"layer{i}", i, i / max(len(sizes) - 1, 1), s) for i, s in enumerate(sizes)
-        ],
+    """Write a model with these neuron vectors (layers ``layer<i>`` of ``sizes`` units, labels
+    one a neuron) and its catalogue entry into a store."""
+    return add_model(
+        store,
+        model_id,
+        {f"layer{i}": size for i, size in enumerate(sizes)},
+        status,
+        vectors=vecs,
+        labels=per_row(labels) if labels else None,
+        depths=spread(len(sizes)),
+        sample="cls/{row}.jpg",
+        entry_fields={"indexed_at": time.time()},
     )
-    store.put_model(entry)
-    return entry
 
 
 @pytest.fixture()
-def store(tmp_path):
-    from neuronatlas.core.store.edge import EdgeStore
-
-    s = EdgeStore(tmp_path / "store")
-    s.bind_embedder(EmbedderInfo("test", "random:0", DIM))
-    yield s
-    s.close()
+def store(edge_store):
+    edge_store.bind_embedder(EmbedderInfo("test", "random:0", DIM))
+    return edge_store
 
 
 # --- semantic view on constructed models ------------------------------------------------------
@@ -123,7 +90,7 @@ def store(tmp_path):
 def test_permuted_copy_matches_perfectly():
     rng = np.random.default_rng(1)
     sizes = [30, 40, 30, 50, 40]
-    a = unit_rows(rng, sum(sizes))
+    a = unit_rows(rng, sum(sizes), DIM)
     perm = within_layer_permutation(rng, sizes)
     view = semantic_view(vectors_of("a", a, sizes), vectors_of("b", a[perm], sizes))
     assert view.matching_method == "hungarian"
@@ -141,7 +108,8 @@ def test_unrelated_models_sit_at_the_noise_floor():
     rng = np.random.default_rng(2)
     sizes = [60] * 6
     view = semantic_view(
-        vectors_of("a", unit_rows(rng, 360), sizes), vectors_of("b", unit_rows(rng, 360), sizes)
+        vectors_of("a", unit_rows(rng, 360, DIM), sizes),
+        vectors_of("b", unit_rows(rng, 360, DIM), sizes),
     )
     assert abs(view.best_match.value - view.best_match.baseline) < 0.03
     assert abs(view.matching.value - view.matching.baseline) < 0.05
@@ -153,7 +121,7 @@ def test_unrelated_models_sit_at_the_noise_floor():
 def test_sparse_assignment_recovers_a_noisy_permutation():
     rng = np.random.default_rng(3)
     sizes = [50] * 4
-    a = unit_rows(rng, 200)
+    a = unit_rows(rng, 200, DIM)
     perm = within_layer_permutation(rng, sizes)
     b = a[perm] + 0.05 * rng.standard_normal(a.shape).astype(np.float32)
     b /= np.linalg.norm(b, axis=1, keepdims=True)
@@ -185,7 +153,7 @@ def test_hungarian_beats_greedy_on_a_small_case():
 
 def test_sparse_assignment_is_exact_when_every_column_is_a_candidate():
     rng = np.random.default_rng(4)
-    a, b = unit_rows(rng, 40), unit_rows(rng, 55)
+    a, b = unit_rows(rng, 40, DIM), unit_rows(rng, 55, DIM)
     per_neuron = np.arange(56)  # every B neuron its own "layer": all edges are candidates
     st = block_stats(a, np.array([0, 40]), b, per_neuron, keep_full=True)
     _, _, exact, m1 = match_neurons(st, 55)
@@ -197,7 +165,7 @@ def test_sparse_assignment_is_exact_when_every_column_is_a_candidate():
 
 def test_block_stats_equal_brute_force():
     rng = np.random.default_rng(5)
-    a, b = unit_rows(rng, 70), unit_rows(rng, 45)
+    a, b = unit_rows(rng, 70, DIM), unit_rows(rng, 45, DIM)
     ba, bb = np.array([0, 20, 70]), np.array([0, 10, 30, 45])
     st = block_stats(a, ba, b, bb, chunk=16)
     full = a @ b.T
@@ -274,7 +242,7 @@ def test_sketch_roundtrip_and_validation(tmp_path):
 def _two_models(store, home, sketches=True):
     rng = np.random.default_rng(8)
     sizes = [12, 16, 20]
-    a = unit_rows(rng, 48)
+    a = unit_rows(rng, 48, DIM)
     perm = within_layer_permutation(rng, sizes)
     labels = [f"concept{i % 7}" for i in range(48)]
     ea = put_model(store, "alpha", a, sizes, labels)
@@ -317,7 +285,11 @@ def test_compare_models_errors(store, home):
     with pytest.raises(NotFound):
         compare_models(store, "alpha", "nope", home=home)
     put_model(
-        store, "gamma", unit_rows(np.random.default_rng(0), 5), [5], status=ModelStatus.INDEXING
+        store,
+        "gamma",
+        unit_rows(np.random.default_rng(0), 5, DIM),
+        [5],
+        status=ModelStatus.INDEXING,
     )
     with pytest.raises(NotIndexed):
         compare_models(store, "alpha", "gamma", home=home)
@@ -335,46 +307,15 @@ def test_compare_models_errors(store, home):
 
 
 def test_cli_compare_writes_report(store, home, tmp_path):
-    from neuronatlas.cli import cli
-    from neuronatlas.service.compare_cli import COMMANDS
-
     _two_models(store, home)
     store.close()  # the CLI opens the embedded store itself
-    for cmd in COMMANDS:
-        cli.add_command(cmd)
     out = tmp_path / "report"
-    res = CliRunner().invoke(
-        cli,
-        [
-            "--home",
-            str(home),
-            "--store",
-            str(tmp_path / "store"),
-            "compare",
-            "alpha",
-            "beta",
-            "--out",
-            str(out),
-        ],
-    )
+    res = run_report_cli(home, tmp_path / "store", "compare", "alpha", "beta", "--out", str(out))
     assert res.exit_code == 0, res.output
     for name in ("semantic_heatmap.png", "cka_heatmap.png", "depth_alignment.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     summary = (out / "summary.txt").read_text()
     assert "noise floor" in summary and "linear CKA" in summary
     assert len((out / "pairs.tsv").read_text().splitlines()) == 49
-    res = CliRunner().invoke(
-        cli,
-        [
-            "--home",
-            str(home),
-            "--store",
-            str(tmp_path / "store"),
-            "compare",
-            "alpha",
-            "zeta",
-            "--out",
-            str(out),
-        ],
-    )
+    res = run_report_cli(home, tmp_path / "store", "compare", "alpha", "zeta", "--out", str(out))
     assert isinstance(res.exception, NotFound)

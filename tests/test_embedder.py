@@ -220,7 +220,7 @@ def test_pretrained_tag_offline_is_weights_unavailable(monkeypatch: pytest.Monke
 
     monkeypatch.setattr(open_clip.factory, "download_pretrained", offline)
     monkeypatch.setattr(open_clip.pretrained, "download_pretrained", offline)
-    with pytest.raises(WeightsUnavailable, match="open_clip:RN50:/path/to/file.pt"):
+    with pytest.raises(WeightsUnavailable, match=r"open_clip:RN50:/path/to/file\.pt"):
         load_embedder("open_clip:RN50:openai", device="cpu")
 
 
@@ -348,5 +348,5 @@ def test_bad_plugins_fail_clearly(plugin_module: str, target: str, pattern: str)
 def test_plugin_missing_module():
     with pytest.raises(InvalidArgument, match="cannot import"):
         load_embedder("py:no_such_pkg_for_neuronatlas.mod:make")
-    with pytest.raises(InvalidArgument, match="package.module:factory"):
+    with pytest.raises(InvalidArgument, match=r"package\.module:factory"):
         load_embedder("py:just_a_module")

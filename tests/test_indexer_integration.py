@@ -173,7 +173,7 @@ def test_top_samples_equal_brute_force_activations(zoo, cifar_models):
 
 
 def test_catalogue_entry(zoo, cifar_models):
-    store, _, entries, _ = zoo
+    store = zoo[0]
     entry = store.get_model("r32")
     assert entry.status == ModelStatus.INDEXED and entry.status_reason == ""
     assert entry.architecture == "cifar_resnet32"

@@ -45,7 +45,7 @@ def test_selection_by_name_and_glob_and_unknown():
     ]
     assert [s.depth for s in specs] == [0.0, 1 / 3, 2 / 3, 1.0]
     assert specs[0].kind == "other" and specs[0].units == 16
-    with pytest.raises(InvalidArgument, match="unknown layer 'layer4'.*available layers: conv1"):
+    with pytest.raises(InvalidArgument, match=r"unknown layer 'layer4'.*available layers: conv1"):
         resolve_layers(model, ["layer4"], (3, 32, 32))
     with pytest.raises(InvalidArgument, match="unknown layer"):
         resolve_layers(model, ["layer9.*"], (3, 32, 32))

@@ -129,7 +129,7 @@ def test_torchscript_python_timm_and_unknown_kind(tmp_path):
         }
     )
     assert py.weights_sha256 == again.weights_sha256  # seeded random init: stable identity
-    with pytest.raises(InvalidArgument, match="not an nn.Module"):
+    with pytest.raises(InvalidArgument, match=r"not an nn\.Module"):
         build_model({"kind": "python", "factory": "builtins:dict", "kwargs": {}})
     with pytest.raises(InvalidArgument, match="failed: TypeError"):
         build_model(

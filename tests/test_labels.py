@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import TINY_EMBEDDER, FakeEmbedder, unit
 
-from neuronatlas.core.embedder.base import Embedder
 from neuronatlas.core.errors import InvalidArgument, NotFound
 from neuronatlas.core.labels import (
     DEFAULT_TEMPLATES,
@@ -24,32 +24,20 @@ WORDS = ["cat", "dog", "car", "tree"]
 DIM = 8
 
 
-def unit(x):
-    x = np.asarray(x, dtype=np.float64)
-    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+def word_vector(text: str) -> np.ndarray:
+    """e0 ("generic prompt") + 2 * e_word for each known word in ``text``."""
+    v = np.zeros(DIM, np.float32)
+    v[0] = 1.0
+    for j, w in enumerate(WORDS):
+        if w in text.split() or f"{w}." in text.split():
+            v[1 + j] += 2.0
+    return v
 
 
-class WordEmbedder(Embedder):
-    """Text -> e0 ("generic prompt") + 2 * e_word for each known word in it, normalised.
-    The null prompt maps to e0 exactly, so expected scores can be written down by hand."""
-
-    def __init__(self):
-        self.info = EmbedderInfo(name="test:words", weights="fixed", dim=DIM)
-        self.preprocess = lambda im: im
-        self.calls = 0
-
-    def encode_images(self, images, batch_size=64):
-        raise NotImplementedError
-
-    def encode_text(self, texts):
-        self.calls += 1
-        out = np.zeros((len(texts), DIM), np.float32)
-        for i, t in enumerate(texts):
-            out[i, 0] = 1.0
-            for j, w in enumerate(WORDS):
-                if w in t.split() or f"{w}." in t.split():
-                    out[i, 1 + j] += 2.0
-        return unit(out).astype(np.float32)
+def word_embedder() -> FakeEmbedder:
+    """Text -> e0 + 2 * e_word per known word, normalised. The null prompt maps to e0 exactly,
+    so expected scores can be written down by hand."""
+    return FakeEmbedder(EmbedderInfo(name="test:words", weights="fixed", dim=DIM), word_vector)
 
 
 def e(i):
@@ -58,7 +46,7 @@ def e(i):
 
 @pytest.fixture()
 def scorer():
-    return LabelScorer(WordEmbedder(), WORDS, name="words")
+    return LabelScorer(word_embedder(), WORDS, name="words")
 
 
 # -- vocabularies -------------------------------------------------------------------------
@@ -117,7 +105,7 @@ def test_scores_null_baseline_known_answer(scorer: LabelScorer):
 
 
 def test_scores_match_reference_formula(scorer: LabelScorer):
-    emb = WordEmbedder()
+    emb = word_embedder()
     x = unit(np.random.default_rng(0).normal(size=(7, DIM)))
 
     def prompt_vec(label):
@@ -152,7 +140,7 @@ def test_label_sets_adaptive_beta(scorer: LabelScorer):
 
 
 def test_combined_label_sets_across_vocabularies():
-    emb = WordEmbedder()
+    emb = word_embedder()
     animals = LabelScorer(emb, ["cat", "dog"], name="animals")
     things = LabelScorer(emb, ["car", "tree", "dog"], name="things")
     x = unit(e(2) + 0.97 * e(3))  # dog ~ car
@@ -160,7 +148,7 @@ def test_combined_label_sets_across_vocabularies():
 
 
 def test_prompt_cache_dir_reuses_embeddings(tmp_path: Path):
-    emb = WordEmbedder()
+    emb = word_embedder()
     first = LabelScorer(emb, WORDS, cache_dir=tmp_path)
     calls = emb.calls
     assert calls > 0 and len(list(tmp_path.glob("labels-*.npy"))) == 1
@@ -173,15 +161,15 @@ def test_prompt_cache_dir_reuses_embeddings(tmp_path: Path):
 
 def test_scorer_rejects_bad_input():
     with pytest.raises(InvalidArgument):
-        LabelScorer(WordEmbedder(), [])
+        LabelScorer(word_embedder(), [])
     with pytest.raises(InvalidArgument):
-        LabelScorer(WordEmbedder(), WORDS, templates=["no placeholder"])
+        LabelScorer(word_embedder(), WORDS, templates=["no placeholder"])
 
 
 def test_scorer_with_tiny_open_clip(concepts_dir: Path):
     from neuronatlas.core.embedder import load_embedder
 
-    emb = load_embedder("open_clip:na-tiny:random:0", device="cpu")
+    emb = load_embedder(TINY_EMBEDDER, device="cpu")
     vocab = load_vocabulary(concepts_dir / "categories_places365.txt")
     scorer = LabelScorer(emb, vocab, name="places", templates=("a photo of a {}.",))
     x = emb.encode_text(["a photo of a airfield."])

@@ -4,14 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers import unit
 
 from neuronatlas.core.errors import InvalidArgument
 from neuronatlas.core.scores import clarity, neuron_vectors, polysemanticity, redundancy
-
-
-def unit(x):
-    x = np.asarray(x, dtype=np.float64)
-    return x / np.linalg.norm(x, axis=-1, keepdims=True)
 
 
 def random_topk(n=40, k=12, d=16, seed=0):

@@ -1,5 +1,5 @@
 """CompareModels and AuditModel over gRPC: a real server on an ephemeral port over the store the
-real indexer filled (resnet20 + resnet32, see service_fixtures.py)."""
+real indexer filled (resnet20 + resnet32; the ``server`` fixtures are in conftest.py)."""
 
 from __future__ import annotations
 
@@ -8,18 +8,10 @@ import math
 import grpc
 import numpy as np
 import pytest
-from service_fixtures import (  # noqa: F401 - fixtures are looked up by name
-    AUTH,
-    LAYERS,
-    _call_fails,
-    client,
-    embedder,
-    indexed_home,
-    server,
-    stub,
-)
+from helpers import AUTH, call_fails
+from helpers import SERVICE_LAYERS as LAYERS
 
-from neuronatlas.core.errors import FailedPrecondition, InvalidArgument, NotFound
+from neuronatlas.core.errors import FailedPrecondition, NotFound
 from neuronatlas.core.queries import Atlas
 from neuronatlas.service import convert as C
 from neuronatlas.service.client import Client
@@ -75,33 +67,34 @@ def test_compare_models_over_grpc(stub) -> None:
 
 
 def test_compare_pairs_pagination_walks_every_pair(client: Client) -> None:
-    first = client.compare_models("resnet20", "resnet32", page_size=40)
-    seen, token = list(first.pairs), first.next_page_token
-    while token:
-        page = client.compare_models("resnet20", "resnet32", page_size=40, page_token=token)
+    first = client.compare_models("resnet20", "resnet32", limit=40)
+    seen = list(first.pairs)
+    for offset in range(40, first.pairs_total, 40):
+        page = client.compare_models("resnet20", "resnet32", offset=offset, limit=40)
         assert page.cached  # later pages come from the server's compare cache
         seen.extend(page.pairs)
-        token = page.next_page_token
     assert len(seen) == first.pairs_total
+    assert client.compare_models("resnet20", "resnet32", limit=None).pairs == seen
     keys = {(p.a_layer, p.a_unit) for p in seen}
     assert len(keys) == len(seen)  # one-to-one
     sims = [p.similarity for p in seen]
     assert sims == sorted(sims, reverse=True)
-    assert first.layer_similarity.shape == (3, 3) and np.isfinite(first.layer_similarity).all()
-    assert first.cka is not None and first.cka.shape == (3, 3)
+    sim = first.semantic.layer_similarity
+    assert sim.shape == (3, 3) and np.isfinite(sim).all()
+    assert first.activation is not None and first.activation.cka.shape == (3, 3)
 
 
 def test_compare_semantic_only_and_layer_filter(client: Client) -> None:
     cmp = client.compare_models(
-        "resnet20", "resnet32", LAYERS[:2], activation=False, tau=0.5, page_size=5
+        "resnet20", "resnet32", LAYERS[:2], activation=False, tau=0.5, limit=5
     )
-    assert cmp.cka is None and cmp.cka_alignment is None
-    assert cmp.layers_a == LAYERS[:2] and cmp.layer_similarity.shape == (2, 2)
-    assert cmp.tau == pytest.approx(0.5) and len(cmp.pairs) == 5
+    assert cmp.activation is None
+    assert cmp.a.layers == LAYERS[:2] and cmp.semantic.layer_similarity.shape == (2, 2)
+    assert cmp.semantic.tau == pytest.approx(0.5) and len(cmp.pairs) == 5
 
 
 def test_compare_unknown_model_is_not_found(client: Client, stub) -> None:
-    code, _, _ = _call_fails(
+    code, _, _ = call_fails(
         stub.CompareModels, pb.CompareModelsRequest(model_a="resnet20", model_b="nope")
     )
     assert code is grpc.StatusCode.NOT_FOUND
@@ -123,14 +116,23 @@ def test_compare_unknown_model_is_not_found(client: Client, stub) -> None:
     ],
 )
 def test_compare_bad_args_are_invalid_argument(stub, kwargs, field) -> None:
-    code, fields, _ = _call_fails(stub.CompareModels, pb.CompareModelsRequest(**kwargs))
+    code, fields, _ = call_fails(stub.CompareModels, pb.CompareModelsRequest(**kwargs))
     assert code is grpc.StatusCode.INVALID_ARGUMENT and field in fields
 
 
-def test_compare_page_token_is_bound_to_its_request(client: Client) -> None:
-    token = client.compare_models("resnet20", "resnet32", page_size=5).next_page_token
-    with pytest.raises(InvalidArgument):
-        client.compare_models("resnet32", "resnet20", page_size=5, page_token=token)
+def test_compare_page_token_is_bound_to_its_request(stub) -> None:
+    first = stub.CompareModels(
+        pb.CompareModelsRequest(model_a="resnet20", model_b="resnet32", page_size=5),
+        metadata=AUTH,
+        timeout=60,
+    )
+    code, fields, _ = call_fails(
+        stub.CompareModels,
+        pb.CompareModelsRequest(
+            model_a="resnet32", model_b="resnet20", page_size=5, page_token=first.next_page_token
+        ),
+    )
+    assert code is grpc.StatusCode.INVALID_ARGUMENT and fields == ["page_token"]
 
 
 # -- AuditModel ------------------------------------------------------------------------------------
@@ -175,7 +177,7 @@ def test_audit_model_over_grpc(client: Client, stub) -> None:
     ],
 )
 def test_audit_bad_args_are_invalid_argument(stub, kwargs, field) -> None:
-    code, fields, _ = _call_fails(stub.AuditModel, pb.AuditModelRequest(**kwargs))
+    code, fields, _ = call_fails(stub.AuditModel, pb.AuditModelRequest(**kwargs))
     assert code is grpc.StatusCode.INVALID_ARGUMENT and field in fields
 
 
@@ -197,9 +199,7 @@ def test_audit_without_embedder_is_failed_precondition(server, indexed_home) -> 
         with pytest.raises(FailedPrecondition):
             c.audit_model("resnet20", ["dog"])
         # comparison needs no embedder
-        assert (
-            c.compare_models("resnet20", "resnet32", activation=False, page_size=1).pairs_total > 0
-        )
+        assert c.compare_models("resnet20", "resnet32", activation=False, limit=1).pairs_total > 0
 
 
 def test_matrix_round_trip() -> None:

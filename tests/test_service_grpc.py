@@ -14,21 +14,10 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from service_fixtures import (  # noqa: F401 - fixtures are looked up by name
-    ADMIN_TOKEN,
-    AUTH,
-    EMBEDDER,
-    LAYERS,
-    READ_TOKEN,
-    _call_fails,
-    _status,
-    client,
-    embedder,
-    indexed_home,
-    server,
-    stub,
-)
+from helpers import ADMIN_TOKEN, AUTH, READ_TOKEN, call_fails
+from helpers import SERVICE_LAYERS as LAYERS
 
+from neuronatlas.core.backend import all_models
 from neuronatlas.core.errors import InvalidArgument, NotFound, PermissionDenied, Unauthenticated
 from neuronatlas.core.store.base import SearchFilter
 from neuronatlas.service.client import Client
@@ -84,9 +73,9 @@ def test_buf_curl_works_through_reflection(server) -> None:
 
 
 def test_missing_token_is_unauthenticated(stub) -> None:
-    code, _, reason = _call_fails(stub.GetStats, pb.GetStatsRequest(), metadata=())
+    code, _, reason = call_fails(stub.GetStats, pb.GetStatsRequest(), metadata=())
     assert code is grpc.StatusCode.UNAUTHENTICATED and reason == "UNAUTHENTICATED"
-    code, _, _ = _call_fails(
+    code, _, _ = call_fails(
         stub.GetStats, pb.GetStatsRequest(), metadata=(("authorization", "Bearer nope-nope-nope"),)
     )
     assert code is grpc.StatusCode.UNAUTHENTICATED
@@ -105,13 +94,13 @@ def test_client_raises_our_error_types_for_auth(server) -> None:
 
 # -- catalogue and stats ---------------------------------------------------------------------------
 def test_list_get_models_and_stats(client: Client) -> None:
-    models = client.all_models()
+    models = list(all_models(client))
     assert [m.model_id for m in models] == ["resnet20", "resnet32"]
     assert all(m.status.value == "indexed" and [l.name for l in m.layers] == LAYERS for m in models)
-    page = client.list_models(page_size=1)
-    assert [m.model_id for m in page.models] == ["resnet20"] and page.next_page_token
-    second = client.list_models(page_size=1, page_token=page.next_page_token)
-    assert [m.model_id for m in second.models] == ["resnet32"] and not second.next_page_token
+    page = client.list_models(limit=1)
+    assert [m.model_id for m in page.items] == ["resnet20"] and page.next_offset == 1
+    second = client.list_models(offset=page.next_offset, limit=1)
+    assert [m.model_id for m in second.items] == ["resnet32"] and second.next_offset is None
     m = client.get_model("resnet32")
     assert m.source["depth"] == 32 and m.neuron_count == 16 + 32 + 64
     stats = client.stats()
@@ -123,27 +112,27 @@ def test_list_get_models_and_stats(client: Client) -> None:
 
 
 def test_get_model_unknown_is_not_found(stub) -> None:
-    code, _, _ = _call_fails(stub.GetModel, pb.GetModelRequest(model_id="resnet99"))
+    code, _, _ = call_fails(stub.GetModel, pb.GetModelRequest(model_id="resnet99"))
     assert code is grpc.StatusCode.NOT_FOUND
-    code, fields, _ = _call_fails(stub.GetModel, pb.GetModelRequest(model_id="bad/id"))
+    code, fields, _ = call_fails(stub.GetModel, pb.GetModelRequest(model_id="bad/id"))
     assert code is grpc.StatusCode.INVALID_ARGUMENT and fields == ["model_id"]
 
 
 # -- search ----------------------------------------------------------------------------------------
-def test_text_search_matches_exact_cosine_ranking(client: Client, embedder, server) -> None:
-    hits = client.search("striped texture", top_k=20).hits
+def test_text_search_matches_exact_cosine_ranking(client: Client, tiny_embedder, server) -> None:
+    hits = client.search("striped texture", top_k=20).items
     assert len(hits) == 20
     scores = [h.score for h in hits]
     assert scores == sorted(scores, reverse=True)
     # recompute the ranking from the stored vectors
-    q = embedder.encode_text(["striped texture"])[0]
+    q = tiny_embedder.encode_text(["striped texture"])[0]
     store = server.atlas.store
     vecs = {r.key: r.vector for m in ("resnet20", "resnet32") for r in store.scroll_neurons(m)}
     exact = sorted(vecs, key=lambda k: -float(vecs[k] @ q))[:20]
     assert len(set(exact) & {h.record.key for h in hits}) >= 18
     top = hits[0]
     assert top.score == pytest.approx(float(vecs[top.record.key] @ q), abs=1e-3)
-    assert top.record.labels["top"] and 0 <= top.record.depth <= 1
+    assert top.record.labels["broden"] and 0 <= top.record.depth <= 1  # best label per vocabulary
 
 
 def test_repeated_text_query_hits_the_cache(client: Client, server) -> None:
@@ -152,53 +141,58 @@ def test_repeated_text_query_hits_the_cache(client: Client, server) -> None:
     misses, hits = cache.misses, cache.hits
     again = client.search("a unique phrase for the cache test", top_k=3)
     assert cache.misses == misses and cache.hits == hits + 1
-    assert len(again.hits) == 3
+    assert len(again.items) == 3
 
 
 def test_search_by_vector_neuron_and_image(client: Client, cifar_dir: Path) -> None:
-    ref = client.get_neuron("resnet20/layer3.0.conv2/5", include_vector=True)
-    by_vec = client.search(vector=ref.vector, top_k=5).hits
+    ref = client.get_neuron("resnet20", "layer3.0.conv2", 5, with_vector=True)
+    by_vec = client.search(vector=ref.vector, top_k=5).items
     assert by_vec[0].record.key == "resnet20/layer3.0.conv2/5" and by_vec[0].score == pytest.approx(
         1.0, abs=1e-3
     )
-    by_ref = client.search(neuron="resnet20/layer3.0.conv2/5", top_k=5).hits
+    by_ref = client.search(neuron="resnet20/layer3.0.conv2/5", top_k=5).items
     assert [h.record.key for h in by_ref] == [h.record.key for h in by_vec]
     image = next(iter(sorted((cifar_dir / "cat").glob("*.jpg")))).read_bytes()
-    by_img = client.search(image=image, top_k=4).hits
+    by_img = client.search(image=image, top_k=4).items
     assert len(by_img) == 4 and by_img[0].score >= by_img[-1].score
 
 
 def test_search_pagination_walks_the_same_ranking(client: Client) -> None:
-    full = [h.record.key for h in client.search("dog", top_k=25).hits]
-    paged, token, pages = [], "", 0
-    while True:
-        page = client.search("dog", top_k=25, page_size=10, page_token=token)
-        paged += [h.record.key for h in page.hits]
+    full = [h.record.key for h in client.search("dog", top_k=25).items]
+    paged, offset, pages = [], 0, 0
+    while offset is not None:
+        page = client.search("dog", top_k=25, offset=offset, limit=10)
+        paged += [h.record.key for h in page.items]
         pages += 1
-        token = page.next_page_token
-        if not token:
-            break
+        offset = page.next_offset
     assert pages == 3 and paged == full
 
 
-def test_page_token_is_bound_to_its_query(client: Client, stub) -> None:
-    token = client.search("dog", top_k=25, page_size=10).next_page_token
-    with pytest.raises(InvalidArgument) as e:
-        client.search("cat", top_k=25, page_size=10, page_token=token)
-    assert e.value.field == "page_token"
-    code, fields, _ = _call_fails(
+def test_page_token_is_bound_to_its_query(stub) -> None:
+    first = stub.SearchNeurons(
+        pb.SearchNeuronsRequest(text="dog", top_k=25, page_size=10), metadata=AUTH, timeout=20
+    )
+    assert first.next_page_token
+    code, fields, _ = call_fails(
+        stub.SearchNeurons,
+        pb.SearchNeuronsRequest(
+            text="cat", top_k=25, page_size=10, page_token=first.next_page_token
+        ),
+    )
+    assert code is grpc.StatusCode.INVALID_ARGUMENT and fields == ["page_token"]
+    code, fields, _ = call_fails(
         stub.SearchNeurons, pb.SearchNeuronsRequest(text="dog", page_token="garbage!")
     )
     assert code is grpc.StatusCode.INVALID_ARGUMENT and fields == ["page_token"]
 
 
 def test_page_size_zero_defaults_and_large_is_clamped(client: Client, stub) -> None:
-    assert len(client.search("dog").hits) == 10  # top_k 0 -> 10, page_size 0 -> top_k
+    assert len(client.search("dog").items) == 10  # top_k 0 -> 10, page_size 0 -> top_k
     resp = stub.SearchNeurons(
         pb.SearchNeuronsRequest(text="dog", top_k=300, page_size=10_000), metadata=AUTH, timeout=20
     )
     assert len(resp.results) == 100 and resp.next_page_token
-    code, fields, _ = _call_fails(
+    code, fields, _ = call_fails(
         stub.SearchNeurons, pb.SearchNeuronsRequest(text="dog", page_size=-1)
     )
     assert code is grpc.StatusCode.INVALID_ARGUMENT and fields == ["page_size"]
@@ -206,27 +200,27 @@ def test_page_size_zero_defaults_and_large_is_clamped(client: Client, stub) -> N
 
 def test_filters_restrict_results(client: Client, server) -> None:
     flt = SearchFilter(model_ids=("resnet32",), layers=("layer2.0.conv2",))
-    hits = client.search("wheel", filter=flt, top_k=50).hits
+    hits = client.search("wheel", filter=flt, top_k=50).items
     assert len(hits) == 32 and {(h.record.model_id, h.record.layer) for h in hits} == {
         ("resnet32", "layer2.0.conv2")
     }
-    deep = client.search("wheel", filter=SearchFilter(depth_min=0.6), top_k=200).hits
+    deep = client.search("wheel", filter=SearchFilter(depth_min=0.6), top_k=200).items
     assert deep and all(h.record.depth >= 0.6 for h in deep)
-    clear = client.search("wheel", filter=SearchFilter(min_clarity=0.9), top_k=200).hits
+    clear = client.search("wheel", filter=SearchFilter(min_clarity=0.9), top_k=200).items
     assert all(h.record.clarity >= 0.9 for h in clear)
-    label = client.get_neuron("resnet20/layer1.0.conv1/0").label_set[0]
+    label = client.get_neuron("resnet20", "layer1.0.conv1", 0).label_set[0]
     carriers = {
         r.key
         for m in ("resnet20", "resnet32")
         for r in server.atlas.store.scroll_neurons(m, with_vectors=False)
         if label in r.label_set or any(l.label == label for ls in r.labels.values() for l in ls)
     }
-    labelled = list(client.search_all("wheel", filter=SearchFilter(label=label), top_k=1000))
+    labelled = client.search("wheel", filter=SearchFilter(label=label), top_k=1000).items
     assert {h.record.key for h in labelled} == carriers
 
 
 def test_per_model_grouping(client: Client) -> None:
-    hits = client.search("airplane", per_model=2, top_k=10).hits
+    hits = client.search("airplane", per_model=2, top_k=10).items
     assert len(hits) == 4
     models = [h.record.model_id for h in hits]
     assert (
@@ -235,13 +229,13 @@ def test_per_model_grouping(client: Client) -> None:
         and set(models) == {"resnet20", "resnet32"}
     )
     assert hits[0].score >= hits[2].score and hits[0].score >= hits[1].score
-    one_model_pages = client.search("airplane", per_model=1, top_k=10, page_size=1)
-    assert len(one_model_pages.hits) == 1 and one_model_pages.next_page_token
+    one_model_pages = client.search("airplane", per_model=1, top_k=10, limit=1)
+    assert len(one_model_pages.items) == 1 and one_model_pages.next_offset == 1
     rest = client.search(
-        "airplane", per_model=1, top_k=10, page_size=1, page_token=one_model_pages.next_page_token
+        "airplane", per_model=1, top_k=10, offset=one_model_pages.next_offset, limit=1
     )
-    assert [h.record.model_id for h in one_model_pages.hits + rest.hits] == [models[0], models[2]]
-    assert not rest.next_page_token
+    assert [h.record.model_id for h in one_model_pages.items + rest.items] == [models[0], models[2]]
+    assert rest.next_offset is None
 
 
 @pytest.mark.parametrize(
@@ -267,25 +261,28 @@ def test_per_model_grouping(client: Client) -> None:
     ],
 )
 def test_bad_search_input_is_invalid_argument(stub, request_kwargs, field) -> None:
-    code, fields, _ = _call_fails(stub.SearchNeurons, pb.SearchNeuronsRequest(**request_kwargs))
+    code, fields, _ = call_fails(stub.SearchNeurons, pb.SearchNeuronsRequest(**request_kwargs))
     assert code is grpc.StatusCode.INVALID_ARGUMENT
     assert fields == [field]
 
 
 def test_oversized_message_is_invalid_argument(stub) -> None:
     req = pb.SearchNeuronsRequest(text="dog", filter=pb.NeuronFilter(layers=["l" * 1000] * 5000))
-    code, fields, _ = _call_fails(stub.SearchNeurons, req)
+    code, fields, _ = call_fails(stub.SearchNeurons, req)
     assert code is grpc.StatusCode.INVALID_ARGUMENT and fields == ["request"]
 
 
 def test_unknown_or_unindexed_filter_model(stub) -> None:
     req = pb.SearchNeuronsRequest(text="dog", filter=pb.NeuronFilter(model_ids=["resnet99"]))
-    assert _call_fails(stub.SearchNeurons, req)[0] is grpc.StatusCode.NOT_FOUND
+    assert call_fails(stub.SearchNeurons, req)[0] is grpc.StatusCode.NOT_FOUND
 
 
-def test_deadline_is_honoured(client: Client) -> None:
-    with pytest.raises(DeadlineExceeded):
-        client.search("a query that cannot finish in a microsecond", top_k=5, timeout=1e-6)
+def test_deadline_is_honoured(server) -> None:
+    with (
+        Client(server.address, token=READ_TOKEN, timeout=1e-6) as hasty,
+        pytest.raises(DeadlineExceeded),
+    ):
+        hasty.search("a query that cannot finish in a microsecond", top_k=5)
 
 
 def test_concurrent_clients(server) -> None:
@@ -293,18 +290,18 @@ def test_concurrent_clients(server) -> None:
 
     def run(q: str) -> list[str]:
         with Client(server.address, token=READ_TOKEN, timeout=30) as c:
-            return [h.record.key for h in c.search(q, top_k=5).hits]
+            return [h.record.key for h in c.search(q, top_k=5).items]
 
     with concurrent.futures.ThreadPoolExecutor(16) as pool:
         results = list(pool.map(run, queries))
     with Client(server.address, token=READ_TOKEN) as c:
         for q, keys in zip(queries[:8], results[:8], strict=False):
-            assert keys == [h.record.key for h in c.search(q, top_k=5).hits]
+            assert keys == [h.record.key for h in c.search(q, top_k=5).items]
 
 
-# -- neurons and labels -----------------------------------------------------------------------------
+# -- neurons and labels ----------------------------------------------------------------------------
 def test_get_neuron_returns_the_whole_record(client: Client, server) -> None:
-    rec = client.get_neuron("resnet32/layer2.0.conv2/7", include_vector=True)
+    rec = client.get_neuron("resnet32", "layer2.0.conv2", 7, with_vector=True)
     stored = server.atlas.store.get_neuron("resnet32", "layer2.0.conv2", 7, with_vector=True)
     assert rec.key == stored.key and rec.layer_index == stored.layer_index
     assert [s.sample_id for s in rec.top_samples] == [s.sample_id for s in stored.top_samples]
@@ -314,69 +311,61 @@ def test_get_neuron_returns_the_whole_record(client: Client, server) -> None:
     assert rec.clarity == pytest.approx(stored.clarity, abs=1e-6)
     assert set(rec.stats) >= {"mean", "max"} and rec.labels["broden"] and rec.label_set
     np.testing.assert_allclose(rec.vector, stored.vector, atol=1e-6)
-    assert client.get_neuron("resnet32/layer2.0.conv2/7").vector.size == 0
+    assert client.get_neuron("resnet32", "layer2.0.conv2", 7).vector.size == 0
 
 
 def test_get_neuron_unknown(client: Client) -> None:
     with pytest.raises(NotFound):
-        client.get_neuron("resnet32/layer2.0.conv2/999")
+        client.get_neuron("resnet32", "layer2.0.conv2", 999)
     with pytest.raises(NotFound):
-        client.get_neuron("resnet77/layer2.0.conv2/1")
+        client.get_neuron("resnet77", "layer2.0.conv2", 1)
 
 
-def test_describe_neuron_stored_and_custom(client: Client, embedder) -> None:
-    stored = client.describe_neuron("resnet20/layer3.0.conv2/3", top_n=3)
+def test_describe_neuron_stored_and_custom(client: Client, tiny_embedder) -> None:
+    stored = client.describe_neuron("resnet20", "layer3.0.conv2", 3, top_n=3)
     assert list(stored.labels) == ["broden"] and len(stored.labels["broden"]) == 3
     custom_labels = ["dog", "cat", "airplane", "stripes", "water"]
-    custom = client.describe_neuron("resnet20/layer3.0.conv2/3", labels=custom_labels, top_n=5)
+    custom = client.describe_neuron("resnet20", "layer3.0.conv2", 3, labels=custom_labels, top_n=5)
     got = custom.labels["custom"]
     assert sorted(l.label for l in got) == sorted(custom_labels)
     assert [l.score for l in got] == sorted((l.score for l in got), reverse=True)
     # the same maths in-process gives the same scores
     from neuronatlas.core.labels import LabelScorer
 
-    vec = client.get_neuron("resnet20/layer3.0.conv2/3", include_vector=True).vector
-    expect = LabelScorer(embedder, custom_labels, name="custom").top(vec[None], n=5)[0]
+    vec = client.get_neuron("resnet20", "layer3.0.conv2", 3, with_vector=True).vector
+    expect = LabelScorer(tiny_embedder, custom_labels, name="custom").top(vec[None], n=5)[0]
     assert [l.label for l in expect] == [l.label for l in got]
     assert got[0].score == pytest.approx(expect[0].score, abs=1e-4)
     with pytest.raises(InvalidArgument) as e:
-        client.describe_neuron("resnet20/layer3.0.conv2/3", labels=["ok", ""])
+        client.describe_neuron("resnet20", "layer3.0.conv2", 3, labels=["ok", ""])
     assert e.value.field == "labels[1]"
 
 
 def _all_label_hits(client: Client, label: str, **kw) -> list:
-    hits, token = [], ""
-    while True:
-        page = client.find_by_label(label, page_size=50, page_token=token, **kw)
-        hits += page.hits
-        token = page.next_page_token
-        if not token:
-            return hits
+    return client.find_by_label(label, limit=10_000, **kw).items  # the client follows pages
 
 
 def test_find_by_label_exact_prefix_and_pages(client: Client) -> None:
-    rec = client.get_neuron("resnet20/layer2.0.conv2/1")
+    rec = client.get_neuron("resnet20", "layer2.0.conv2", 1)
     label = rec.labels["broden"][0].label
     hits = _all_label_hits(client, label)
     assert "resnet20/layer2.0.conv2/1" in {h.record.key for h in hits}
     assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
     prefix = _all_label_hits(client, label[:2], prefix=True)
     assert {h.record.key for h in hits} <= {h.record.key for h in prefix}
-    first = client.find_by_label(label[:1], prefix=True, page_size=3)
-    assert len(first.hits) == 3 and first.next_page_token
-    second = client.find_by_label(
-        label[:1], prefix=True, page_size=3, page_token=first.next_page_token
-    )
-    both = client.find_by_label(label[:1], prefix=True, page_size=6).hits
-    assert [h.record.key for h in first.hits + second.hits] == [h.record.key for h in both]
+    first = client.find_by_label(label[:1], prefix=True, limit=3)
+    assert len(first.items) == 3 and first.next_offset == 3
+    second = client.find_by_label(label[:1], prefix=True, offset=first.next_offset, limit=3)
+    both = client.find_by_label(label[:1], prefix=True, limit=6).items
+    assert [h.record.key for h in first.items + second.items] == [h.record.key for h in both]
     only32 = client.find_by_label(
-        label[:1], prefix=True, filter=SearchFilter(model_ids=("resnet32",))
-    ).hits
+        label[:1], prefix=True, flt=SearchFilter(model_ids=("resnet32",))
+    ).items
     assert only32 and {h.record.model_id for h in only32} == {"resnet32"}
-    assert client.find_by_label("no label is called this").hits == []
+    assert client.find_by_label("no label is called this").items == []
 
 
-# -- CLI against the server --------------------------------------------------------------------------
+# -- CLI against the server ------------------------------------------------------------------------
 def test_cli_talks_to_the_server(server, home: Path) -> None:
     from click.testing import CliRunner
 

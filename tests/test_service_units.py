@@ -61,7 +61,7 @@ def test_page_token_round_trip_and_binding() -> None:
         assert e.value.field == "page_token"
 
 
-# -- auth ----------------------------------------------------------------------------------------------
+# -- auth ------------------------------------------------------------------------------------------
 def test_tokens_from_env_and_file(tmp_path) -> None:
     f = tmp_path / "tokens.txt"
     f.write_text("# service tokens\nread:reader-secret-1\n\nadmin:admin-secret-2  # ops\n")
@@ -110,7 +110,7 @@ def test_required_scopes() -> None:
     assert required_scope("/some.Other/Method") == READ
 
 
-# -- error mapping -------------------------------------------------------------------------------------
+# -- error mapping ---------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     "exc, code",
     [
@@ -168,7 +168,7 @@ def test_status_details_round_trip_to_our_errors() -> None:
     )
 
 
-# -- conversions ---------------------------------------------------------------------------------------
+# -- conversions -----------------------------------------------------------------------------------
 def _record() -> NeuronRecord:
     return NeuronRecord(
         model_id="m1",

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import ALPHA, BETA, DIM, INFO, entry, make_records, unit_rows
 from qdrant_client import QdrantClient
 
 from neuronatlas.core.errors import (
@@ -18,81 +19,10 @@ from neuronatlas.core.errors import (
     NotFound,
     NotIndexed,
 )
-from neuronatlas.core.records import (
-    EmbedderInfo,
-    Label,
-    LayerInfo,
-    ModelEntry,
-    ModelStatus,
-    NeuronRecord,
-    TopSample,
-    neuron_point_id,
-)
+from neuronatlas.core.records import EmbedderInfo, ModelStatus, NeuronRecord, neuron_point_id
 from neuronatlas.core.store import KnowledgeStore, SearchFilter
 from neuronatlas.core.store.edge import EdgeStore
 from neuronatlas.core.store.remote import RemoteStore
-
-DIM = 16
-INFO = EmbedderInfo("test:emb", "random:0", DIM)
-LABELS = ["dog", "dogsled", "cat", "car", "tree"]
-
-
-def unit(rng: np.random.Generator, n: int) -> np.ndarray:
-    v = rng.standard_normal((n, DIM)).astype(np.float32)
-    return v / np.linalg.norm(v, axis=1, keepdims=True)
-
-
-def make_records(
-    model_id: str, layers: dict[str, int], seed: int, generation: int = 0
-) -> list[NeuronRecord]:
-    """Neurons with varied depth, clarity and labels; deterministic from ``seed``."""
-    rng = np.random.default_rng(seed)
-    out = []
-    for li, (layer, n) in enumerate(layers.items()):
-        vecs = unit(rng, n)
-        for u in range(n):
-            lab = LABELS[(u + li) % len(LABELS)]
-            second = LABELS[(u + li + 1) % len(LABELS)]
-            out.append(
-                NeuronRecord(
-                    model_id=model_id,
-                    layer=layer,
-                    layer_index=li,
-                    depth=(li + 1) / len(layers),
-                    unit=u,
-                    vector=vecs[u],
-                    top_samples=[TopSample(f"cls/{u}.jpg", u, 1.0 + u)],
-                    labels={"vocab": [Label(lab, 0.05 + 0.01 * u), Label(second, 0.01)]},
-                    label_set=[lab],
-                    clarity=u / max(n - 1, 1),
-                    polysemanticity=0.1,
-                    redundancy=0.2,
-                    stats={"mean": 0.5},
-                    generation=generation,
-                )
-            )
-    return out
-
-
-ALPHA = {"conv1": 6, "layer1.0.conv2": 6}
-BETA = {"conv1": 5}
-
-
-def entry(
-    model_id: str, status=ModelStatus.INDEXED, generation: int = 0, layers=None
-) -> ModelEntry:
-    layers = layers or {}
-    return ModelEntry(
-        model_id=model_id,
-        architecture="resnet",
-        status=status,
-        generation=generation,
-        layers=[
-            LayerInfo(name, i, (i + 1) / len(layers), n)
-            for i, (name, n) in enumerate(layers.items())
-        ],
-        source={"kind": "cifar_resnet", "depth": 20},
-    )
 
 
 @pytest.fixture(params=["edge", "remote"])
@@ -432,7 +362,7 @@ def test_reindex_in_progress_hides_model(store: KnowledgeStore):
     assert set(store.counts_by_layer()) == {"alpha"}
 
 
-# -- scroll, counts, deletes ------------------------------------------------------------------------
+# -- scroll, counts, deletes -----------------------------------------------------------------------
 def test_scroll_neurons(store: KnowledgeStore):
     got = list(store.scroll_neurons("alpha", batch_size=5))
     assert sorted(r.key for r in got) == sorted(r.key for r in make_records("alpha", ALPHA, seed=1))
@@ -519,7 +449,7 @@ def test_backends_agree(tmp_path: Path):
             for m, layers in (("alpha", ALPHA), ("beta", BETA), ("delta", {"fc": 8})):
                 s.put_model(entry(m, layers=layers))
             s.optimize()
-        for q in unit(rng, 5):
+        for q in unit_rows(rng, 5):
             results = [
                 (
                     [h.record.key for h in s.search(q, limit=7, flt=SearchFilter(min_clarity=0.2))],
@@ -542,5 +472,5 @@ def test_remote_unreachable_names_the_url(home: Path):
 
     url = "http://127.0.0.1:9"  # discard port: connection refused at once
     settings = load_settings(backend="remote", url=url, prefer_grpc=False)
-    with pytest.raises(StoreUnavailable, match="127.0.0.1:9"):
+    with pytest.raises(StoreUnavailable, match=r"127\.0\.0\.1:9"):
         RemoteStore.from_settings(settings)

@@ -15,7 +15,7 @@ from collections import namedtuple
 from pathlib import Path
 
 import pytest
-from test_store_contract import ALPHA, INFO, entry, make_records
+from helpers import ALPHA, INFO, entry, make_records
 
 from neuronatlas.core import atomic, diskspace
 from neuronatlas.core.errors import InvalidArgument, StorageFull

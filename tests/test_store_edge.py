@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_store_contract import ALPHA, DIM, INFO, entry, make_records
+from helpers import ALPHA, DIM, INFO, entry, make_records
 
 from neuronatlas.core.config import load_settings
 from neuronatlas.core.errors import (
@@ -138,7 +138,7 @@ def test_store_without_marker_is_refused_never_wiped(tmp_path: Path):
     (path / "store.json").unlink()
     before = sorted(str(p.relative_to(path)) for p in path.rglob("*") if p.name != ".lock")
     for _ in range(2):  # refused every time, and the refusal released its lock
-        with pytest.raises(StoreCorrupted, match="no store.json.*neurons/ shard"):
+        with pytest.raises(StoreCorrupted, match=r"no store\.json.*neurons/ shard"):
             EdgeStore(path)
     after = sorted(str(p.relative_to(path)) for p in path.rglob("*") if p.name != ".lock")
     assert after == before and not (path / "store.json").exists()

@@ -14,9 +14,18 @@ import numpy as np
 from neuronatlas.core.diskspace import disk_full_error, is_disk_full
 
 
-def atomic_write_bytes(path: Path, data: bytes, durable: bool = True) -> None:
-    """Write ``data`` to ``path`` through a temp file + rename. ``durable`` also fsyncs, to
-    survive a power cut (a rename alone is enough for kill -9)."""
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, durable: bool = True) -> None:
+    """Write ``data`` to ``path`` through a temp file + rename. ``durable`` also fsyncs the file
+    and its directory, to survive a power cut (a rename alone is enough for kill -9). A full
+    disk raises ``StorageFull`` and leaves the old file (no temp file behind)."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -34,22 +43,27 @@ def atomic_write_bytes(path: Path, data: bytes, durable: bool = True) -> None:
         os.replace(tmp, path)
     except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
-        if is_disk_full(e):
-            raise disk_full_error(path, e) from None  # type: ignore[arg-type]
+        if isinstance(e, OSError) and is_disk_full(e):
+            raise disk_full_error(path, e) from None
         raise
+    if durable:
+        _fsync_dir(path.parent)
 
 
-def atomic_write_json(path: Path, obj: Any, durable: bool = True) -> None:
+def atomic_write_json(path: str | os.PathLike[str], obj: Any, durable: bool = True) -> None:
     atomic_write_bytes(path, json.dumps(obj, indent=1, sort_keys=True).encode(), durable)
 
 
-def atomic_save_npz(path: Path, arrays: dict[str, np.ndarray], durable: bool = False) -> None:
+def atomic_save_npz(
+    path: str | os.PathLike[str], arrays: dict[str, np.ndarray], durable: bool = False
+) -> None:
     buf = io.BytesIO()
-    np.savez(buf, **arrays)
+    named: dict[str, Any] = arrays  # as Any: mypy would also match **arrays to allow_pickle
+    np.savez(buf, **named)
     atomic_write_bytes(path, buf.getvalue(), durable)
 
 
-def atomic_save_npy(path: Path, array: np.ndarray, durable: bool = False) -> None:
+def atomic_save_npy(path: str | os.PathLike[str], array: np.ndarray, durable: bool = False) -> None:
     buf = io.BytesIO()
     np.save(buf, array)
     atomic_write_bytes(path, buf.getvalue(), durable)

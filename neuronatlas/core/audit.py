@@ -22,14 +22,18 @@ markers rather than lesion features)::
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from neuronatlas.core.compare import _rng, indexed_entry, rotation_null
+from neuronatlas.core.embedder.base import Embedder
 from neuronatlas.core.errors import EmbedderMismatch, InvalidArgument, NotIndexed
 from neuronatlas.core.labels import LabelScorer
+from neuronatlas.core.store.base import KnowledgeStore
+from neuronatlas.core.validate import check_embedder
 
 NULL_QUANTILE = 0.99
 
@@ -73,8 +77,8 @@ class Audit:
     spurious_neurons: list[SpuriousNeuron]  # most spurious-aligned first
 
 
-def _concept_list(items, what: str) -> list[str]:
-    out = []
+def _concept_list(items: Iterable[str] | None, what: str) -> list[str]:
+    out: list[str] = []
     for c in items or []:
         c = str(c).strip()
         if not c:
@@ -85,8 +89,8 @@ def _concept_list(items, what: str) -> list[str]:
 
 
 def audit_model(
-    store,
-    embedder,
+    store: KnowledgeStore,
+    embedder: Embedder,
     model: str,
     valid: list[str],
     spurious: list[str],
@@ -109,17 +113,8 @@ def audit_model(
     if both:
         raise InvalidArgument(f"concepts both valid and spurious: {sorted(both)}", field="spurious")
     entry = indexed_entry(store, model)
-    bound = store.embedder
     info = embedder.info
-    if bound is not None and (bound.name, bound.weights, bound.dim) != (
-        info.name,
-        info.weights,
-        info.dim,
-    ):
-        raise EmbedderMismatch(
-            f"the store holds vectors of {bound.name} ({bound.weights}, dim {bound.dim}); "
-            f"the audit embedder is {info.name} ({info.weights}, dim {info.dim})"
-        )
+    check_embedder(store.embedder, info)
 
     recs = sorted(
         store.scroll_neurons(model, generation=entry.generation, with_vectors=True),
@@ -213,10 +208,13 @@ def audit_summary(a: Audit) -> str:
         f"Concept audit of {a.model_id} (generation {a.generation}, {a.n_neurons} neurons, "
         f"{len(a.layers)} layers)",
         "",
-        f"aligned with a valid concept:    {a.valid_share:6.1%}   (noise floor {a.valid_share_baseline:6.1%})",
-        f"aligned with a spurious concept: {a.spurious_share:6.1%}   (noise floor {a.spurious_share_baseline:6.1%})",
+        f"aligned with a valid concept:    {a.valid_share:6.1%}   "
+        f"(noise floor {a.valid_share_baseline:6.1%})",
+        f"aligned with a spurious concept: {a.spurious_share:6.1%}   "
+        f"(noise floor {a.spurious_share_baseline:6.1%})",
         "",
-        f"{'concept':28s} {'kind':9s} {'threshold':>9s} {'neurons':>8s} {'share':>7s} {'floor':>7s}",
+        f"{'concept':28s} {'kind':9s} {'threshold':>9s} {'neurons':>8s} {'share':>7s} "
+        f"{'floor':>7s}",
     ]
     for c in a.concepts:
         lines.append(

@@ -27,6 +27,7 @@ import json
 import math
 import time
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
@@ -34,9 +35,11 @@ from typing import Any
 import numpy as np
 
 from neuronatlas.core.atomic import atomic_save_npz
+from neuronatlas.core.config import Home, HomeLike
 from neuronatlas.core.errors import FailedPrecondition, InvalidArgument, NotFound, NotIndexed
 from neuronatlas.core.records import ModelEntry, ModelStatus
 from neuronatlas.core.sketches import load_sketch
+from neuronatlas.core.store.base import KnowledgeStore
 
 COMPARE_VERSION = 1
 DENSE_LIMIT = 4_000_000  # N_A * N_B up to which the exact Hungarian runs on the full matrix
@@ -179,7 +182,7 @@ class ModelVectors:
     bounds: np.ndarray  # (L+1,) row offsets of each layer
 
 
-def indexed_entry(store, model_id: str) -> ModelEntry:
+def indexed_entry(store: KnowledgeStore, model_id: str) -> ModelEntry:
     """The catalogue entry of an indexed model (NotFound / NotIndexed otherwise)."""
     entry = store.get_model(model_id)
     if entry.status != ModelStatus.INDEXED:
@@ -190,10 +193,12 @@ def indexed_entry(store, model_id: str) -> ModelEntry:
     return entry
 
 
-def load_model_vectors(store, model_id: str, layers: list[str] | None = None) -> ModelVectors:
+def load_model_vectors(
+    store: KnowledgeStore, model_id: str, layers: list[str] | None = None
+) -> ModelVectors:
     """Read a model's live neuron vectors, grouped by layer in depth order."""
     entry = indexed_entry(store, model_id)
-    by_layer: dict[str, list] = {}
+    by_layer: dict[str, list[tuple[int, np.ndarray, str]]] = {}
     meta: dict[str, tuple[int, float]] = {}
     for rec in store.scroll_neurons(model_id, generation=entry.generation, with_vectors=True):
         if layers is not None and rec.layer not in layers:
@@ -283,14 +288,16 @@ def block_stats(
 def segment_mean(x: np.ndarray, bounds: np.ndarray) -> np.ndarray:
     """Mean of the rows of ``x`` within each segment ``bounds[i]:bounds[i+1]``."""
     sums = np.add.reduceat(x.astype(np.float64), bounds[:-1], axis=0)
-    return sums / np.diff(bounds)[:, None]
+    mean: np.ndarray = sums / np.diff(bounds)[:, None]
+    return mean
 
 
 def layer_similarity(
     st_ab: np.ndarray, bounds_a: np.ndarray, st_ba: np.ndarray, bounds_b: np.ndarray
 ) -> np.ndarray:
     """(L_A, L_B): mean best-match cosine, averaged over both directions."""
-    return 0.5 * (segment_mean(st_ab, bounds_a) + segment_mean(st_ba, bounds_b).T)
+    both: np.ndarray = segment_mean(st_ab, bounds_a) + segment_mean(st_ba, bounds_b).T
+    return 0.5 * both
 
 
 def _rng(seed: int, stream: int) -> np.random.Generator:
@@ -404,7 +411,8 @@ def rotation_null(x: np.ndarray, mean_dir: np.ndarray, rng: np.random.Generator)
     g -= (g @ u)[:, None] * u
     g /= np.maximum(np.linalg.norm(g, axis=1, keepdims=True), 1e-12)
     out = alpha[:, None] * u + pnorm[:, None] * g
-    return (out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+    rotated: np.ndarray = out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+    return rotated.astype(np.float32)
 
 
 def stratified_rows(
@@ -436,7 +444,7 @@ def _concepts(
     ms: np.ndarray,
     tau: float,
     top: int = 25,
-):
+) -> tuple[list[ConceptCount], list[ConceptCount], list[ConceptCount]]:
     ok = ms >= tau
     lab_a = Counter(a.labels[i] for i in ma[ok] if a.labels[i])
     lab_b = Counter(b.labels[i] for i in mb[ok] if b.labels[i])
@@ -547,7 +555,8 @@ def _unit_gram(x: np.ndarray) -> np.ndarray:
     xc = x.astype(np.float64) - x.mean(axis=0, dtype=np.float64)
     g = xc @ xc.T
     norm = np.linalg.norm(g)
-    return (g / norm if norm > 0 else g).ravel().astype(np.float32)
+    unit: np.ndarray = g / norm if norm > 0 else g
+    return unit.ravel().astype(np.float32)
 
 
 def linear_cka(x: np.ndarray, y: np.ndarray) -> float:
@@ -563,11 +572,12 @@ def cka_matrix(
     """(L_A, L_B) linear CKA between every pair of layers; ``perm`` reorders B's samples."""
     ga = np.stack([_unit_gram(x) for x in acts_a])
     gb = np.stack([_unit_gram(x if perm is None else x[perm]) for x in acts_b])
-    return (ga @ gb.T).astype(np.float64)
+    cka: np.ndarray = ga @ gb.T
+    return cka.astype(np.float64)
 
 
 def activation_view(
-    home: Path, a: ModelEntry, b: ModelEntry, layers: list[str] | None = None, seed: int = 0
+    home: Home, a: ModelEntry, b: ModelEntry, layers: list[str] | None = None, seed: int = 0
 ) -> ActivationView:
     """Linear CKA layer x layer from the two models' activation sketches."""
     sk = []
@@ -577,15 +587,17 @@ def activation_view(
         except NotFound:
             raise FailedPrecondition(
                 f"model {entry.model_id!r} has no activation sketch for its live index "
-                f"(generation {entry.generation}) under {home}; re-index it, or compare the semantic view only"
+                f"(generation {entry.generation}) under {home}; re-index it, or compare the "
+                "semantic view only"
             ) from None
     sa, sb = sk
     if not np.array_equal(sa.sample_indices, sb.sample_indices) or (
         sa.probe_set and sb.probe_set and sa.probe_set != sb.probe_set
     ):
         raise FailedPrecondition(
-            f"the activation sketches of {a.model_id!r} and {b.model_id!r} were taken on different probe "
-            f"samples ({sa.probe_set or '?'}: {sa.n_samples}, {sb.probe_set or '?'}: {sb.n_samples}); "
+            f"the activation sketches of {a.model_id!r} and {b.model_id!r} were taken on "
+            f"different probe samples ({sa.probe_set or '?'}: {sa.n_samples}, "
+            f"{sb.probe_set or '?'}: {sb.n_samples}); "
             "index both models on the same probe set"
         )
     names_a = [n for n in sa.layer_names if layers is None or n in layers]
@@ -622,12 +634,12 @@ def _depths(entry: ModelEntry, names: list[str]) -> np.ndarray:
 
 
 def compare_models(
-    store,
+    store: KnowledgeStore,
     model_a: str,
     model_b: str,
     layers: list[str] | None = None,
     *,
-    home: Path,
+    home: HomeLike,
     tau: float | None = None,
     activation: bool = True,
     offset: int = 0,
@@ -657,7 +669,8 @@ def compare_models(
                 f"unknown layers {missing} (neither model has them)", field="layers"
             )
     key = _cache_key(ea, eb, layers, tau, activation, null_samples, seed)
-    path = Path(home) / "cache" / "compare" / f"{model_a}__{model_b}" / f"{key}.npz"
+    home = Home.of(home)
+    path = home.compare_dir(model_a, model_b) / f"{key}.npz"
     if use_cache and path.exists():
         try:
             cmp = _load(path)
@@ -671,7 +684,7 @@ def compare_models(
     t1 = time.perf_counter()
     sem = semantic_view(va, vb, tau=tau, null_samples=null_samples, seed=seed)
     t2 = time.perf_counter()
-    act = activation_view(Path(home), ea, eb, layers, seed=seed) if activation else None
+    act = activation_view(home, ea, eb, layers, seed=seed) if activation else None
     t3 = time.perf_counter()
     cmp = Comparison(
         a=va.side,
@@ -691,7 +704,15 @@ def _paged(cmp: Comparison, offset: int, limit: int) -> Comparison:
     return cmp
 
 
-def _cache_key(ea: ModelEntry, eb: ModelEntry, layers, tau, activation, null_samples, seed) -> str:
+def _cache_key(
+    ea: ModelEntry,
+    eb: ModelEntry,
+    layers: list[str] | None,
+    tau: float | None,
+    activation: bool,
+    null_samples: int,
+    seed: int,
+) -> str:
     ident = [
         COMPARE_VERSION,
         [ea.model_id, ea.generation, ea.indexed_at, ea.embedder],
@@ -742,7 +763,7 @@ def _encode(obj: Any, arrays: dict[str, np.ndarray], path: str) -> Any:
     return obj
 
 
-def _decode(obj: Any, arrays) -> Any:
+def _decode(obj: Any, arrays: Mapping[str, np.ndarray]) -> Any:
     if isinstance(obj, dict):
         if "__array__" in obj:
             return arrays[obj["__array__"]]
@@ -772,7 +793,10 @@ def _load(path: Path) -> Comparison:
     with np.load(path, allow_pickle=False) as z:
         arrays = {k: z[k] for k in z.files}
     tree = json.loads(arrays.pop("__tree__").tobytes().decode())
-    return _decode(tree, arrays)
+    cmp = _decode(tree, arrays)
+    if not isinstance(cmp, Comparison):
+        raise TypeError(f"{path} does not hold a comparison")
+    return cmp
 
 
 # ---------------------------------------------------------------------------------------------

@@ -29,6 +29,80 @@ def default_home() -> Path:
 
 
 @dataclass(frozen=True)
+class Home:
+    """The layout of a NeuronAtlas home directory (the one place that spells it out):
+
+    <root>/config.toml                      settings file
+    <root>/store/                           embedded (edge) store, unless ``store_dir`` is set
+    <root>/probes/<name>.json               registered probe sets
+    <root>/cache/embeddings/                probe-set CLIP embeddings (.npy + .json)
+    <root>/cache/labels/                    prompt embeddings of label vocabularies
+    <root>/cache/compare/<a>__<b>/          cached model comparisons
+    <root>/runs/<model_id>/                 checkpoints of an unfinished indexing run
+    <root>/sketches/<model_id>/gen<N>.npz   activation sketches
+    """
+
+    root: Path
+    store_dir: Path | None = None  # overrides <root>/store (Settings.store_path)
+
+    @classmethod
+    def of(cls, home: Home | str | os.PathLike[str]) -> Home:
+        """``home`` itself, or the Home rooted at a directory path."""
+        return home if isinstance(home, Home) else cls(Path(home))
+
+    @property
+    def config_file(self) -> Path:
+        return self.root / "config.toml"
+
+    @property
+    def store(self) -> Path:
+        return self.store_dir if self.store_dir is not None else self.root / "store"
+
+    @property
+    def probes(self) -> Path:
+        return self.root / "probes"
+
+    def probe_file(self, name: str) -> Path:
+        return self.probes / f"{name}.json"
+
+    @property
+    def cache(self) -> Path:
+        return self.root / "cache"
+
+    @property
+    def embeddings_cache(self) -> Path:
+        return self.cache / "embeddings"
+
+    @property
+    def labels_cache(self) -> Path:
+        return self.cache / "labels"
+
+    @property
+    def compare_cache(self) -> Path:
+        return self.cache / "compare"
+
+    def compare_dir(self, model_a: str, model_b: str) -> Path:
+        return self.compare_cache / f"{model_a}__{model_b}"
+
+    @property
+    def runs(self) -> Path:
+        return self.root / "runs"
+
+    def run_dir(self, model_id: str) -> Path:
+        return self.runs / model_id
+
+    @property
+    def sketches(self) -> Path:
+        return self.root / "sketches"
+
+    def sketch_dir(self, model_id: str) -> Path:
+        return self.sketches / model_id
+
+
+HomeLike = Home | str | os.PathLike[str]
+
+
+@dataclass(frozen=True)
 class Settings:
     home: Path = field(default_factory=default_home)
     backend: str = "edge"  # "edge" (embedded Qdrant Edge) or "remote" (Qdrant server / cluster)
@@ -44,12 +118,17 @@ class Settings:
     device: str = "auto"
 
     @property
+    def paths(self) -> Home:
+        """The home layout (with ``store_path`` as the store location when set)."""
+        return Home(self.home, self.store_path)
+
+    @property
     def edge_path(self) -> Path:
-        return self.store_path if self.store_path is not None else self.home / "store"
+        return self.paths.store
 
     @property
     def cache_dir(self) -> Path:
-        return self.home / "cache"
+        return self.paths.cache
 
     def redacted(self) -> dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -99,7 +178,7 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
         else (Path(home_env) if home_env else default_home())
     )
     explicit = config_file or os.environ.get("NEURONATLAS_CONFIG")
-    path = Path(explicit or (home / "config.toml")).expanduser()
+    path = Path(explicit or Home(home).config_file).expanduser()
     if path.exists():
         try:
             data = tomllib.loads(path.read_text())

@@ -84,13 +84,15 @@ def prompt(template: str, label: str) -> str:
 
 def _normalise(x: np.ndarray) -> np.ndarray:
     x = np.asarray(x, dtype=np.float32)
-    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+    unit: np.ndarray = x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+    return unit
 
 
 def prompt_embeddings(
     embedder: Embedder, labels: Sequence[str], templates: Sequence[str]
 ) -> np.ndarray:
-    """``(len(labels), dim)``: per label, mean over templates of normalised embeddings, re-normalised."""
+    """``(len(labels), dim)``: per label, the mean over templates of the normalised embeddings,
+    re-normalised."""
     acc = np.zeros((len(labels), embedder.dim), np.float32)
     for template in templates:
         texts = [prompt(template, label) for label in labels]
@@ -138,7 +140,7 @@ class LabelScorer:
         path = cache_dir / f"labels-{self._cache_key()}.npy" if cache_dir is not None else None
         if path is not None and path.is_file():
             try:
-                cached = np.load(path)
+                cached: np.ndarray = np.load(path)
                 if cached.shape == (len(self.labels) + 1, self.embedder.dim):
                     return cached.astype(np.float32, copy=False)
             except (OSError, ValueError):
@@ -158,13 +160,13 @@ class LabelScorer:
             x = x[None, :]
         if x.ndim != 2 or x.shape[1] != self.label_matrix.shape[1]:
             raise InvalidArgument(
-                f"vectors of shape {x.shape} do not match the embedder dimension {self.label_matrix.shape[1]}",
+                f"vectors of shape {x.shape} do not match the embedder dimension "
+                f"{self.label_matrix.shape[1]}",
                 field="vectors",
             )
         x = _normalise(x)
-        return (x @ self.label_matrix.T - (x @ self.null_vector)[:, None]).astype(
-            np.float32, copy=False
-        )
+        scores: np.ndarray = x @ self.label_matrix.T - (x @ self.null_vector)[:, None]
+        return scores.astype(np.float32, copy=False)
 
     def top(self, x: np.ndarray, n: int = 5) -> list[list[Label]]:
         """The ``n`` best labels per vector, best first."""
@@ -197,7 +199,7 @@ def combined_label_sets(
     scores = np.concatenate([s.scores(x) for s in scorers], axis=1)
     labels = [label for s in scorers for label in s.labels]
     sets = _beta_sets(scores, labels, beta, None)
-    out = []
+    out: list[list[str]] = []
     for labs in sets:
         unique = list(dict.fromkeys(labs))
         out.append(unique[:limit] if limit is not None else unique)
@@ -209,7 +211,7 @@ def _beta_sets(
 ) -> list[list[str]]:
     if not 0.0 < beta <= 1.0:
         raise InvalidArgument(f"beta must be in (0, 1], not {beta}", field="beta")
-    out = []
+    out: list[list[str]] = []
     for row in scores:
         best = float(row.max())
         if best <= 0:
@@ -219,5 +221,5 @@ def _beta_sets(
         keep = keep[np.argsort(-row[keep], kind="stable")]
         if limit is not None:
             keep = keep[:limit]
-        out.append([labels[j] for j in keep])
+        out.append([labels[int(j)] for j in keep])
     return out

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from neuronatlas.core.audit import Audit
 from neuronatlas.core.compare import Alignment, Comparison
 
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
 
-def _pyplot():
+
+def _pyplot() -> Any:  # matplotlib.pyplot, imported (and switched to Agg) on first use
     import matplotlib
 
     matplotlib.use("Agg")
@@ -19,7 +23,7 @@ def _pyplot():
     return plt
 
 
-def _ticks(ax, names: list[str], axis: str, max_ticks: int = 30) -> None:
+def _ticks(ax: Axes, names: list[str], axis: str, max_ticks: int = 30) -> None:
     step = max(1, int(np.ceil(len(names) / max_ticks)))
     pos = np.arange(0, len(names), step)
     if axis == "x":
@@ -71,7 +75,10 @@ def depth_alignment_plot(cmp: Comparison, path: Path) -> Path:
             color=colour,
             ms=4,
             lw=1,
-            label=f"{name}: rho {al.rho.value:+.2f} (floor {al.rho.baseline:+.2f}, p {al.p_value:.3f})",
+            label=(
+                f"{name}: rho {al.rho.value:+.2f} "
+                f"(floor {al.rho.baseline:+.2f}, p {al.p_value:.3f})"
+            ),
         )
     ax.set_xlim(-0.05, 1.05)
     ax.set_ylim(-0.05, 1.05)

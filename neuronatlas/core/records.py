@@ -10,7 +10,7 @@ import math
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 import numpy as np
@@ -203,7 +203,7 @@ def slot_key(model_id: str, generation: int) -> str:
     return f"{model_id}#{generation}"
 
 
-class ModelStatus(str, Enum):
+class ModelStatus(StrEnum):
     REGISTERED = "registered"
     INDEXING = "indexing"
     INDEXED = "indexed"

@@ -21,7 +21,8 @@ _EPS = 1e-12
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), _EPS)
+    unit: np.ndarray = x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), _EPS)
+    return unit
 
 
 def _check_topk(topk_emb: np.ndarray) -> np.ndarray:
@@ -65,9 +66,10 @@ def clarity(topk_emb: np.ndarray) -> np.ndarray:
     n, k, _ = e.shape
     if k == 1:
         return np.ones(n, np.float32)
-    total = np.einsum("nd,nd->n", e.sum(axis=1), e.sum(axis=1))
-    diag = np.einsum("nkd,nkd->n", e, e)
-    return np.clip((total - diag) / (k * (k - 1)), -1.0, 1.0).astype(np.float32)
+    total: np.ndarray = np.einsum("nd,nd->n", e.sum(axis=1), e.sum(axis=1))
+    diag: np.ndarray = np.einsum("nkd,nkd->n", e, e)
+    mean_cos: np.ndarray = np.clip((total - diag) / (k * (k - 1)), -1.0, 1.0)
+    return mean_cos.astype(np.float32)
 
 
 def polysemanticity(topk_emb: np.ndarray, iters: int = 20, seed: int = 0) -> np.ndarray:
@@ -96,7 +98,7 @@ def polysemanticity(topk_emb: np.ndarray, iters: int = 20, seed: int = 0) -> np.
         assign = new
         ca = _update_centre(e, ~assign, ca)
         cb = _update_centre(e, assign, cb)
-    cos = np.einsum("nd,nd->n", ca, cb)
+    cos: np.ndarray = np.einsum("nd,nd->n", ca, cb)
     return np.clip(1.0 - cos, 0.0, 2.0).astype(np.float32)
 
 
@@ -104,7 +106,7 @@ def _update_centre(e: np.ndarray, members: np.ndarray, previous: np.ndarray) -> 
     total = np.einsum("nk,nkd->nd", members.astype(np.float32), e)
     norms = np.linalg.norm(total, axis=1)
     keep = (members.sum(axis=1) == 0) | (norms < 1e-6)
-    centre = total / np.maximum(norms, _EPS)[:, None]
+    centre: np.ndarray = total / np.maximum(norms, _EPS)[:, None]
     centre[keep] = previous[keep]
     return centre
 

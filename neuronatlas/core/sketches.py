@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from neuronatlas.core.atomic import atomic_save_npz
+from neuronatlas.core.config import Home, HomeLike
 from neuronatlas.core.errors import InvalidArgument, NotFound, StoreCorrupted
 from neuronatlas.core.records import validate_model_id
 
@@ -46,16 +47,16 @@ class Sketch:
         return list(self.layers)
 
 
-def sketch_dir(home: Path, model_id: str) -> Path:
-    return Path(home) / "sketches" / validate_model_id(model_id)
+def sketch_dir(home: HomeLike, model_id: str) -> Path:
+    return Home.of(home).sketch_dir(validate_model_id(model_id))
 
 
-def sketch_path(home: Path, model_id: str, generation: int) -> Path:
+def sketch_path(home: HomeLike, model_id: str, generation: int) -> Path:
     return sketch_dir(home, model_id) / f"gen{int(generation)}.npz"
 
 
 def save_sketch(
-    home: Path,
+    home: HomeLike,
     model_id: str,
     generation: int,
     sample_indices: np.ndarray,
@@ -103,7 +104,7 @@ def save_sketch(
     return path
 
 
-def load_sketch(home: Path, model_id: str, generation: int) -> Sketch:
+def load_sketch(home: HomeLike, model_id: str, generation: int) -> Sketch:
     """Read a sketch back (float32 activations); NotFound if it was never saved."""
     path = sketch_path(home, model_id, generation)
     if not path.exists():
@@ -130,7 +131,7 @@ def load_sketch(home: Path, model_id: str, generation: int) -> Sketch:
     )
 
 
-def delete_sketches(home: Path, model_id: str, keep_generation: int | None = None) -> int:
+def delete_sketches(home: HomeLike, model_id: str, keep_generation: int | None = None) -> int:
     """Remove a model's sketches (all, or all but one generation). Returns files removed."""
     d = sketch_dir(home, model_id)
     if not d.exists():

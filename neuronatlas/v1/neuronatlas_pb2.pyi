@@ -50,12 +50,14 @@ class Vector(_message.Message):
     def __init__(self, values: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class Label(_message.Message):
-    __slots__ = ("label", "score")
+    __slots__ = ("label", "score", "vocabulary")
     LABEL_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
+    VOCABULARY_FIELD_NUMBER: _ClassVar[int]
     label: str
     score: float
-    def __init__(self, label: _Optional[str] = ..., score: _Optional[float] = ...) -> None: ...
+    vocabulary: str
+    def __init__(self, label: _Optional[str] = ..., score: _Optional[float] = ..., vocabulary: _Optional[str] = ...) -> None: ...
 
 class LabelList(_message.Message):
     __slots__ = ("labels",)
@@ -265,7 +267,7 @@ class Layer(_message.Message):
     def __init__(self, name: _Optional[str] = ..., index: _Optional[int] = ..., depth: _Optional[float] = ..., neurons: _Optional[int] = ..., kind: _Optional[str] = ...) -> None: ...
 
 class Model(_message.Message):
-    __slots__ = ("model_id", "display_name", "architecture", "source", "weights_sha256", "training_data", "layers", "embedder", "probe_set", "status", "status_reason", "generation", "create_time", "update_time", "index_time", "index_wall_seconds", "tags", "notes", "neuron_count")
+    __slots__ = ("model_id", "display_name", "architecture", "source", "weights_sha256", "training_data", "layers", "embedder", "probe_set", "status", "status_reason", "generation", "create_time", "update_time", "index_time", "index_wall_seconds", "tags", "notes", "neuron_count", "extra")
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     DISPLAY_NAME_FIELD_NUMBER: _ClassVar[int]
     ARCHITECTURE_FIELD_NUMBER: _ClassVar[int]
@@ -285,6 +287,7 @@ class Model(_message.Message):
     TAGS_FIELD_NUMBER: _ClassVar[int]
     NOTES_FIELD_NUMBER: _ClassVar[int]
     NEURON_COUNT_FIELD_NUMBER: _ClassVar[int]
+    EXTRA_FIELD_NUMBER: _ClassVar[int]
     model_id: str
     display_name: str
     architecture: str
@@ -304,7 +307,8 @@ class Model(_message.Message):
     tags: _containers.RepeatedScalarFieldContainer[str]
     notes: str
     neuron_count: int
-    def __init__(self, model_id: _Optional[str] = ..., display_name: _Optional[str] = ..., architecture: _Optional[str] = ..., source: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., weights_sha256: _Optional[str] = ..., training_data: _Optional[str] = ..., layers: _Optional[_Iterable[_Union[Layer, _Mapping]]] = ..., embedder: _Optional[str] = ..., probe_set: _Optional[str] = ..., status: _Optional[_Union[ModelStatus, str]] = ..., status_reason: _Optional[str] = ..., generation: _Optional[int] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., index_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., index_wall_seconds: _Optional[float] = ..., tags: _Optional[_Iterable[str]] = ..., notes: _Optional[str] = ..., neuron_count: _Optional[int] = ...) -> None: ...
+    extra: _struct_pb2.Struct
+    def __init__(self, model_id: _Optional[str] = ..., display_name: _Optional[str] = ..., architecture: _Optional[str] = ..., source: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., weights_sha256: _Optional[str] = ..., training_data: _Optional[str] = ..., layers: _Optional[_Iterable[_Union[Layer, _Mapping]]] = ..., embedder: _Optional[str] = ..., probe_set: _Optional[str] = ..., status: _Optional[_Union[ModelStatus, str]] = ..., status_reason: _Optional[str] = ..., generation: _Optional[int] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., index_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., index_wall_seconds: _Optional[float] = ..., tags: _Optional[_Iterable[str]] = ..., notes: _Optional[str] = ..., neuron_count: _Optional[int] = ..., extra: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
 
 class ListModelsRequest(_message.Message):
     __slots__ = ("page_size", "page_token")
@@ -482,7 +486,7 @@ class CompareModelsRequest(_message.Message):
     def __init__(self, model_a: _Optional[str] = ..., model_b: _Optional[str] = ..., layers: _Optional[_Iterable[str]] = ..., tau: _Optional[float] = ..., semantic_only: _Optional[bool] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class CompareModelsResponse(_message.Message):
-    __slots__ = ("model_a", "model_b", "layer_similarity", "layer_similarity_floor", "alignment", "alignment_b", "best_match", "matching", "matching_method", "coverage_a_to_b", "coverage_b_to_a", "tau", "floor_exact", "has_activation", "cka", "cka_floor", "cka_alignment", "cka_samples", "shared_concepts", "unique_concepts_a", "unique_concepts_b", "pairs", "total_pairs", "next_page_token", "cached")
+    __slots__ = ("model_a", "model_b", "layer_similarity", "layer_similarity_floor", "alignment", "alignment_b", "best_match", "matching", "matching_method", "coverage_a_to_b", "coverage_b_to_a", "tau", "floor_exact", "has_activation", "cka", "cka_floor", "cka_alignment", "cka_samples", "shared_concepts", "unique_concepts_a", "unique_concepts_b", "pairs", "total_pairs", "next_page_token", "cached", "cka_alignment_b")
     MODEL_A_FIELD_NUMBER: _ClassVar[int]
     MODEL_B_FIELD_NUMBER: _ClassVar[int]
     LAYER_SIMILARITY_FIELD_NUMBER: _ClassVar[int]
@@ -508,6 +512,7 @@ class CompareModelsResponse(_message.Message):
     TOTAL_PAIRS_FIELD_NUMBER: _ClassVar[int]
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     CACHED_FIELD_NUMBER: _ClassVar[int]
+    CKA_ALIGNMENT_B_FIELD_NUMBER: _ClassVar[int]
     model_a: ComparedModel
     model_b: ComparedModel
     layer_similarity: Matrix
@@ -533,7 +538,8 @@ class CompareModelsResponse(_message.Message):
     total_pairs: int
     next_page_token: str
     cached: bool
-    def __init__(self, model_a: _Optional[_Union[ComparedModel, _Mapping]] = ..., model_b: _Optional[_Union[ComparedModel, _Mapping]] = ..., layer_similarity: _Optional[_Union[Matrix, _Mapping]] = ..., layer_similarity_floor: _Optional[_Union[Matrix, _Mapping]] = ..., alignment: _Optional[_Union[DepthAlignment, _Mapping]] = ..., alignment_b: _Optional[_Union[DepthAlignment, _Mapping]] = ..., best_match: _Optional[_Union[ScoreWithFloor, _Mapping]] = ..., matching: _Optional[_Union[ScoreWithFloor, _Mapping]] = ..., matching_method: _Optional[str] = ..., coverage_a_to_b: _Optional[_Union[ScoreWithFloor, _Mapping]] = ..., coverage_b_to_a: _Optional[_Union[ScoreWithFloor, _Mapping]] = ..., tau: _Optional[float] = ..., floor_exact: _Optional[bool] = ..., has_activation: _Optional[bool] = ..., cka: _Optional[_Union[Matrix, _Mapping]] = ..., cka_floor: _Optional[_Union[Matrix, _Mapping]] = ..., cka_alignment: _Optional[_Union[DepthAlignment, _Mapping]] = ..., cka_samples: _Optional[int] = ..., shared_concepts: _Optional[_Iterable[_Union[ConceptCount, _Mapping]]] = ..., unique_concepts_a: _Optional[_Iterable[_Union[ConceptCount, _Mapping]]] = ..., unique_concepts_b: _Optional[_Iterable[_Union[ConceptCount, _Mapping]]] = ..., pairs: _Optional[_Iterable[_Union[MatchedPair, _Mapping]]] = ..., total_pairs: _Optional[int] = ..., next_page_token: _Optional[str] = ..., cached: _Optional[bool] = ...) -> None: ...
+    cka_alignment_b: DepthAlignment
+    def __init__(self, model_a: _Optional[_Union[ComparedModel, _Mapping]] = ..., model_b: _Optional[_Union[ComparedModel, _Mapping]] = ..., layer_similarity: _Optional[_Union[Matrix, _Mapping]] = ..., layer_similarity_floor: _Optional[_Union[Matrix, _Mapping]] = ..., alignment: _Optional[_Union[DepthAlignment, _Mapping]] = ..., alignment_b: _Optional[_Union[DepthAlignment, _Mapping]] = ..., best_match: _Optional[_Union[ScoreWithFloor, _Mapping]] = ..., matching: _Optional[_Union[ScoreWithFloor, _Mapping]] = ..., matching_method: _Optional[str] = ..., coverage_a_to_b: _Optional[_Union[ScoreWithFloor, _Mapping]] = ..., coverage_b_to_a: _Optional[_Union[ScoreWithFloor, _Mapping]] = ..., tau: _Optional[float] = ..., floor_exact: _Optional[bool] = ..., has_activation: _Optional[bool] = ..., cka: _Optional[_Union[Matrix, _Mapping]] = ..., cka_floor: _Optional[_Union[Matrix, _Mapping]] = ..., cka_alignment: _Optional[_Union[DepthAlignment, _Mapping]] = ..., cka_samples: _Optional[int] = ..., shared_concepts: _Optional[_Iterable[_Union[ConceptCount, _Mapping]]] = ..., unique_concepts_a: _Optional[_Iterable[_Union[ConceptCount, _Mapping]]] = ..., unique_concepts_b: _Optional[_Iterable[_Union[ConceptCount, _Mapping]]] = ..., pairs: _Optional[_Iterable[_Union[MatchedPair, _Mapping]]] = ..., total_pairs: _Optional[int] = ..., next_page_token: _Optional[str] = ..., cached: _Optional[bool] = ..., cka_alignment_b: _Optional[_Union[DepthAlignment, _Mapping]] = ...) -> None: ...
 
 class AuditModelRequest(_message.Message):
     __slots__ = ("model_id", "valid", "spurious", "threshold")

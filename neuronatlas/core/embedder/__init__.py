@@ -14,7 +14,10 @@ from neuronatlas.core.errors import InvalidArgument
 
 __all__ = ["Embedder", "load_embedder", "parse_spec"]
 
-SPEC_HELP = "open_clip:ARCH:TAG, open_clip:ARCH:/path/to/file.pt, open_clip:ARCH:random[:SEED] or py:package.module:factory"
+SPEC_HELP = (
+    "open_clip:ARCH:TAG, open_clip:ARCH:/path/to/file.pt, open_clip:ARCH:random[:SEED] "
+    "or py:package.module:factory"
+)
 
 
 def parse_spec(spec: str) -> tuple[str, str, str]:

@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import contextlib
 import difflib
-import hashlib
+import io
 import logging
 import os
 import threading
 import warnings
 import zipfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,9 +32,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from neuronatlas.core.atomic import atomic_write_bytes
 from neuronatlas.core.embedder.base import Embedder
 from neuronatlas.core.embedder.text_cache import TextCache
 from neuronatlas.core.errors import InvalidArgument, WeightsUnavailable
+from neuronatlas.core.hashing import file_sha256
 from neuronatlas.core.records import EmbedderInfo
 
 TINY_ARCH = "na-tiny"
@@ -45,7 +47,7 @@ _CHECKPOINT_SUFFIXES = {".pt", ".pth", ".bin", ".th", ".ckpt", ".safetensors"}
 TEXT_BATCH = 256
 
 
-def _open_clip():
+def _open_clip() -> Any:
     import open_clip  # heavy import, only when an open_clip embedder is actually used
 
     return open_clip
@@ -107,7 +109,7 @@ class _DropRandomInitWarning(logging.Filter):
 
 
 @contextlib.contextmanager
-def _quiet_random_init():
+def _quiet_random_init() -> Iterator[None]:
     """open_clip warns on the root logger when it builds random weights; here that is intended."""
     flt = _DropRandomInitWarning()
     logging.getLogger().addFilter(flt)
@@ -136,7 +138,7 @@ def _create(arch: str, seed: int | None = None) -> tuple[torch.nn.Module, Any]:
 
 
 def _create_inner(
-    open_clip: Any, arch: str, seed: int | None, kwargs: dict
+    open_clip: Any, arch: str, seed: int | None, kwargs: dict[str, Any]
 ) -> tuple[torch.nn.Module, Any]:
     if seed is None:
         model, _, preprocess = open_clip.create_model_and_transforms(arch, **kwargs)
@@ -145,14 +147,6 @@ def _create_inner(
         torch.manual_seed(seed)
         model, _, preprocess = open_clip.create_model_and_transforms(arch, **kwargs)
     return model, preprocess
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _is_torchscript(path: Path) -> bool:
@@ -173,7 +167,9 @@ def _read_state_dict(path: Path, arch: str) -> dict[str, torch.Tensor]:
         elif _is_torchscript(path):  # OpenAI's original checkpoints are TorchScript archives
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", FutureWarning)
-                obj = torch.jit.load(str(path), map_location="cpu").state_dict()
+                obj = torch.jit.load(  # type: ignore[no-untyped-call]  # untyped in torch
+                    str(path), map_location="cpu"
+                ).state_dict()
         else:
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
@@ -220,7 +216,8 @@ def _load_into(
             if keys:
                 parts.append(f"{len(keys)} {what} (e.g. {', '.join(keys[:3])})")
         raise WeightsUnavailable(
-            f"checkpoint {path} does not fit open_clip architecture {arch!r}: {'; '.join(parts)}; {_howto(arch)}"
+            f"checkpoint {path} does not fit open_clip architecture {arch!r}: "
+            f"{'; '.join(parts)}; {_howto(arch)}"
         )
     try:
         model.load_state_dict(state, strict=True)
@@ -259,8 +256,8 @@ def load_open_clip(arch: str, weights: str, device: str = "auto") -> OpenClipEmb
     """Build an :class:`OpenClipEmbedder` for ``open_clip:ARCH:WEIGHTS`` (see module docstring)."""
     if not weights:
         raise InvalidArgument(
-            f"open_clip spec needs weights: open_clip:{arch}:TAG, open_clip:{arch}:/path/file.pt or "
-            f"open_clip:{arch}:random[:SEED]",
+            f"open_clip spec needs weights: open_clip:{arch}:TAG, "
+            f"open_clip:{arch}:/path/file.pt or open_clip:{arch}:random[:SEED]",
             field="embedder",
         )
     dev = resolve_device(device)
@@ -275,7 +272,7 @@ def load_open_clip(arch: str, weights: str, device: str = "auto") -> OpenClipEmb
         state = _read_state_dict(path, arch)
         model, preprocess = _create(arch)
         _load_into(model, state, path, arch)
-        identity = f"sha256:{_sha256(path)}"
+        identity = f"sha256:{file_sha256(path)}"
     else:
         tags = open_clip.list_pretrained_tags_by_model(arch)
         if weights not in tags:
@@ -293,7 +290,8 @@ def load_open_clip(arch: str, weights: str, device: str = "auto") -> OpenClipEmb
             )
         except Exception as e:
             raise WeightsUnavailable(
-                f"could not get pretrained weights {arch}:{weights} ({str(e)[:200]}); {_howto(arch)}"
+                f"could not get pretrained weights {arch}:{weights} ({str(e)[:200]}); "
+                f"{_howto(arch)}"
             ) from e
         identity = weights
     try:
@@ -301,23 +299,25 @@ def load_open_clip(arch: str, weights: str, device: str = "auto") -> OpenClipEmb
     except Exception as e:
         raise WeightsUnavailable(f"could not load the tokenizer of {arch} ({str(e)[:200]})") from e
     model = model.to(dev).eval()
+    proj = getattr(model, "text_projection", None)
     dim = (
-        int(model.text_projection.shape[1])
-        if _has_tensor(model, "text_projection")
+        int(proj.shape[1])
+        if isinstance(proj, torch.Tensor) and proj.ndim == 2
         else _probe_dim(model, tokenizer, dev)
     )
     info = EmbedderInfo(name=f"open_clip:{arch}", weights=identity, dim=dim)
     return OpenClipEmbedder(model, preprocess, tokenizer, info, dev)
 
 
-def _has_tensor(model: torch.nn.Module, name: str) -> bool:
-    t = getattr(model, name, None)
-    return isinstance(t, torch.Tensor) and t.ndim == 2
+def _encoder(model: torch.nn.Module, method: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``model.encode_image`` / ``model.encode_text`` of an open_clip model (no stubs)."""
+    fn: Callable[[torch.Tensor], torch.Tensor] = getattr(model, method)
+    return fn
 
 
 def _probe_dim(model: torch.nn.Module, tokenizer: Any, dev: torch.device) -> int:
     with torch.inference_mode():
-        return int(model.encode_text(tokenizer([""]).to(dev)).shape[-1])
+        return int(_encoder(model, "encode_text")(tokenizer([""]).to(dev)).shape[-1])
 
 
 def save_random_checkpoint(arch: str, path: str | Path, seed: int = 0) -> Path:
@@ -326,13 +326,9 @@ def save_random_checkpoint(arch: str, path: str | Path, seed: int = 0) -> Path:
     _check_arch(arch)
     model, _ = _create(arch, seed)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        torch.save(model.state_dict(), tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    buf = io.BytesIO()
+    torch.save(model.state_dict(), buf)
+    atomic_write_bytes(path, buf.getvalue(), durable=False)
     return path
 
 
@@ -356,7 +352,10 @@ class OpenClipEmbedder(Embedder):
         self.text_cache = TextCache(text_cache_size)
 
     def __repr__(self) -> str:
-        return f"OpenClipEmbedder({self.info.name}, weights={self.info.weights}, dim={self.info.dim}, device={self.device})"
+        return (
+            f"OpenClipEmbedder({self.info.name}, weights={self.info.weights}, "
+            f"dim={self.info.dim}, device={self.device})"
+        )
 
     # -- images ---------------------------------------------------------------------------
     def encode_images(self, images: Sequence[Any] | Any, batch_size: int = 64) -> np.ndarray:
@@ -367,7 +366,8 @@ class OpenClipEmbedder(Embedder):
         if isinstance(images, torch.Tensor):
             if images.ndim != 4 or images.shape[1] != 3:
                 raise InvalidArgument(
-                    f"image tensor has shape {tuple(images.shape)}, expected (n, 3, H, W) from embedder.preprocess",
+                    f"image tensor has shape {tuple(images.shape)}, expected (n, 3, H, W) "
+                    "from embedder.preprocess",
                     field="images",
                 )
             batches = (images[i : i + batch_size] for i in range(0, images.shape[0], batch_size))
@@ -385,10 +385,13 @@ class OpenClipEmbedder(Embedder):
         with torch.inference_mode():
             for batch in batches:
                 try:
-                    feats = self.model.encode_image(batch.to(self.device, torch.float32))
+                    feats = _encoder(self.model, "encode_image")(
+                        batch.to(self.device, torch.float32)
+                    )
                 except RuntimeError as e:
                     raise InvalidArgument(
-                        f"{self.info.name} cannot encode images of shape {tuple(batch.shape[1:])}: {str(e)[:160]}",
+                        f"{self.info.name} cannot encode images of shape "
+                        f"{tuple(batch.shape[1:])}: {str(e)[:160]}",
                         field="images",
                     ) from e
                 out.append(F.normalize(feats.float(), dim=-1).cpu().numpy())
@@ -414,7 +417,8 @@ class OpenClipEmbedder(Embedder):
                 for i in range(0, len(todo), TEXT_BATCH):
                     chunk = todo[i : i + TEXT_BATCH]
                     tokens = self.tokenizer(chunk).to(self.device)
-                    emb = F.normalize(self.model.encode_text(tokens).float(), dim=-1).cpu().numpy()
+                    feats = _encoder(self.model, "encode_text")(tokens)
+                    emb = F.normalize(feats.float(), dim=-1).cpu().numpy()
                     fresh.update(zip(chunk, emb, strict=False))
             self.text_cache.store(todo, np.stack([fresh[t] for t in todo]))
         return np.stack(

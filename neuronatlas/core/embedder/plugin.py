@@ -40,7 +40,8 @@ def _normalised(arr: Any, dim: int, what: str) -> np.ndarray:
             f"plug-in {what} returned shape {out.shape}, expected (n, {dim})", field="embedder"
         )
     norms = np.linalg.norm(out, axis=1, keepdims=True)
-    return out / np.maximum(norms, 1e-12)
+    normalised: np.ndarray = out / np.maximum(norms, 1e-12)
+    return normalised
 
 
 class DuckEmbedder(Embedder):
@@ -73,7 +74,7 @@ def load_plugin(target: str, device: str = "auto") -> Embedder:
         raise InvalidArgument(
             f"cannot import plug-in module {module_name!r}: {e}", field="embedder"
         ) from e
-    factory = module
+    factory: Any = module
     for part in attr.split("."):
         factory = getattr(factory, part, None)
         if factory is None:
@@ -102,7 +103,8 @@ def load_plugin(target: str, device: str = "auto") -> Embedder:
     missing = [m for m in _MEMBERS if not hasattr(emb, m)]
     if missing:
         raise InvalidArgument(
-            f"plug-in {target!r} returned {type(emb).__name__}, not an Embedder (missing {', '.join(missing)}); "
+            f"plug-in {target!r} returned {type(emb).__name__}, not an Embedder "
+            f"(missing {', '.join(missing)}); "
             "see neuronatlas.core.embedder.plugin for the interface",
             field="embedder",
         )

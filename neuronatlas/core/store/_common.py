@@ -19,7 +19,6 @@ from typing import Any
 import numpy as np
 
 from neuronatlas.core.errors import (
-    EmbedderMismatch,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
@@ -37,6 +36,7 @@ from neuronatlas.core.records import (
     validate_model_id,
 )
 from neuronatlas.core.store.base import Hit, KnowledgeStore, SearchFilter
+from neuronatlas.core.validate import check_embedder, check_filter, check_label, check_page
 
 # HNSW parameters (both backends). Tuned with bench/bench_store.py: see bench/results/store.md.
 HNSW_M = 16
@@ -81,6 +81,12 @@ class Point:
     payload: dict[str, Any]
     vector: list[float] | None = None
     score: float = 0.0
+
+    def dense(self) -> list[float]:
+        """The vector of a point that must carry one (points to write)."""
+        if self.vector is None:
+            raise FailedPrecondition(f"point {self.id} has no vector")
+        return self.vector
 
 
 @dataclass
@@ -142,11 +148,14 @@ def label_score(payload: dict[str, Any], labels: set[str]) -> float:
     return best if best is not None else 0.0
 
 
-def _hit_order(h: Hit) -> tuple:
+_Rank = tuple[float, str, str, int]  # (-score, model_id, layer, unit)
+
+
+def _hit_order(h: Hit) -> _Rank:
     return (-h.score, h.record.model_id, h.record.layer, h.record.unit)
 
 
-def _point_order(p: Point) -> tuple:
+def _point_order(p: Point) -> _Rank:
     """``_hit_order`` of a point read with (at least) PER_MODEL_RANK_FIELDS."""
     return (-p.score, p.payload["model_id"], p.payload["layer"], int(p.payload["unit"]))
 
@@ -230,13 +239,9 @@ class QdrantStoreBase(KnowledgeStore):
             raise InvalidArgument(f"not a valid embedder identity: {info!r}", field="embedder")
         with self._mutex:
             current = self._load_embedder()
+            check_embedder(current, info)
             if current is None:
                 self._save_embedder(info)
-            elif current != info:
-                raise EmbedderMismatch(
-                    f"this store holds vectors of {current.name} ({current.weights}, {current.dim}-d); "
-                    f"refusing {info.name} ({info.weights}, {info.dim}-d). Use another store or re-create it."
-                )
 
     def _bound_dim(self, for_write: bool) -> int:
         info = self._load_embedder()
@@ -287,8 +292,7 @@ class QdrantStoreBase(KnowledgeStore):
     def _live_models(self, flt: SearchFilter | None) -> dict[str, str]:
         """{model_id: live slot} the filter allows; NotFound/NotIndexed as the contract says."""
         if flt is not None and flt.model_ids is not None:
-            if len(flt.model_ids) == 0:
-                raise InvalidArgument("model_ids filter is empty", field="model_ids")
+            check_filter(flt)  # e.g. an empty model list
             return {m: self._live_slot(m) for m in dict.fromkeys(flt.model_ids)}
         live = dict(self._visibility().live)
         if not live:
@@ -312,46 +316,32 @@ class QdrantStoreBase(KnowledgeStore):
 
     @staticmethod
     def _filter_conds(flt: SearchFilter | None) -> list[Cond]:
-        """Conditions of a SearchFilter other than the model restriction."""
+        """Conditions of a SearchFilter other than the model restriction. The filter is checked
+        by the one request validator (``core.validate``) first, so a bad one gets the same
+        refusal here as through the queries and the service."""
+        flt = check_filter(flt)
         if flt is None:
             return []
         conds = []
         if flt.layers is not None:
-            if len(flt.layers) == 0:
-                raise InvalidArgument("layers filter is empty", field="layers")
             conds.append(Cond("layer", any=tuple(flt.layers)))
-        for name in ("depth_min", "depth_max", "min_clarity"):
-            v = getattr(flt, name)
-            if v is not None and not math.isfinite(float(v)):
-                raise InvalidArgument(f"{name} must be a finite number", field=name)
         if flt.depth_min is not None or flt.depth_max is not None:
-            if (
-                flt.depth_min is not None
-                and flt.depth_max is not None
-                and flt.depth_min > flt.depth_max
-            ):
-                raise InvalidArgument("depth_min is larger than depth_max", field="depth_min")
             conds.append(Cond("depth", gte=flt.depth_min, lte=flt.depth_max))
         if flt.min_clarity is not None:
             conds.append(Cond("clarity", gte=flt.min_clarity))
         if flt.label is not None:
-            if not flt.label:
-                raise InvalidArgument("label filter is empty", field="label")
             conds.append(Cond("label_all", any=(flt.label,)))
         return conds
 
     @staticmethod
     def _check_page(limit: int, offset: int = 0) -> None:
-        if int(limit) < 1:
-            raise InvalidArgument(f"limit must be >= 1, not {limit}", field="limit")
-        if int(offset) < 0:
-            raise InvalidArgument(f"offset must be >= 0, not {offset}", field="offset")
+        check_page(offset, limit)
 
     def _query_vector(self, vector: np.ndarray) -> list[float]:
         dim = self._bound_dim(for_write=False)
-        return check_vectors(np.asarray(vector, dtype=np.float32).reshape(-1), dim, what="query")[
-            0
-        ].tolist()
+        q = check_vectors(np.asarray(vector, dtype=np.float32).reshape(-1), dim, what="query")[0]
+        out: list[float] = q.tolist()
+        return out
 
     @staticmethod
     def _hit(p: Point, with_vector: bool) -> Hit:
@@ -439,7 +429,7 @@ class QdrantStoreBase(KnowledgeStore):
         exhausted = len(found) < limit  # every matching point is in the list
         by_model: dict[str, list[Point]] = {}
         for p in found:
-            model = slot_model.get(p.payload.get("slot"))
+            model = slot_model.get(str(p.payload.get("slot")))
             if model is not None:
                 by_model.setdefault(model, []).append(p)
         groups: dict[str, list[Point]] = {}
@@ -495,8 +485,7 @@ class QdrantStoreBase(KnowledgeStore):
         offset: int = 0,
         flt: SearchFilter | None = None,
     ) -> list[Hit]:
-        if not isinstance(label, str) or not label.strip():
-            raise InvalidArgument("label must be a non-empty string", field="label")
+        check_label(label, "label")
         self._check_page(limit, offset)
         base = [*self._slot_conds(flt), *self._filter_conds(flt)]
         if prefix:
@@ -510,7 +499,7 @@ class QdrantStoreBase(KnowledgeStore):
         if not values:
             return []
         conds = [*base, Cond("label_all", any=tuple(sorted(values)))]
-        ranked: list[tuple[tuple, str]] = []
+        ranked: list[tuple[_Rank, str]] = []
         for p in self._scroll_all(conds, with_payload=LABEL_RANK_FIELDS, with_vector=False):
             s = label_score(p.payload, values)
             ranked.append(

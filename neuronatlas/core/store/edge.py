@@ -19,6 +19,7 @@ from typing import Any
 
 import qdrant_edge as qe
 
+from neuronatlas.core.atomic import atomic_write_json
 from neuronatlas.core.diskspace import ensure_free
 from neuronatlas.core.errors import FailedPrecondition, NotAStore, StoreCorrupted, StoreLocked
 from neuronatlas.core.records import EmbedderInfo
@@ -41,10 +42,20 @@ LOCK = ".lock"
 _OWN_ENTRIES = {MARKER, MARKER + ".tmp", LOCK, "models", "neurons"}
 
 
+def _marker_temp(name: str) -> bool:
+    """A temp file of a marker write (``atomic_write_json``; older versions: store.json.tmp)."""
+    return name == MARKER + ".tmp" or (name.startswith(f".{MARKER}.") and name.endswith(".tmp"))
+
+
+def _own_entry(name: str) -> bool:
+    """An entry the store itself creates (incl. a temp file left by an interrupted marker write)."""
+    return name in _OWN_ENTRIES or _marker_temp(name)
+
+
 def _edge_filter(conds: list[Cond]) -> qe.Filter | None:
     if not conds:
         return None
-    must = []
+    must: list[qe.ConditionType] = []
     for c in conds:
         if c.any is not None:
             values = list(c.any)
@@ -60,20 +71,6 @@ def _point(p: Any) -> Point:
     if isinstance(vec, dict):  # unnamed vector may come back as {"": [...]}
         vec = vec.get("")
     return Point(str(p.id), dict(p.payload or {}), vec, float(getattr(p, "score", 0.0) or 0.0))
-
-
-def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=2)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 class EdgeStore(QdrantStoreBase):
@@ -93,12 +90,15 @@ class EdgeStore(QdrantStoreBase):
             raise NotAStore(f"{self.path} is a file, not a NeuronAtlas store directory")
         self.path.mkdir(parents=True, exist_ok=True)
         entries = {p.name for p in self.path.iterdir()}
-        if MARKER not in entries and not entries <= _OWN_ENTRIES:
+        if MARKER not in entries and not all(_own_entry(name) for name in entries):
             raise NotAStore(
                 f"{self.path} holds other files and no {MARKER}: not a NeuronAtlas store"
             )
         self._lock()
         try:
+            for name in entries:  # leftovers of an interrupted marker write; we hold the lock
+                if _marker_temp(name):
+                    (self.path / name).unlink(missing_ok=True)
             # Opening maps fresh write-ahead-log pages: on a full disk that is a SIGBUS.
             ensure_free(self.path, what="open the store")
             if MARKER in entries:
@@ -172,7 +172,7 @@ class EdgeStore(QdrantStoreBase):
         self._write_marker()
 
     def _write_marker(self) -> None:
-        _write_json_atomic(
+        atomic_write_json(
             self.path / MARKER,
             {
                 "format": FORMAT,
@@ -253,12 +253,12 @@ class EdgeStore(QdrantStoreBase):
 
     def _reserve_space(self, points: list[Point]) -> None:
         # WAL + segment + index, generously: vector bytes + ~2 KiB of payload, twice over.
-        need = 2 * sum(4 * len(p.vector) + 2048 for p in points)
+        need = 2 * sum(4 * len(p.dense()) + 2048 for p in points)
         ensure_free(self.path, need, what=f"write {len(points)} neurons")
 
     def _n_upsert(self, points: list[Point]) -> None:
         self._reserve_space(points)  # per batch too: a long write can fill the disk midway
-        ops = [qe.Point(p.id, p.vector, p.payload) for p in points]
+        ops = [qe.Point(p.id, p.dense(), p.payload) for p in points]
         self._shard("neurons").update(qe.UpdateOperation.upsert_points(ops))
 
     def _n_query(
@@ -323,17 +323,19 @@ class EdgeStore(QdrantStoreBase):
     def _n_retrieve(self, ids: list[str], with_vector: bool) -> list[Point]:
         if not ids:
             return []
+        point_ids: list[qe.PointId] = list(ids)
         return [
             _point(p)
             for p in self._shard("neurons").retrieve(
-                ids, with_payload=True, with_vector=with_vector
+                point_ids, with_payload=True, with_vector=with_vector
             )
         ]
 
     def _n_delete(self, conds: list[Cond]) -> None:
-        self._shard("neurons").update(
-            qe.UpdateOperation.delete_points_by_filter(_edge_filter(conds))
-        )
+        flt = _edge_filter(conds)
+        if flt is None:  # never "delete everything" by accident
+            raise ValueError("a neuron delete needs at least one condition")
+        self._shard("neurons").update(qe.UpdateOperation.delete_points_by_filter(flt))
 
     def _m_put(self, point_id: str, payload: dict[str, Any]) -> None:
         shard = self._shard("models")
@@ -343,16 +345,17 @@ class EdgeStore(QdrantStoreBase):
 
     def _m_get(self, point_id: str) -> dict[str, Any] | None:
         found = self._shard("models").retrieve([point_id], with_payload=True, with_vector=False)
-        return dict(found[0].payload) if found else None
+        return dict(found[0].payload or {}) if found else None
 
     def _m_all(self) -> list[dict[str, Any]]:
-        shard, out, offset = self._shard("models"), [], None
+        shard, offset = self._shard("models"), None
+        out: list[dict[str, Any]] = []
         flt = _edge_filter([Cond("kind", any=("model",))])
         while True:
             points, offset = shard.scroll(
                 qe.ScrollRequest(offset=offset, limit=1000, filter=flt, with_payload=True)
             )
-            out.extend(dict(p.payload) for p in points)
+            out.extend(dict(p.payload or {}) for p in points)
             if offset is None:
                 return out
 

@@ -204,19 +204,21 @@ class RemoteStore(QdrantStoreBase):
                 if not self._call(self.client.collection_exists, self.neurons_collection):
                     self._info = None
                     raise StoreCorrupted(
-                        f"{self.models_collection} names an embedder but {self.neurons_collection} is missing"
+                        f"{self.models_collection} names an embedder but "
+                        f"{self.neurons_collection} is missing"
                     )
         return self._info
 
     def _save_embedder(self, info: EmbedderInfo) -> None:
         if self._call(self.client.collection_exists, self.neurons_collection):
-            size = self._call(
+            vectors = self._call(
                 self.client.get_collection, self.neurons_collection
-            ).config.params.vectors.size
+            ).config.params.vectors
+            size = vectors.size if isinstance(vectors, models.VectorParams) else None
             if size != info.dim:
                 raise StoreCorrupted(
-                    f"{self.neurons_collection} exists with {size}-d vectors but no embedder record; "
-                    f"delete it or use another collection prefix"
+                    f"{self.neurons_collection} exists with {size}-d vectors but no embedder "
+                    "record; delete it or use another collection prefix"
                 )
         self._ensure_collection(
             self.neurons_collection,
@@ -230,7 +232,7 @@ class RemoteStore(QdrantStoreBase):
         self._info = info
 
     def _n_upsert(self, points: list[Point]) -> None:
-        structs = [models.PointStruct(id=p.id, vector=p.vector, payload=p.payload) for p in points]
+        structs = [models.PointStruct(id=p.id, vector=p.dense(), payload=p.payload) for p in points]
         self._call(self.client.upsert, self.neurons_collection, points=structs, wait=True)
 
     def _n_query(
@@ -241,7 +243,7 @@ class RemoteStore(QdrantStoreBase):
 
         if len(specs) == 1:
             s = specs[0]
-            res = self._call(
+            one = self._call(
                 self.client.query_points,
                 self.neurons_collection,
                 query=s.vector,
@@ -252,7 +254,7 @@ class RemoteStore(QdrantStoreBase):
                 with_vectors=s.with_vector,
                 search_params=params(s),
             )
-            return [[_point(p) for p in res.points]]
+            return [[_point(p) for p in one.points]]
         reqs = [
             models.QueryRequest(
                 query=s.vector,
@@ -265,8 +267,8 @@ class RemoteStore(QdrantStoreBase):
             )
             for s in specs
         ]
-        res = self._call(self.client.query_batch_points, self.neurons_collection, requests=reqs)
-        return [[_point(p) for p in r.points] for r in res]
+        batch = self._call(self.client.query_batch_points, self.neurons_collection, requests=reqs)
+        return [[_point(p) for p in r.points] for r in batch]
 
     def _n_scroll(
         self,
@@ -318,7 +320,10 @@ class RemoteStore(QdrantStoreBase):
         return [_point(p) for p in found]
 
     def _n_delete(self, conds: list[Cond]) -> None:
-        selector = models.FilterSelector(filter=_filter(conds))
+        flt = _filter(conds)
+        if flt is None:  # never "delete everything" by accident
+            raise ValueError("a neuron delete needs at least one condition")
+        selector = models.FilterSelector(filter=flt)
         self._call(self.client.delete, self.neurons_collection, points_selector=selector, wait=True)
 
     def _m_put(self, point_id: str, payload: dict[str, Any]) -> None:
@@ -332,7 +337,8 @@ class RemoteStore(QdrantStoreBase):
         return dict(found[0].payload or {}) if found else None
 
     def _m_all(self) -> list[dict[str, Any]]:
-        out, offset = [], None
+        out: list[dict[str, Any]] = []
+        offset = None
         flt = _filter([Cond("kind", any=("model",))])
         while True:
             points, offset = self._call(

@@ -1,0 +1,111 @@
+"""``QueryBackend``: the read API, whether it is answered in-process or by a server.
+
+Two implementations, the same method names and signatures, the same core result types:
+
+- :class:`neuronatlas.core.queries.Atlas` answers from a store opened in this process;
+- ``neuronatlas.service.client.Client`` asks a NeuronAtlas gRPC server.
+
+The CLI picks one (``--server`` or not) and talks to it only through this protocol;
+``tests/test_congruence.py`` checks that both give the same answers. Results are core records;
+paged results are a :class:`~neuronatlas.core.queries.Page` (``next_offset`` is None on the
+last page). What a remote backend cannot carry is said where it matters: a search hit's record
+holds the hit summary (key fields, depth, quality scores, the best label of each vocabulary)
+and ``get_neuron`` the whole record; a comparison's per-neuron table knows the labels of the
+neurons in its pairs only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+from neuronatlas.core import validate as V
+from neuronatlas.core.records import ModelEntry, NeuronRecord
+from neuronatlas.core.store.base import Hit, SearchFilter
+
+if TYPE_CHECKING:
+    from neuronatlas.core.audit import Audit
+    from neuronatlas.core.compare import Comparison
+    from neuronatlas.core.queries import Description, Page, Query, StoreStats
+
+
+@runtime_checkable
+class QueryBackend(Protocol):
+    """The NeuronAtlas read API (plus ``delete_model``). See the module docstring."""
+
+    def search_neurons(
+        self,
+        query: Query,
+        flt: SearchFilter | None = None,
+        *,
+        top_k: int = V.DEFAULT_TOP_K,
+        per_model: int = 0,
+        offset: int = 0,
+        limit: int | None = None,
+    ) -> Page[Hit]:
+        """Neurons closest to a text, image, neuron or vector query; see ``Atlas``."""
+        ...
+
+    def get_neuron(
+        self, model_id: str, layer: str, unit: int, *, with_vector: bool = False
+    ) -> NeuronRecord: ...
+
+    def describe_neuron(
+        self,
+        model_id: str,
+        layer: str,
+        unit: int,
+        *,
+        labels: Sequence[str] | None = None,
+        top_n: int = V.DEFAULT_TOP_N,
+    ) -> Description: ...
+
+    def find_by_label(
+        self,
+        label: str,
+        *,
+        prefix: bool = False,
+        flt: SearchFilter | None = None,
+        offset: int = 0,
+        limit: int = 20,
+    ) -> Page[Hit]: ...
+
+    def list_models(self, *, offset: int = 0, limit: int = 50) -> Page[ModelEntry]: ...
+
+    def get_model(self, model_id: str) -> ModelEntry: ...
+
+    def delete_model(self, model_id: str) -> int: ...
+
+    def stats(self) -> StoreStats: ...
+
+    def compare_models(
+        self,
+        model_a: str,
+        model_b: str,
+        layers: Sequence[str] | None = None,
+        *,
+        tau: float | None = None,
+        activation: bool = True,
+        offset: int = 0,
+        limit: int | None = 50,
+    ) -> Comparison: ...
+
+    def audit_model(
+        self,
+        model_id: str,
+        valid: Sequence[str] = (),
+        spurious: Sequence[str] = (),
+        *,
+        threshold: float | None = None,
+    ) -> Audit: ...
+
+    def close(self) -> None: ...
+
+
+def all_models(backend: QueryBackend, page: int = 500) -> Iterator[ModelEntry]:
+    """Every catalogue entry, following the pages."""
+    offset: int | None = 0
+    while offset is not None:
+        got = backend.list_models(offset=offset, limit=page)
+        yield from got.items
+        offset = got.next_offset

@@ -1,0 +1,220 @@
+"""Request validation: the one place that decides what a caller may ask and words the refusal.
+
+Every user-facing argument check of the read API lives here and raises ``InvalidArgument`` with
+the offending field (``filter.depth_min``, ``neuron.unit``, ``labels[2]``...). The queries
+(``core/queries.py``) call these before doing any work, the store calls :func:`check_filter`
+and :func:`check_page` on what it is handed, and the gRPC layer only converts messages: a
+request gets the same answer in-process and over the network. :func:`check_embedder` is the one
+embedder-identity check.
+
+Limits are documented in ``protos/neuronatlas/v1/neuronatlas.proto``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from neuronatlas.core.errors import EmbedderMismatch, InvalidArgument
+from neuronatlas.core.records import EmbedderInfo, validate_model_id
+from neuronatlas.core.store.base import SearchFilter
+
+MAX_TOP_K = 1000
+DEFAULT_TOP_K = 10
+MAX_PER_MODEL = 100
+MAX_TEXT_CHARS = 1000
+MAX_IMAGE_BYTES = 4 * 1024 * 1024
+MAX_IMAGE_PIXELS = 4096 * 4096
+MAX_CUSTOM_LABELS = 2000
+MAX_LABEL_CHARS = 200
+MAX_LAYER_CHARS = 256
+MAX_TOP_N = 100
+DEFAULT_TOP_N = 5
+MAX_FILTER_ITEMS = 1000
+MAX_AUDIT_CONCEPTS = 100
+
+
+# -- names -------------------------------------------------------------------------------------
+def check_model_id(model_id: str, field: str = "model_id") -> str:
+    try:
+        return validate_model_id(model_id)
+    except InvalidArgument as e:
+        raise InvalidArgument(str(e), field=field) from None
+
+
+def check_layer(layer: str, field: str = "layer") -> str:
+    if not isinstance(layer, str) or not layer or len(layer) > MAX_LAYER_CHARS:
+        raise InvalidArgument(f"layer names must be 1-{MAX_LAYER_CHARS} characters", field=field)
+    return layer
+
+
+def check_ref(model_id: str, layer: str, unit: int, field: str = "neuron") -> None:
+    """A neuron reference ``model_id/layer/unit``."""
+    check_model_id(model_id, f"{field}.model_id")
+    check_layer(layer, f"{field}.layer")
+    if int(unit) < 0:
+        raise InvalidArgument(f"unit must be >= 0, not {unit}", field=f"{field}.unit")
+
+
+def check_label(label: str, field: str = "label") -> str:
+    if not isinstance(label, str) or not label.strip():
+        raise InvalidArgument("label must not be empty", field=field)
+    if len(label) > MAX_LABEL_CHARS:
+        raise InvalidArgument(f"label is longer than {MAX_LABEL_CHARS} characters", field=field)
+    return label
+
+
+def check_label_lookup(label: str, flt: SearchFilter | None) -> str:
+    """The label of a label lookup; the lookup's filter may not name a label of its own."""
+    check_label(label, "label")
+    if flt is not None and flt.label is not None:
+        raise InvalidArgument(
+            "filter.label cannot be combined with a label lookup", field="filter.label"
+        )
+    return label
+
+
+def check_labels(labels: Sequence[str], field: str = "labels") -> tuple[str, ...]:
+    """A custom label list (may be empty)."""
+    if len(labels) > MAX_CUSTOM_LABELS:
+        raise InvalidArgument(f"at most {MAX_CUSTOM_LABELS} labels", field=field)
+    for i, lab in enumerate(labels):
+        check_label(lab, f"{field}[{i}]")
+    return tuple(labels)
+
+
+# -- numbers -----------------------------------------------------------------------------------
+def check_range(value: int, low: int, high: int, field: str) -> int:
+    if not low <= value <= high:
+        raise InvalidArgument(f"{field} must be in {low}..{high}, not {value}", field=field)
+    return value
+
+
+def check_page(offset: int, limit: int, *, limit_field: str = "limit") -> None:
+    if int(limit) < 1:
+        raise InvalidArgument(f"{limit_field} must be positive, not {limit}", field=limit_field)
+    if int(offset) < 0:
+        raise InvalidArgument(f"offset must be >= 0, not {offset}", field="offset")
+
+
+def _finite(value: float, field: str) -> float:
+    if not math.isfinite(float(value)):
+        raise InvalidArgument(f"{field} must be a finite number, not {value}", field=field)
+    return float(value)
+
+
+# -- filters -----------------------------------------------------------------------------------
+def check_filter(flt: SearchFilter | None, field: str = "filter") -> SearchFilter | None:
+    """Sane sizes and ranges. Whether the named models exist and are indexed is the store's
+    answer (NotFound / NotIndexed), from its catalogue snapshot."""
+    if flt is None:
+        return None
+    for name in ("model_ids", "layers"):
+        items: tuple[str, ...] | None = getattr(flt, name)
+        if items is None:
+            continue
+        if len(items) == 0:
+            raise InvalidArgument(
+                f"{field}.{name} is empty (leave it out for no restriction)",
+                field=f"{field}.{name}",
+            )
+        if len(items) > MAX_FILTER_ITEMS:
+            raise InvalidArgument(f"at most {MAX_FILTER_ITEMS} {name}", field=f"{field}.{name}")
+    for i, model_id in enumerate(flt.model_ids or ()):
+        check_model_id(model_id, f"{field}.model_ids[{i}]")
+    for i, layer in enumerate(flt.layers or ()):
+        check_layer(layer, f"{field}.layers[{i}]")
+    for name in ("depth_min", "depth_max"):
+        v = getattr(flt, name)
+        if v is not None and not 0.0 <= _finite(v, f"{field}.{name}") <= 1.0:
+            raise InvalidArgument(f"{name} must be in [0, 1], not {v}", field=f"{field}.{name}")
+    if flt.depth_min is not None and flt.depth_max is not None and flt.depth_min > flt.depth_max:
+        raise InvalidArgument("depth_min is above depth_max", field=f"{field}.depth_min")
+    if flt.min_clarity is not None:
+        _finite(flt.min_clarity, f"{field}.min_clarity")
+    if flt.label is not None:
+        check_label(flt.label, f"{field}.label")
+    return flt
+
+
+# -- queries -----------------------------------------------------------------------------------
+def check_text(text: str, field: str = "text") -> str:
+    if not text.strip():
+        raise InvalidArgument("query text is empty", field=field)
+    if len(text) > MAX_TEXT_CHARS:
+        raise InvalidArgument(f"query text is longer than {MAX_TEXT_CHARS} characters", field=field)
+    return text
+
+
+def check_image_bytes(data: bytes, field: str = "image") -> bytes:
+    if not data:
+        raise InvalidArgument("query image is empty", field=field)
+    if len(data) > MAX_IMAGE_BYTES:
+        raise InvalidArgument(f"query image is larger than {MAX_IMAGE_BYTES} bytes", field=field)
+    return data
+
+
+def check_image_size(width: int, height: int, field: str = "image") -> None:
+    if width * height > MAX_IMAGE_PIXELS:
+        raise InvalidArgument(
+            f"image is {width}x{height}, more than {MAX_IMAGE_PIXELS} pixels", field=field
+        )
+
+
+def check_vector_size(size: int, field: str = "vector") -> None:
+    if size == 0:
+        raise InvalidArgument("query vector is empty", field=field)
+
+
+def no_query(field: str = "query") -> InvalidArgument:
+    return InvalidArgument("a query (text, image, neuron or vector) is required", field=field)
+
+
+# -- comparison and audit ----------------------------------------------------------------------
+def check_compare(
+    model_a: str, model_b: str, layers: Sequence[str] | None, tau: float | None
+) -> None:
+    check_model_id(model_a, "model_a")
+    check_model_id(model_b, "model_b")
+    if layers is not None:
+        if len(layers) > MAX_FILTER_ITEMS:
+            raise InvalidArgument(f"at most {MAX_FILTER_ITEMS} layers", field="layers")
+        for layer in layers:
+            check_layer(layer, "layers")
+    if tau is not None and not -1.0 <= _finite(tau, "tau") <= 1.0:
+        raise InvalidArgument(f"tau must be a cosine in [-1, 1], not {tau}", field="tau")
+
+
+def check_audit(
+    model_id: str, valid: Sequence[str], spurious: Sequence[str], threshold: float | None
+) -> None:
+    check_model_id(model_id, "model_id")
+    if not valid and not spurious:
+        raise InvalidArgument("give at least one valid or spurious concept", field="valid")
+    if len(valid) + len(spurious) > MAX_AUDIT_CONCEPTS:
+        raise InvalidArgument(f"at most {MAX_AUDIT_CONCEPTS} concepts in all", field="valid")
+    for name, concepts in (("valid", valid), ("spurious", spurious)):
+        for i, c in enumerate(concepts):
+            if not isinstance(c, str) or not c.strip() or len(c) > MAX_LABEL_CHARS:
+                raise InvalidArgument(
+                    f"{name} concepts must be 1-{MAX_LABEL_CHARS} characters", field=f"{name}[{i}]"
+                )
+    if threshold is not None:
+        _finite(threshold, "threshold")
+
+
+# -- embedder identity -------------------------------------------------------------------------
+def check_embedder(store: EmbedderInfo | None, embedder: EmbedderInfo) -> None:
+    """EmbedderMismatch unless ``embedder`` is the one that produced the store's vectors (name,
+    weights and dimension); a store without vectors (None) accepts any."""
+    if store is None or (store.name, store.weights, store.dim) == (
+        embedder.name,
+        embedder.weights,
+        embedder.dim,
+    ):
+        return
+    raise EmbedderMismatch(
+        f"the store holds vectors of {store.name} ({store.weights}, dim {store.dim}) but the "
+        f"embedder is {embedder.name} ({embedder.weights}, dim {embedder.dim}); use the store's "
+        "embedder, or another store"
+    )
