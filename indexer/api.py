@@ -9,9 +9,11 @@ from typing import Any
 from neuronatlas.core.config import HomeLike
 from neuronatlas.core.embedder.base import Embedder
 from neuronatlas.core.errors import AlreadyExists, NotFound
+from neuronatlas.core.imports import absolute_ref
 from neuronatlas.core.records import ModelEntry, ModelStatus, validate_model_id
 from neuronatlas.core.store import KnowledgeStore
 
+from .layers import check_input
 from .pipeline import IndexOptions, index_model
 from .probes import open_probe_set
 from .sources import build_model
@@ -20,12 +22,15 @@ _PATH_KEYS = ("weights", "path")
 
 
 def normalise_source(source: dict[str, Any]) -> dict[str, Any]:
-    """Copy of a source with local file paths made absolute (weights enum names untouched)."""
+    """Copy of a source with local file paths made absolute (weights enum names untouched; a
+    ``path/to/file.py:fn`` factory gets an absolute path, a module factory stays as is)."""
     out = dict(source)
     for key in _PATH_KEYS:
         val = out.get(key)
         if isinstance(val, str) and val and ("/" in val or Path(val).expanduser().exists()):
             out[key] = str(Path(val).expanduser().resolve())
+    if isinstance(out.get("factory"), str):
+        out["factory"] = absolute_ref(out["factory"])
     return out
 
 
@@ -40,17 +45,23 @@ def register_model(
     notes: str = "",
     replace: bool = False,
 ) -> ModelEntry:
-    """Build the model once (so bad weights fail here, before anything is written) and write
-    its catalogue entry. Registering the same source again returns the existing entry; another
-    source under a taken id needs ``replace=True`` (the entry returns to ``registered``)."""
+    """Build the model once and run it on one zero batch of its transform's input size (so bad
+    weights or a wrong input size fail here, before anything is written) and write its
+    catalogue entry (with the effective transform). Registering the same source again returns
+    the existing entry; another source under a taken id needs ``replace=True`` (the entry
+    returns to ``registered``)."""
     validate_model_id(model_id)
     source = normalise_source(source)
     built = build_model(source)
+    check_input(built.module, built.input.shape, built.input.describe())
     try:
         old = store.get_model(model_id)
     except NotFound:
         old = None
     if old is not None and old.source == source and old.weights_sha256 == built.weights_sha256:
+        if old.transform != built.input.to_dict():  # an entry from before transforms were kept
+            old.transform = built.input.to_dict()
+            store.put_model(old)
         return old
     if old is not None and not replace:
         raise AlreadyExists(
@@ -67,10 +78,8 @@ def register_model(
         tags=list(tags or []),
         notes=notes,
         generation=old.generation if old is not None else 0,
-        extra={
-            "input": built.input.to_dict(),
-            "parameters": int(sum(p.numel() for p in built.module.parameters())),
-        },
+        extra={"parameters": int(sum(p.numel() for p in built.module.parameters()))},
+        transform=built.input.to_dict(),
     )
     if old is not None:
         entry.created_at, entry.updated_at = old.created_at, time.time()

@@ -11,6 +11,9 @@ import click
 
 from neuronatlas.core.errors import InvalidArgument
 
+from .accuracy import describe as describe_accuracy
+from .transforms import INTERPOLATIONS, parse_resize, user_keys
+
 KINDS = ("cifar_resnet", "torchvision", "timm", "torchscript", "python")
 
 
@@ -20,6 +23,13 @@ def _settings(ctx: click.Context):
     return settings_from(ctx)
 
 
+TRANSFORM_HELP = (
+    "Input transform (default per --kind, see README): --input-size N alone resizes to N x N "
+    "without a crop; --resize N (shorter side) / HxW / none and --crop N / none replace the "
+    "default's steps."
+)
+
+
 def source_options(f):
     """Options that describe a model source (shared by ``register`` and ``index``)."""
     opts = [
@@ -27,7 +37,8 @@ def source_options(f):
             "--source",
             "source_json",
             default=None,
-            help='Source as JSON, e.g. \'{"kind": "timm", "name": "resnet18"}\'.',
+            help='Source as JSON, e.g. \'{"kind": "timm", "name": "resnet18"}\' (the options '
+            "below override its keys).",
         ),
         click.option("--kind", type=click.Choice(KINDS), default=None, help="Model source kind."),
         click.option(
@@ -39,23 +50,85 @@ def source_options(f):
             default=None,
             help="Local weights file (or a torchvision weights enum name).",
         ),
+        click.option(
+            "--random-init",
+            is_flag=True,
+            default=None,
+            help="Index a randomly initialised cifar_resnet / torchvision / timm model on "
+            "purpose (these kinds otherwise need --weights).",
+        ),
         click.option("--path", "script_path", default=None, help="TorchScript file."),
         click.option(
-            "--factory", default=None, help="package.module:function returning an nn.Module."
+            "--factory",
+            default=None,
+            help="Function returning an nn.Module: package.module:fn (also found in the "
+            "current directory) or path/to/file.py:fn.",
         ),
         click.option(
-            "--input-size", type=int, default=None, help="Input resolution (overrides the default)."
+            "--input-size",
+            type=int,
+            default=None,
+            help="The model's input size N. " + TRANSFORM_HELP,
         ),
-        click.option("--mean", default=None, help="Normalisation mean, comma-separated."),
-        click.option("--std", default=None, help="Normalisation std, comma-separated."),
+        click.option(
+            "--resize", default=None, help="Resize: N (shorter side), HxW (exact) or none."
+        ),
+        click.option("--crop", default=None, help="Centre crop N x N, or none."),
+        click.option(
+            "--mean",
+            nargs=3,
+            type=float,
+            default=None,
+            help="Normalisation mean, three values (R G B).",
+        ),
+        click.option(
+            "--std", nargs=3, type=float, default=None, help="Normalisation std, three values."
+        ),
+        click.option(
+            "--interpolation",
+            type=click.Choice(INTERPOLATIONS),
+            default=None,
+            help="Resize interpolation (default per kind).",
+        ),
     ]
     for o in reversed(opts):
         f = o(f)
     return f
 
 
+SOURCE_OPTIONS = (
+    "source_json",
+    "kind",
+    "depth",
+    "arch_name",
+    "weights",
+    "random_init",
+    "script_path",
+    "factory",
+    "input_size",
+    "resize",
+    "crop",
+    "mean",
+    "std",
+    "interpolation",
+)
+
+
 def source_from_options(
-    source_json, kind, depth, arch_name, weights, script_path, factory, input_size, mean, std
+    source_json: str | None = None,
+    kind: str | None = None,
+    depth: int | None = None,
+    arch_name: str | None = None,
+    weights: str | None = None,
+    random_init: bool | None = None,
+    script_path: str | None = None,
+    factory: str | None = None,
+    input_size: int | None = None,
+    resize: str | None = None,
+    crop: str | None = None,
+    mean: tuple[float, ...] | None = None,
+    std: tuple[float, ...] | None = None,
+    interpolation: str | None = None,
 ) -> dict[str, Any] | None:
     """A source dict from the CLI options, or None if none was given."""
     if source_json:
@@ -65,29 +138,78 @@ def source_from_options(
             raise InvalidArgument(f"--source is not valid JSON: {e}", field="source") from None
         if not isinstance(src, dict):
             raise InvalidArgument("--source must be a JSON object", field="source")
+        if kind:
+            src["kind"] = kind
     elif kind:
         src = {"kind": kind}
     else:
+        given = [
+            name
+            for name, val in (
+                ("--depth", depth),
+                ("--name", arch_name),
+                ("--weights", weights),
+                ("--random-init", random_init or None),
+                ("--path", script_path),
+                ("--factory", factory),
+                ("--input-size", input_size),
+                ("--resize", resize),
+                ("--crop", crop),
+                ("--mean", mean),
+                ("--std", std),
+                ("--interpolation", interpolation),
+            )
+            if val is not None
+        ]
+        if given:  # silently indexing the registered source instead would mislead
+            raise click.UsageError(
+                f"{', '.join(given)} describe a model source: give them with --kind (or "
+                "--source JSON); to change a registered model, register it again with "
+                "--replace"
+            )
         return None
     for key, val in (
         ("depth", depth),
         ("name", arch_name),
         ("weights", weights),
+        ("random_init", random_init or None),
         ("path", script_path),
         ("factory", factory),
         ("input_size", input_size),
+        ("interpolation", interpolation),
     ):
         if val is not None:
             src[key] = val
-    for key, val in (("mean", mean), ("std", std)):
-        if val:
+    if resize is not None:
+        r = parse_resize(resize)
+        src["resize"] = list(r) if isinstance(r, tuple) else r
+    if crop is not None:
+        if crop.strip().lower() == "none":
+            src["crop"] = None
+        else:
             try:
-                src[key] = [float(v) for v in val.split(",")]
+                src["crop"] = int(crop)
             except ValueError:
                 raise InvalidArgument(
-                    f"--{key} must be comma-separated numbers", field=key
+                    f"--crop must be a number of pixels or none, not {crop!r}", field="crop"
                 ) from None
+    for key, vals in (("mean", mean), ("std", std)):
+        if vals:
+            src[key] = [float(v) for v in vals]
     return src
+
+
+def transform_line(transform: dict[str, Any], source: dict[str, Any]) -> str:
+    """``transform: <description> (<where it came from>)`` for the CLI."""
+    if not transform:
+        return "transform: not recorded (register the model again)"
+    keys = user_keys(source)
+    origin = (
+        f"{source.get('kind', '?')} default"
+        if not keys
+        else f"from {', '.join(keys)}; {source.get('kind', '?')} defaults for the rest"
+    )
+    return f"transform: {transform.get('description', transform)} ({origin})"
 
 
 @click.command("register")
@@ -99,31 +221,15 @@ def source_from_options(
 @click.option("--replace", is_flag=True, help="Replace an entry registered with another source.")
 @click.pass_context
 def register_cmd(
-    ctx,
-    model_id,
-    source_json,
-    kind,
-    depth,
-    arch_name,
-    weights,
-    script_path,
-    factory,
-    input_size,
-    mean,
-    std,
-    display_name,
-    training_data,
-    tags,
-    replace,
-):
-    """Register a model in the catalogue (loads it once to check the weights)."""
+    ctx, model_id, display_name, training_data, tags, replace, **source_opts: Any
+) -> None:
+    """Register a model in the catalogue (loads it once and runs it on one input-sized batch
+    to check the weights and the input transform, which it prints)."""
     from neuronatlas.core.store import open_store
 
     from .api import register_model
 
-    source = source_from_options(
-        source_json, kind, depth, arch_name, weights, script_path, factory, input_size, mean, std
-    )
+    source = source_from_options(**source_opts)
     if source is None:
         raise click.UsageError("give --kind (with its options) or --source JSON")
     with open_store(_settings(ctx)) as store:
@@ -140,6 +246,7 @@ def register_cmd(
         f"{entry.model_id}: {entry.architecture}, weights sha256 {entry.weights_sha256[:12]}, "
         f"status {entry.status.value}"
     )
+    click.echo("  " + transform_line(entry.transform, entry.source))
 
 
 def _probe_name(folder: Path, limit: int | None) -> str:
@@ -215,21 +322,34 @@ def probe_cmd(ctx, name, folder, limit, replace):
     help="Token aggregation of transformer blocks.",
 )
 @click.option("--weighted", is_flag=True, help="Activation-weighted neuron vectors.")
+@click.option(
+    "--samples",
+    type=click.Choice(["topk", "percentile"]),
+    default="topk",
+    show_default=True,
+    help="Images that describe a neuron: its k highest activations, or (MAMMI-style) up to k "
+    "sampled from those at or above --percentile, class-balanced over class folders.",
+)
+@click.option(
+    "--percentile",
+    type=click.FloatRange(0, 100, max_open=True),
+    default=93.0,
+    show_default=True,
+    help="With --samples percentile: the activation percentile images must reach.",
+)
+@click.option(
+    "--class-map",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="JSON list of class names in output order, or {index: class name}: maps the model's "
+    "outputs to the probe set's class folders for the accuracy check (default: output i = "
+    "i-th folder when the counts agree).",
+)
 @click.option("--progress/--no-progress", default=True, show_default=True)
 @click.pass_context
 def index_cmd(
     ctx,
     model_id,
-    source_json,
-    kind,
-    depth,
-    arch_name,
-    weights,
-    script_path,
-    factory,
-    input_size,
-    mean,
-    std,
     probe,
     vocabs,
     layers,
@@ -239,21 +359,26 @@ def index_cmd(
     aggregation,
     tokens,
     weighted,
+    samples,
+    percentile,
+    class_map,
     progress,
+    **source_opts: Any,
 ):
     """Index (or re-index, or resume) MODEL_ID: registered already, or registered here from
-    the source options."""
+    the source options. The summary gives the input transform and, for a probe set of class
+    folders, the model's top-1 accuracy on it (a WARNING when near chance)."""
     from neuronatlas.core.embedder import load_embedder
     from neuronatlas.core.store import open_store
 
+    from .accuracy import load_class_map
     from .api import register_model
     from .pipeline import IndexOptions, index_model
     from .probes import load_probe_set, open_probe_set
 
     settings = _settings(ctx)
-    source = source_from_options(
-        source_json, kind, depth, arch_name, weights, script_path, factory, input_size, mean, std
-    )
+    source = source_from_options(**source_opts)
+    classes = load_class_map(class_map) if class_map else None
     vocabularies: dict[str, Path] = {}
     for v in vocabs:
         name, sep, file = v.partition("=")
@@ -285,8 +410,11 @@ def index_cmd(
         conv_aggregation=aggregation,
         token_aggregation=tokens,
         weighted=weighted,
+        samples=samples,
+        percentile=percentile,
         progress=progress,
         device=settings.device,
+        class_map=classes,
     )
     embedder = load_embedder(settings.embedder, settings.device)
     with open_store(settings) as store:
@@ -297,6 +425,12 @@ def index_cmd(
         f"{entry.model_id}: indexed {entry.neuron_count} neurons in {len(entry.layers)} layers "
         f"(generation {entry.generation}, {entry.index_wall_s:.1f} s)"
     )
+    click.echo("  " + transform_line(entry.transform, entry.source))
+    acc = entry.probe_accuracy
+    why = entry.extra.get("index", {}).get("accuracy_not_measured", "")
+    click.echo(f"  probe accuracy: {describe_accuracy(acc)}" + (f" ({why})" if why else ""))
+    if acc.get("warning"):
+        click.echo(f"WARNING: {acc['warning']}", err=True)
 
 
 @click.command("show")

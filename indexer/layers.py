@@ -10,6 +10,11 @@ they expose one pseudo-layer, ``output`` (the model's output); any model may sel
 Aggregation: conv maps (B, C, H, W) -> spatial ``mean`` (default) or ``max``; token sequences
 (B, T, C) -> ``cls`` (token 0, default) or ``mean``; (B, C) as is.
 
+Input: the dry forward pass (``resolve_layers``, and ``check_input`` at registration) runs
+the model on zeros of the transform's input size; a model that fails on it raises
+``InvalidArgument`` naming that size and the options that change it. ``ActivationTap`` also
+keeps the model's output of each batch (for the probe-set accuracy).
+
 Order and depth: the selected layers are ordered by when they first run in a forward pass;
 ``layer_index`` is that position and relative depth = index / (number of layers - 1)
 (0 for a single layer).
@@ -24,6 +29,8 @@ import torch
 from torch import nn
 
 from neuronatlas.core.errors import InvalidArgument
+
+from .transforms import OPTIONS_HINT
 
 OUTPUT = "output"
 CONV_AGGREGATIONS = ("mean", "max")
@@ -156,6 +163,7 @@ class ActivationTap:
         self.model, self.layers = model, layers
         self.conv_agg, self.token_agg = conv_agg, token_agg
         self.pooled: dict[str, torch.Tensor] = {}
+        self.output: torch.Tensor | None = None  # the model's output for the current batch
         self._handles = []
         modules = (
             dict(model.named_modules()) if not isinstance(model, torch.jit.ScriptModule) else {}
@@ -176,6 +184,8 @@ class ActivationTap:
     def __call__(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         self.pooled = {}
         out = self.model(x)
+        first = out[0] if isinstance(out, (tuple, list)) else out
+        self.output = first.detach() if isinstance(first, torch.Tensor) else None
         if any(s.name == OUTPUT for s in self.layers):
             spec = next(s for s in self.layers if s.name == OUTPUT)
             self.pooled[OUTPUT] = pool(out, self.conv_agg, self.token_agg, spec.tokens_first)
@@ -187,11 +197,41 @@ class ActivationTap:
         self._handles = []
 
 
+def input_error(
+    err: BaseException, input_shape: tuple[int, ...], batch: int, transform: str = ""
+) -> InvalidArgument:
+    """The error for a model that fails on the input the transform makes: names the input
+    size tried and the options that change it."""
+    size = "x".join(str(d) for d in input_shape)
+    first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    made = f" made by {transform}" if transform else ""
+    return InvalidArgument(
+        f"the model fails on a {size} input (batch of {batch}){made}: "
+        f"{type(err).__name__}: {first}. If the model expects another input size or "
+        f"normalisation, {OPTIONS_HINT}",
+        field="input_size",
+    )
+
+
+def check_input(model: nn.Module, input_shape: tuple[int, ...], transform: str = "") -> None:
+    """One forward pass on a zero batch of ``input_shape``; InvalidArgument if it fails."""
+    x = torch.zeros((2, *input_shape))
+    try:
+        with torch.inference_mode():
+            model(x)
+    except Exception as e:  # noqa: BLE001 - a user's model may raise anything
+        raise input_error(e, input_shape, 2, transform) from None
+
+
 def resolve_layers(
-    model: nn.Module, selection: list[str] | None, input_shape: tuple[int, ...]
+    model: nn.Module,
+    selection: list[str] | None,
+    input_shape: tuple[int, ...],
+    transform: str = "",
 ) -> list[LayerSpec]:
     """Select layers, then run one dry forward pass to get forward order, unit counts and
-    token layouts."""
+    token layouts. A model failing on ``input_shape`` raises :func:`input_error` (``transform``
+    describes where the input came from)."""
     names = select_layers(model, selection)
     batch = 3  # odd size, unlikely to equal a token count, to tell (B, T, C) from (T, B, C)
     x = torch.zeros((batch, *input_shape))
@@ -216,9 +256,7 @@ def resolve_layers(
         with torch.inference_mode():
             out = model(x)
     except Exception as e:  # noqa: BLE001 - a user's model may raise anything
-        raise InvalidArgument(
-            f"the model fails on a {tuple(x.shape)} input: {e}", field="source"
-        ) from None
+        raise input_error(e, input_shape, batch, transform) from None
     finally:
         for h in handles:
             h.remove()

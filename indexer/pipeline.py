@@ -2,7 +2,8 @@
 
 Stages: validate everything that can be validated (layers, k, vocabularies, embedder against
 the store) -> probe embeddings (cached) -> forward pass over the probe set streaming per-neuron
-top-k, statistics and the activation sketch (checkpointed, resumable) -> neuron vectors,
+top-k, statistics, the activation sketch and the model's top-1 predictions (checkpointed,
+resumable; the predictions give the probe-set accuracy, ``accuracy.py``) -> neuron vectors,
 labels and scores -> records written to the *other* generation slot -> catalogue entry flipped
 in one ``put_model`` -> old slot deleted.
 
@@ -18,6 +19,7 @@ import logging
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -40,12 +42,16 @@ from neuronatlas.core.records import (
 from neuronatlas.core.sketches import SKETCH_SAMPLES, delete_sketches, save_sketch
 from neuronatlas.core.store import KnowledgeStore
 
+from .accuracy import check_class_map, parse_class_map, probe_accuracy
 from .layers import ActivationTap, LayerSpec, check_aggregation, resolve_layers
 from .probes import ProbeSet, batches, embedder_key, probe_embeddings
 from .runstate import ForwardState, RunDir, RunRecord, fingerprint
 from .sources import BuiltModel, build_model
+from .topk import class_ids, representative_samples, reservoir_size
 
 log = logging.getLogger(__name__)
+
+SAMPLE_MODES = ("topk", "percentile")
 
 
 @dataclass
@@ -58,10 +64,18 @@ class IndexOptions:
     weighted: bool = False  # activation-weighted neuron vectors
     top_labels: int = 5
     beta: float = 0.95
+    # which probe images describe a neuron: "topk" (its k highest activations) or "percentile"
+    # (MAMMI-style: up to k images sampled from those at or above its `percentile`-th
+    # percentile, class-balanced when the probe set has class folders; topk.py)
+    samples: str = "topk"
+    percentile: float = 93.0
     checkpoint_every: int = 10  # batches between checkpoints
     workers: int = 0  # DataLoader workers for the model's forward pass
     device: str = "cpu"  # where the model runs: cpu, cuda, cuda:1, or auto
     progress: bool = True
+    # model output index -> probe class folder, for the probe-set accuracy (accuracy.py); None:
+    # output i is the i-th class folder when the counts agree
+    class_map: dict[int, str] | None = None
 
 
 def embedder_id(info: EmbedderInfo) -> str:
@@ -102,6 +116,8 @@ class IndexRun:
         self.opt = options or IndexOptions()
         self.timings: dict[str, float] = {}
         self.resumed_from = 0  # first sample of this attempt's forward pass (> 0: resumed)
+        self.accuracy: dict[str, Any] = {}  # probe-set accuracy record (accuracy.py)
+        self.accuracy_reason = ""  # why it was not measured
 
     # -- validation ------------------------------------------------------------------------
     def _prepare(
@@ -117,13 +133,22 @@ class IndexRun:
             )
         if opt.batch_size < 1:
             raise InvalidArgument("batch size must be >= 1", field="batch_size")
+        if opt.samples not in SAMPLE_MODES:
+            raise InvalidArgument(
+                f"samples must be one of {', '.join(SAMPLE_MODES)}, not {opt.samples!r}",
+                field="samples",
+            )
+        self._reservoir()  # checks the percentile
         built = build_model(entry.source)
         if entry.weights_sha256 and built.weights_sha256 != entry.weights_sha256:
             raise FailedPrecondition(
                 f"the weights of {self.model_id!r} changed since registration "
                 f"({entry.weights_sha256[:12]} -> {built.weights_sha256[:12]}); register it again"
             )
-        specs = resolve_layers(built.module, opt.layers, (3, built.input.size, built.input.size))
+        specs = resolve_layers(built.module, opt.layers, built.input.shape, built.input.describe())
+        if opt.class_map is not None:
+            opt.class_map = parse_class_map(opt.class_map)  # also a list (output order)
+            check_class_map(opt.class_map, self.probe.files)
         check_aggregation(opt.conv_aggregation, opt.token_aggregation)
         scorers = _vocab_scorers(self.embedder, self.vocabularies, self.home.labels_cache)
         self.store.bind_embedder(self.embedder.info)
@@ -144,7 +169,10 @@ class IndexRun:
                 "weighted": o.weighted,
                 "top_labels": o.top_labels,
                 "beta": o.beta,
+                # percentile selection only, so top-k runs checkpointed earlier still resume
+                **({"samples": [o.samples, o.percentile]} if o.samples == "percentile" else {}),
                 "vocab": {n: str(p.resolve()) for n, p in sorted(self.vocabularies.items())},
+                "class_map": sorted((o.class_map or {}).items()),
             }
         )
 
@@ -173,6 +201,9 @@ class IndexRun:
             )
             self.timings["embed_s"] = time.perf_counter() - te
             state = self._forward(built, specs, rundir, rec)
+            self.accuracy, self.accuracy_reason = probe_accuracy(
+                state.predictions, state.outputs, self.probe.files, self.opt.class_map
+            )
             t1 = time.perf_counter()
             layer_infos = self._write(specs, state, emb, scorers, rundir, rec)
             self.timings["write_s"] = time.perf_counter() - t1
@@ -257,7 +288,9 @@ class IndexRun:
         names = [s.name for s in specs]
         state = rundir.load_state(names)
         if state is None:
-            state = ForwardState.fresh({s.name: s.units for s in specs}, self.opt.k, n_sketch)
+            state = ForwardState.fresh(
+                {s.name: s.units for s in specs}, self._reservoir(), n_sketch, samples=n
+            )
         self.resumed_from = state.samples_done
         if state.samples_done >= n:
             return state
@@ -270,6 +303,7 @@ class IndexRun:
         tap = ActivationTap(
             built.module, specs, self.opt.conv_aggregation, self.opt.token_aggregation
         )
+        candidates = sorted(self.opt.class_map) if self.opt.class_map else None
         bar = tqdm(
             total=n,
             initial=state.samples_done,
@@ -289,6 +323,7 @@ class IndexRun:
                     )
                 ):
                     pooled = tap(x.to(dev, non_blocking=True))
+                    state.record_predictions(start, tap.output, candidates)  # accuracy
                     b = x.shape[0]
                     for name in names:
                         acts = pooled[name]
@@ -310,6 +345,33 @@ class IndexRun:
         self.timings["forward_s"] = time.perf_counter() - t0
         return state
 
+    # -- sample selection ------------------------------------------------------------------
+    def _reservoir(self) -> int:
+        """Candidates streamed per neuron: k for top-k; for percentile selection, every
+        sample at or above the percentile (bounded, see topk.reservoir_size)."""
+        if self.opt.samples == "percentile":
+            return reservoir_size(len(self.probe), self.opt.percentile)
+        return self.opt.k
+
+    def _samples_info(self) -> dict[str, Any]:
+        """How the describing images were chosen (catalogue entry, ``extra.index.samples``)."""
+        if self.opt.samples != "percentile":
+            return {"mode": "topk", "k": self.opt.k}
+        classes = class_ids(self.probe.files)
+        return {
+            "mode": "percentile",
+            "percentile": self.opt.percentile,
+            "max": self.opt.k,
+            "candidates": self._reservoir(),  # per neuron: at or above the percentile
+            "classes": int(classes.max()) + 1 if classes is not None else 0,  # 0: not balanced
+        }
+
+    def _select(self, vals: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The images that describe each neuron, from its streamed candidates."""
+        if self.opt.samples != "percentile":
+            return vals, idx
+        return representative_samples(vals, idx, self.opt.k, class_ids(self.probe.files))
+
     # -- write phase -----------------------------------------------------------------------
     def _vectors(self, vals: np.ndarray, topk_emb: np.ndarray) -> np.ndarray:
         if not self.opt.weighted:
@@ -329,14 +391,16 @@ class IndexRun:
     ) -> list[LayerInfo]:
         per_layer = {}
         for s in specs:
-            vals, idx = state.topk[s.name].result()
+            vals, idx = self._select(*state.topk[s.name].result())
             topk_emb = emb[idx]  # (units, k, d)
+            poly, poly_sl = scores.polysemanticity_both(topk_emb)
             per_layer[s.name] = (
                 vals,
                 idx,
                 self._vectors(vals, topk_emb),
                 np.asarray(scores.clarity(topk_emb)),
-                np.asarray(scores.polysemanticity(topk_emb)),
+                np.asarray(poly),
+                np.asarray(poly_sl),
             )
         all_vecs = np.concatenate([per_layer[s.name][2] for s in specs])
         redundancy = (
@@ -357,7 +421,7 @@ class IndexRun:
             if s.name in rec.written_layers:
                 bar.update(s.units)
                 continue
-            vals, idx, vecs, clar, poly = per_layer[s.name]
+            vals, idx, vecs, clar, poly, poly_sl = per_layer[s.name]
             stats = state.stats[s.name].result()
             tops = {name: sc.top(vecs, n=self.opt.top_labels) for name, sc in scorers}
             sets = (
@@ -383,6 +447,7 @@ class IndexRun:
                         label_set=sets[u],
                         clarity=float(clar[u]),
                         polysemanticity=float(poly[u]),
+                        polysemanticity_sl=float(poly_sl[u]),
                         redundancy=float(redundancy[offsets[li] + u]),
                         stats={k: float(v[u]) for k, v in stats.items()},
                         generation=rec.target_generation,
@@ -429,16 +494,21 @@ class IndexRun:
         extra = {k: v for k, v in entry.extra.items() if k != "reindex"}
         opts = asdict(self.opt)
         opts.pop("progress")
+        opts["class_map"] = len(self.opt.class_map) if self.opt.class_map else None
         extra["index"] = {
             "options": opts,
             "probe_images": len(self.probe),
             "probe_skipped": len(self.probe.skipped),
             "resumed_from_sample": self.resumed_from,
             "vocabularies": sorted(self.vocabularies),
-            "input": built.input.to_dict(),
+            "samples": self._samples_info(),
             "timings": {k: round(v, 3) for k, v in self.timings.items()},
         }
+        if self.accuracy_reason:
+            extra["index"]["accuracy_not_measured"] = self.accuracy_reason
         entry.extra = extra
+        entry.transform = built.input.to_dict()
+        entry.probe_accuracy = self.accuracy
         self.store.put_model(entry)  # the flip: one write makes the new generation live
         if live is not None and live != rec.target_generation:
             self.store.delete_neurons(self.model_id, live)

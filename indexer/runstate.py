@@ -3,7 +3,8 @@
 ``Home.run_dir(model_id)`` (``<home>/runs/<model_id>/``) holds ``run.json`` (the run's
 fingerprint, target generation, written layers, time spent so far) and ``state.npz`` (the
 streaming top-k and statistics of every layer, the activation sketch collected so far, and how
-many samples are done). Both are replaced atomically, so a killed run leaves either the
+many samples are done, and the model's top-1 prediction per sample for the probe-set accuracy).
+Both are replaced atomically, so a killed run leaves either the
 previous checkpoint or the new one. A later run with the same fingerprint continues from the
 checkpoint; batches come in a fixed order, so the result equals that of an uninterrupted run.
 """
@@ -17,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import torch
 
 from neuronatlas.core.atomic import atomic_save_npz, atomic_write_json
 from neuronatlas.core.config import Home
@@ -36,14 +38,37 @@ class ForwardState:
     stats: dict[str, RunningStats]
     sketch: dict[str, np.ndarray]  # layer -> (sketch_samples, units), filled in sample order
     samples_done: int = 0
+    # the model output's argmax per sample (-1: not recorded) and the output width (0: not
+    # seen yet, -1: the output is not a (batch, classes) tensor)
+    predictions: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
+    outputs: int = 0
 
     @classmethod
-    def fresh(cls, units: dict[str, int], k: int, sketch_samples: int) -> ForwardState:
+    def fresh(
+        cls, units: dict[str, int], k: int, sketch_samples: int, samples: int = 0
+    ) -> ForwardState:
         return cls(
             {n: StreamingTopK(u, k) for n, u in units.items()},
             {n: RunningStats(u) for n, u in units.items()},
             {n: np.zeros((sketch_samples, u), np.float32) for n, u in units.items()},
+            predictions=np.full(samples, -1, np.int32),
         )
+
+    def record_predictions(
+        self, start: int, output: Any, candidates: list[int] | None = None
+    ) -> None:
+        """Keep the top-1 prediction of samples ``start..`` from the model's output: the best
+        of all outputs, or of the ``candidates`` (output indices a class map names)."""
+        if self.outputs < 0 or output is None or getattr(output, "ndim", 0) != 2:
+            self.outputs = -1
+            return
+        self.outputs = int(output.shape[1])
+        if candidates and max(candidates) < self.outputs:
+            cand = torch.as_tensor(candidates, device=output.device)
+            pred = cand[output[:, cand].argmax(1)].cpu().numpy()
+        else:
+            pred = output.argmax(1).cpu().numpy()
+        self.predictions[start : start + len(pred)] = pred
 
 
 @dataclass
@@ -77,6 +102,8 @@ class RunDir:
         arrays: dict[str, np.ndarray] = {"samples_done": np.array(state.samples_done)}
         names = list(state.topk)
         arrays["layers"] = np.array(names)
+        arrays["predictions"] = state.predictions
+        arrays["outputs"] = np.array(state.outputs)
         for i, n in enumerate(names):
             for key, val in state.topk[n].state().items():
                 arrays[f"{i}.topk.{key}"] = val
@@ -106,7 +133,14 @@ class RunDir:
                         }
                     )
                     sketch[n] = np.array(z[f"{i}.sketch"])
-                return ForwardState(topk, stats, sketch, int(z["samples_done"]))
+                return ForwardState(
+                    topk,
+                    stats,
+                    sketch,
+                    int(z["samples_done"]),
+                    np.array(z["predictions"], np.int32),
+                    int(z["outputs"]),
+                )
         except (OSError, KeyError, ValueError):
             return None  # a damaged checkpoint only costs a restart
 

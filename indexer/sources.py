@@ -7,18 +7,31 @@ builder:
 - ``{"kind": "torchvision", "name": "resnet18", "weights": "/path.pth" | "IMAGENET1K_V1"}``
 - ``{"kind": "timm", "name": "resnet18", "weights": "/path.pth"}`` (needs ``timm``)
 - ``{"kind": "torchscript", "path": "/path/model.pt"}``
-- ``{"kind": "python", "factory": "package.module:fn", "kwargs": {...}}`` (returns an nn.Module)
+- ``{"kind": "python", "factory": "package.module:fn", "kwargs": {...}}`` (returns an nn.Module;
+  also ``"path/to/file.py:fn"``, and modules in the current directory: ``core/imports.py``)
 
-Every source may override the input transform with ``input_size``, ``resize``, ``mean``,
-``std``; defaults depend on the kind (CIFAR: 32 px; ImageNet-style: resize 256, crop 224).
+Built-in architectures without weights (``cifar_resnet``, ``torchvision``, ``timm``) would be
+randomly initialised: they need ``weights``, or ``"random_init": true`` to ask for that on
+purpose (seeded by ``seed``, default 0, so the weights hash is stable).
+
+The input transform (:mod:`.transforms`): each kind has a default, which a source overrides
+with ``input_size``, ``resize``, ``crop``, ``mean``, ``std``, ``interpolation``:
+
+- ``cifar_resnet``: resize to 32 x 32, no crop, mean/std (0.485, 0.456, 0.406) /
+  (0.229, 0.224, 0.225) (those of the shared checkpoints), bilinear;
+- ``torchvision``: a weights enum's own transform (e.g. resize 256 -> crop 224, bilinear);
+  otherwise resize 256 -> crop 224, ImageNet mean/std, bilinear;
+- ``timm``: the model's pretrained config (input size, crop_pct, interpolation, mean/std);
+- ``torchscript``, ``python``: resize 256 -> crop 224, ImageNet mean/std, bilinear — state the
+  input of any model that differs (``input_size`` ...).
 """
 
 from __future__ import annotations
 
 import hashlib
-import importlib
+import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,39 +45,19 @@ from neuronatlas.core.errors import (
     WeightsUnavailable,
 )
 from neuronatlas.core.hashing import file_sha256
+from neuronatlas.core.imports import load_object
 
 from .cifar_resnet import CIFAR_MEAN, CIFAR_STD, load_cifar_resnet
+from .transforms import IMAGENET_MEAN, IMAGENET_STD, TransformSpec, resolve_transform
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-@dataclass(frozen=True)
-class InputSpec:
-    """How probe images are turned into model input: resize, centre crop, normalise."""
-
-    size: int = 224
-    resize: int | None = 256
-    mean: tuple[float, ...] = IMAGENET_MEAN
-    std: tuple[float, ...] = IMAGENET_STD
-
-    def transform(self) -> Callable[[Any], torch.Tensor]:
-        from torchvision import transforms as T
-
-        steps: list[Any] = []
-        if self.resize:
-            steps.append(T.Resize(self.resize, interpolation=T.InterpolationMode.BICUBIC))
-        steps += [T.CenterCrop(self.size), T.ToTensor(), T.Normalize(self.mean, self.std)]
-        return T.Compose(steps)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+IMAGENET_DEFAULT = TransformSpec(256, 224, IMAGENET_MEAN, IMAGENET_STD, "bilinear")
+CIFAR_DEFAULT = TransformSpec((32, 32), None, CIFAR_MEAN, CIFAR_STD, "bilinear")
 
 
 @dataclass
 class BuiltModel:
     module: nn.Module
-    input: InputSpec
+    input: TransformSpec  # the effective input transform (kind default + the source's keys)
     architecture: str
     weights_sha256: str
     training_data: str = ""
@@ -114,27 +107,27 @@ def _load_state_file(module: nn.Module, path: Path, what: str) -> None:
         ) from None
 
 
-def _input_spec(source: dict[str, Any], default: InputSpec) -> InputSpec:
-    spec = default
-    try:
-        if "input_size" in source:
-            spec = InputSpec(int(source["input_size"]), spec.resize, spec.mean, spec.std)
-        if "resize" in source:
-            r = source["resize"]
-            spec = InputSpec(spec.size, int(r) if r else None, spec.mean, spec.std)
-        if "mean" in source:
-            spec = InputSpec(
-                spec.size, spec.resize, tuple(float(v) for v in source["mean"]), spec.std
-            )
-        if "std" in source:
-            spec = InputSpec(
-                spec.size, spec.resize, spec.mean, tuple(float(v) for v in source["std"])
-            )
-    except (TypeError, ValueError):
-        raise InvalidArgument(f"bad input transform in source {source}", field="source") from None
-    if len(spec.mean) != len(spec.std):
-        raise InvalidArgument("source mean and std must have the same length", field="source")
-    return spec
+def _random_init(source: dict[str, Any], what: str, weights_help: str) -> bool:
+    """True when the source asks for random weights on purpose; raises when it gives neither
+    weights nor ``random_init`` (a silently random model indexes as noise), or both."""
+    random_init = source.get("random_init", False)
+    if not isinstance(random_init, bool):
+        raise InvalidArgument(
+            f"random_init must be true or false, not {random_init!r}", field="random_init"
+        )
+    if random_init and source.get("weights"):
+        raise InvalidArgument(f"{what}: give weights or random_init, not both", field="random_init")
+    if not random_init and not source.get("weights"):
+        raise InvalidArgument(
+            f"{what} needs weights ({weights_help}); to index a randomly initialised model on "
+            'purpose, pass --random-init (source key "random_init": true)',
+            field="weights",
+        )
+    return random_init
+
+
+def _random_training(source: dict[str, Any]) -> str:
+    return f"none (random initialisation, seed {int(source.get('seed', 0))})"
 
 
 def _cifar_resnet(source: dict[str, Any]) -> BuiltModel:
@@ -144,16 +137,36 @@ def _cifar_resnet(source: dict[str, Any]) -> BuiltModel:
         raise InvalidArgument(
             f"cifar_resnet depth {source.get('depth')!r} is not an integer", field="depth"
         ) from None
-    weights = source.get("weights")
+    random_init = _random_init(source, f"cifar_resnet{depth}", "--weights FILE.th")
+    transform = resolve_transform(source, CIFAR_DEFAULT)
+    weights = None if random_init else source["weights"]
     module = _seeded(source, lambda: load_cifar_resnet(depth, weights))
     sha = file_sha256(Path(weights).expanduser()) if weights else state_sha256(module)
     return BuiltModel(
         module,
-        _input_spec(source, InputSpec(32, None, CIFAR_MEAN, CIFAR_STD)),
+        transform,
         f"cifar_resnet{depth}",
         sha,
-        "CIFAR-10 (image classification, 10 classes)",
+        _random_training(source) if random_init else "CIFAR-10 (image classification, 10 classes)",
     )
+
+
+def _enum_transform(enum: Any) -> TransformSpec | None:
+    """The transform a torchvision weights enum documents (``enum.transforms()``), if it is
+    the usual resize -> crop -> normalise."""
+    try:
+        tf = enum.transforms()
+        resize = [int(v) for v in tf.resize_size]
+        crop = [int(v) for v in tf.crop_size]
+        return TransformSpec(
+            resize[0] if len(resize) == 1 else (resize[0], resize[1]),
+            crop[0],
+            tuple(float(v) for v in tf.mean),  # type: ignore[arg-type]  # checked: 3 values
+            tuple(float(v) for v in tf.std),  # type: ignore[arg-type]
+            str(tf.interpolation.value),
+        )
+    except (AttributeError, TypeError, ValueError, IndexError, NeuronAtlasError):
+        return None
 
 
 def _torchvision(source: dict[str, Any]) -> BuiltModel:
@@ -162,17 +175,23 @@ def _torchvision(source: dict[str, Any]) -> BuiltModel:
     name = str(source.get("name", ""))
     if name not in torchvision.models.list_models():
         raise InvalidArgument(f"unknown torchvision model {name!r}", field="name")
+    random_init = _random_init(
+        source, f"torchvision {name}", "--weights FILE or a weights name such as IMAGENET1K_V1"
+    )
     weights = source.get("weights")
     kwargs = dict(source.get("kwargs", {}))
+    default = IMAGENET_DEFAULT
     if weights and not Path(str(weights)).expanduser().exists() and "/" not in str(weights):
         # a weights enum name such as IMAGENET1K_V1: needs the download cache or network
         try:
             enum = torchvision.models.get_model_weights(name)[str(weights)]
-            module = torchvision.models.get_model(name, weights=enum, **kwargs)
         except KeyError:
             raise InvalidArgument(
                 f"torchvision {name} has no weights {weights!r}", field="weights"
             ) from None
+        transform = resolve_transform(source, _enum_transform(enum) or IMAGENET_DEFAULT)
+        try:
+            module = torchvision.models.get_model(name, weights=enum, **kwargs)
         except Exception as e:  # noqa: BLE001 - download, cache and load errors of any type
             raise WeightsUnavailable(
                 f"torchvision weights {name}/{weights} cannot be loaded: {e}"
@@ -180,17 +199,17 @@ def _torchvision(source: dict[str, Any]) -> BuiltModel:
         sha = state_sha256(module)
         training = f"ImageNet-1k ({weights})"
     else:
+        transform = resolve_transform(source, default)
         module = _seeded(source, lambda: torchvision.models.get_model(name, weights=None, **kwargs))
-        if weights:
+        if not random_init:
             path = _weights_file(weights, f"torchvision {name}")
             _load_state_file(module, path, f"torchvision {name}")
             sha = file_sha256(path)
+            training = ""
         else:
             sha = state_sha256(module)
-        training = ""
-    return BuiltModel(
-        module.eval(), _input_spec(source, InputSpec()), f"torchvision:{name}", sha, training
-    )
+            training = _random_training(source)
+    return BuiltModel(module.eval(), transform, f"torchvision:{name}", sha, training)
 
 
 def _timm(source: dict[str, Any]) -> BuiltModel:
@@ -201,13 +220,14 @@ def _timm(source: dict[str, Any]) -> BuiltModel:
             "timm sources need the 'timm' package: pip install 'neuronatlas[timm]'"
         ) from None
     name = str(source.get("name", ""))
+    random_init = _random_init(source, f"timm {name}", "--weights FILE")
     weights = source.get("weights")
     kwargs = dict(source.get("kwargs", {}))
     try:
         module = _seeded(source, lambda: timm.create_model(name, pretrained=False, **kwargs))
     except RuntimeError as e:
         raise InvalidArgument(f"unknown timm model {name!r}: {e}", field="name") from None
-    if weights:
+    if not random_init:
         path = _weights_file(weights, f"timm {name}")
         _load_state_file(module, path, f"timm {name}")
         sha = file_sha256(path)
@@ -220,12 +240,28 @@ def _timm(source: dict[str, Any]) -> BuiltModel:
     )  # ViTs built for another size
     if img_size:
         size = int(img_size[-1] if isinstance(img_size, (tuple, list)) else img_size)
-    resize = round(size / float(cfg.get("crop_pct", 0.875)))
-    default = InputSpec(size, resize, tuple(cfg["mean"]), tuple(cfg["std"]))
-    return BuiltModel(module.eval(), _input_spec(source, default), f"timm:{name}", sha, "")
+    crop_pct = float(cfg.get("crop_pct") or 1.0)
+    interpolation = str(cfg.get("interpolation") or "bicubic")
+    if interpolation == "random":
+        interpolation = "bicubic"
+    default = TransformSpec(
+        max(size, math.floor(size / crop_pct)),
+        size,
+        tuple(cfg["mean"]),
+        tuple(cfg["std"]),
+        interpolation,
+    )
+    return BuiltModel(
+        module.eval(),
+        resolve_transform(source, default),
+        f"timm:{name}",
+        sha,
+        _random_training(source) if random_init else "",
+    )
 
 
 def _torchscript(source: dict[str, Any]) -> BuiltModel:
+    transform = resolve_transform(source, IMAGENET_DEFAULT)
     path = _weights_file(source.get("path", ""), "TorchScript")
     try:
         module = torch.jit.load(str(path), map_location="cpu")
@@ -233,7 +269,7 @@ def _torchscript(source: dict[str, Any]) -> BuiltModel:
         raise WeightsUnavailable(f"TorchScript file {path} cannot be loaded: {e}") from None
     return BuiltModel(
         module.eval(),
-        _input_spec(source, InputSpec()),
+        transform,
         f"torchscript:{path.name}",
         file_sha256(path),
         "",
@@ -242,17 +278,10 @@ def _torchscript(source: dict[str, Any]) -> BuiltModel:
 
 def _python(source: dict[str, Any]) -> BuiltModel:
     ref = str(source.get("factory", ""))
-    mod_name, _, fn_name = ref.partition(":")
-    if not mod_name or not fn_name:
-        raise InvalidArgument(
-            f"python factory {ref!r} must look like package.module:function", field="factory"
-        )
-    try:
-        fn = getattr(importlib.import_module(mod_name), fn_name)
-    except (ImportError, AttributeError) as e:
-        raise InvalidArgument(
-            f"cannot import model factory {ref!r}: {e}", field="factory"
-        ) from None
+    transform = resolve_transform(source, IMAGENET_DEFAULT)
+    fn = load_object(ref, field="factory")
+    if not callable(fn):
+        raise InvalidArgument(f"model factory {ref!r} is not callable", field="factory")
     try:
         module = _seeded(source, lambda: fn(**dict(source.get("kwargs", {}))))
     except NeuronAtlasError:
@@ -269,7 +298,7 @@ def _python(source: dict[str, Any]) -> BuiltModel:
     arch = str(source.get("architecture", type(module).__name__))
     return BuiltModel(
         module.eval(),
-        _input_spec(source, InputSpec()),
+        transform,
         arch,
         state_sha256(module),
         str(source.get("training_data", "")),

@@ -1,5 +1,5 @@
 """Bearer-token authentication with two scopes: ``read`` (all queries) and ``admin`` (also
-DeleteModel).
+DeleteModel and VerifyStore).
 
 Tokens come from ``NEURONATLAS_TOKENS`` (entries ``scope:token`` separated by commas or
 whitespace) and/or a file (``NEURONATLAS_TOKENS_FILE`` or ``--tokens-file``; one ``scope:token``
@@ -27,7 +27,7 @@ READ, ADMIN = "read", "admin"
 SCOPES = (READ, ADMIN)
 MIN_TOKEN_CHARS = 8
 SERVICE = "/neuronatlas.v1.NeuronAtlasService/"
-ADMIN_METHODS = frozenset({SERVICE + "DeleteModel"})
+ADMIN_METHODS = frozenset({SERVICE + "DeleteModel", SERVICE + "VerifyStore"})
 # Health checks and reflection stay open so probes and `buf curl` work without a token.
 OPEN_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.v1alpha.", "/grpc.reflection.v1.")
 

@@ -1,5 +1,5 @@
 """Service commands: ``serve`` and the query commands ``search``, ``neuron``, ``labels``,
-``models``, ``stats`` (``compare`` and ``audit`` are in ``compare_cli.py``).
+``models``, ``stats``, ``verify`` (``compare`` and ``audit`` are in ``compare_cli.py``).
 
 Every query command talks to one ``QueryBackend`` (``neuronatlas.core.backend``), chosen once:
 a server's typed client when ``--server HOST:PORT`` (or ``NEURONATLAS_SERVER``) is given,
@@ -22,8 +22,8 @@ import click
 from neuronatlas.core import queries as Q
 from neuronatlas.core.backend import QueryBackend, all_models
 from neuronatlas.core.embedder.base import Embedder
-from neuronatlas.core.records import NeuronRecord, parse_neuron_key
-from neuronatlas.core.store.base import Hit, SearchFilter
+from neuronatlas.core.records import ModelEntry, NeuronRecord, parse_neuron_key
+from neuronatlas.core.store.base import Hit, LabelScope, SearchFilter
 
 
 # -- the backend: a server (Client) or the store itself (Atlas) ------------------------------
@@ -168,6 +168,7 @@ def _filter(
     depth_max: float | None,
     min_clarity: float | None,
     label: str | None = None,
+    match: str | None = None,
 ) -> SearchFilter | None:
     flt = SearchFilter(
         model_ids=tuple(models) or None,
@@ -176,8 +177,15 @@ def _filter(
         depth_max=depth_max,
         min_clarity=min_clarity,
         label=label,
+        label_scope=LabelScope(match) if match else None,
     )
     return None if flt == SearchFilter() else flt
+
+
+_MATCH_HELP = (
+    "Which of a neuron's labels must be LABEL: top1 (its best label), set (its adaptive label "
+    "set: labels within 95 % of the best score), top5 (any vocabulary's top 5)."
+)
 
 
 def filter_options(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -261,7 +269,7 @@ def serve(
     from neuronatlas.core.errors import InvalidArgument
     from neuronatlas.core.store import open_store
     from neuronatlas.service.auth import TokenSet
-    from neuronatlas.service.server import TlsConfig, build_server
+    from neuronatlas.service.server import TlsConfig, build_server, check_bindable
 
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -277,6 +285,10 @@ def serve(
         if tls_cert and tls_key
         else None
     )
+    if tls is not None:
+        tls.check()  # a bad certificate or address fails now, before the store and CLIP load
+    if not address.startswith(("unix:", "unix-abstract:")):
+        check_bindable(address)
     embedder = None if no_embedder else load_embedder(settings.embedder, settings.device)
     atlas = Q.Atlas(open_store(settings), embedder, backend=settings.backend, home=settings.paths)
     try:
@@ -290,6 +302,7 @@ def serve(
             max_workers=workers,
             close_atlas=True,
             grace=grace,
+            page_token_key=settings.page_token_key or None,
         )
     except BaseException:
         atlas.close()
@@ -315,7 +328,15 @@ def serve(
     "--like", default=None, metavar="MODEL/LAYER/UNIT", help="Neurons similar to this neuron."
 )
 @filter_options
-@click.option("--label", default=None, help="Only neurons carrying exactly this label.")
+@click.option(
+    "--label", default=None, help="Only neurons carrying exactly this label (see --match)."
+)
+@click.option(
+    "--match",
+    type=click.Choice([s.value for s in LabelScope]),
+    default=None,
+    help=_MATCH_HELP + " Default: set. Needs --label.",
+)
 @click.option(
     "--top-k", type=int, default=10, show_default=True, help="Results (models with --per-model)."
 )
@@ -333,6 +354,7 @@ def search(
     depth_max: float | None,
     min_clarity: float | None,
     label: str | None,
+    match: str | None,
     top_k: int,
     per_model: int,
 ) -> None:
@@ -348,7 +370,7 @@ def search(
         query = Q.ImageQuery(Path(image).read_bytes())
     else:
         query = Q.NeuronQuery(*parse_neuron_key(str(like)))
-    flt = _filter(models, layers, depth_min, depth_max, min_clarity, label)
+    flt = _filter(models, layers, depth_min, depth_max, min_clarity, label, match)
     _hits_out(backend.search_neurons(query, flt, top_k=top_k, per_model=per_model).items, as_json)
 
 
@@ -366,8 +388,8 @@ def neuron(backend: QueryBackend, as_json: bool, ref: str, with_vector: bool) ->
         lines = [
             f"neuron      {rec.key}",
             f"layer       {rec.layer} (index {rec.layer_index}, depth {rec.depth:.2f})",
-            f"clarity     {rec.clarity:.3f}   polysemanticity {rec.polysemanticity:.3f}   "
-            f"redundancy {rec.redundancy:.3f}",
+            f"clarity     {rec.clarity:.3f}   polysemanticity {rec.polysemanticity:.3f} "
+            f"(SemanticLens {rec.polysemanticity_sl:.3f})   redundancy {rec.redundancy:.3f}",
             "stats       " + "  ".join(f"{k}={v:.3g}" for k, v in rec.stats.items()),
             "label set   " + ", ".join(rec.label_set),
         ]
@@ -391,6 +413,7 @@ def neuron(backend: QueryBackend, as_json: bool, ref: str, with_vector: bool) ->
         "depth": rec.depth,
         "clarity": rec.clarity,
         "polysemanticity": rec.polysemanticity,
+        "polysemanticity_sl": rec.polysemanticity_sl,
         "redundancy": rec.redundancy,
         "stats": rec.stats,
         "labels": {
@@ -464,6 +487,13 @@ def labels_describe(
 @labels.command("find")
 @click.argument("label")
 @click.option("--prefix", is_flag=True, help="Match labels starting with LABEL.")
+@click.option(
+    "--match",
+    type=click.Choice([s.value for s in LabelScope]),
+    default=LabelScope.SET.value,
+    show_default=True,
+    help=_MATCH_HELP,
+)
 @filter_options
 @click.option("--limit", type=click.IntRange(1, 10000), default=20, show_default=True)
 @connection_options
@@ -472,6 +502,7 @@ def labels_find(
     as_json: bool,
     label: str,
     prefix: bool,
+    match: str,
     models: tuple[str, ...],
     layers: tuple[str, ...],
     depth_min: float | None,
@@ -479,29 +510,65 @@ def labels_find(
     min_clarity: float | None,
     limit: int,
 ) -> None:
-    """Neurons carrying LABEL across models, ranked by the label's score."""
+    """Neurons carrying LABEL across models (in their adaptive label set unless --match says
+    otherwise), ranked by the label's score."""
     flt = _filter(models, layers, depth_min, depth_max, min_clarity)
-    _hits_out(backend.find_by_label(label, prefix=prefix, flt=flt, limit=limit).items, as_json)
+    hits = backend.find_by_label(label, prefix=prefix, flt=flt, limit=limit, scope=match)
+    _hits_out(hits.items, as_json)
 
 
 @click.command()
 @connection_options
 def models(backend: QueryBackend, as_json: bool) -> None:
-    """The model catalogue."""
+    """The model catalogue, with each model's input size and probe-set accuracy (flagged
+    "!" and a WARNING line when near chance)."""
     entries = list(all_models(backend))
+
+    def acc(m: ModelEntry) -> str:
+        a = m.probe_accuracy
+        if not a:
+            return "-"
+        return f"{a['accuracy']:.1%}" + (" !" if a.get("warning") else "")
+
+    def size(m: ModelEntry) -> str:
+        hw = m.transform.get("input_size")
+        return f"{hw[0]}x{hw[1]}" if hw else "-"
+
     rows = [
-        [m.model_id, m.architecture, m.status.value, len(m.layers), m.neuron_count, m.embedder]
+        [
+            m.model_id,
+            m.architecture,
+            m.status.value,
+            len(m.layers),
+            m.neuron_count,
+            size(m),
+            acc(m),
+            m.embedder,
+        ]
         for m in entries
     ]
-    _emit(
-        as_json,
-        [{**m.to_payload(), "neuron_count": m.neuron_count} for m in entries],
-        lambda: (
-            table(["model", "architecture", "status", "layers", "neurons", "embedder"], rows)
-            if entries
-            else "no models"
-        ),
-    )
+    head = [
+        "model",
+        "architecture",
+        "status",
+        "layers",
+        "neurons",
+        "input",
+        "probe acc",
+        "embedder",
+    ]
+
+    def text() -> str:
+        if not entries:
+            return "no models"
+        warnings = [
+            f"WARNING {m.model_id}: {m.probe_accuracy['warning']}"
+            for m in entries
+            if m.probe_accuracy.get("warning")
+        ]
+        return "\n".join([table(head, rows), *warnings])
+
+    _emit(as_json, [{**m.to_payload(), "neuron_count": m.neuron_count} for m in entries], text)
 
 
 @click.command()
@@ -547,4 +614,72 @@ def stats(backend: QueryBackend, as_json: bool) -> None:
     _emit(as_json, data, text)
 
 
-COMMANDS: list[click.Command] = [serve, search, neuron, labels, models, stats]
+@click.command()
+@connection_options
+def verify(backend: QueryBackend, as_json: bool) -> None:
+    """Check the store's integrity: every stored point read back; each indexed model's neuron
+    count and content digest against what was recorded when it was indexed. Exit status 1
+    when anything is wrong (with --server: the VerifyStore call, which needs an admin token)."""
+    report = backend.verify_store()
+    data = {
+        "ok": report.ok,
+        "points_scanned": report.points_scanned,
+        "elapsed_s": round(report.elapsed_s, 3),
+        "problems": report.problems,
+        "notes": report.notes,
+        "models": [
+            {
+                "model_id": m.model_id,
+                "status": m.status.value,
+                "generation": m.generation,
+                "ok": m.ok,
+                "expected_neurons": m.expected_neurons,
+                "found_neurons": m.found_neurons,
+                "expected_digest": m.expected_digest,
+                "found_digest": m.found_digest,
+                "problems": m.problems,
+                "notes": m.notes,
+            }
+            for m in report.models
+        ],
+    }
+
+    def count(n: int | None) -> str:
+        return "-" if n is None else str(n)
+
+    def text() -> str:
+        rows = [
+            [
+                m.model_id,
+                m.status.value,
+                m.generation,
+                f"{count(m.found_neurons)}/{count(m.expected_neurons)}",
+                m.found_digest or "-",
+                "ok" if m.ok else "PROBLEM",
+            ]
+            for m in report.models
+        ]
+        lines = [
+            f"{'store OK' if report.ok else 'store DAMAGED'}: {len(report.models)} models, "
+            f"{report.points_scanned} points read in {report.elapsed_s:.2f} s"
+        ]
+        if rows:
+            lines += [
+                "",
+                table(["model", "status", "gen", "found/recorded", "digest", "result"], rows),
+            ]
+        details = [f"{m.model_id}: {p}" for m in report.models for p in m.problems]
+        details += [f"store: {p}" for p in report.problems]
+        if details:
+            lines += ["", "problems:"] + [f"  {d}" for d in details]
+        notes = [f"{m.model_id}: {n}" for m in report.models for n in m.notes] + report.notes
+        if notes:
+            lines += ["", "notes:"] + [f"  {n}" for n in notes]
+        return "\n".join(lines)
+
+    _emit(as_json, data, text)
+    if not report.ok:
+        raise SystemExit(1)
+
+
+COMMANDS: list[click.Command] = [serve, search, neuron, labels, models, stats, verify]

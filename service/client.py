@@ -3,13 +3,16 @@
 Its query methods have the names and signatures of :class:`neuronatlas.core.queries.Atlas`
 (``neuronatlas.core.backend.QueryBackend``) and return the same core types, paged by offset and
 limit: a page larger than the server's page-size limit is fetched in several calls, so a
-``Page`` from here holds what the in-process one holds. Failures raise the NeuronAtlas error
-matching the status (``errors.from_rpc_error``).
+``Page`` from here holds what the in-process one holds. Page tokens are the server's own
+(opaque, signed): the client only hands back tokens it was given (see ``Client._paged``).
+Failures raise the NeuronAtlas error matching the status (``errors.from_rpc_error``).
 """
 
 from __future__ import annotations
 
 import sys
+import threading
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -35,9 +38,9 @@ from neuronatlas.core.queries import (
     VectorQuery,
 )
 from neuronatlas.core.records import ModelEntry, NeuronRecord, parse_neuron_key
-from neuronatlas.core.store.base import Hit, SearchFilter
+from neuronatlas.core.store.base import Hit, LabelScope, SearchFilter
+from neuronatlas.core.store.integrity import StoreReport
 from neuronatlas.service import convert as C
-from neuronatlas.service import paging
 from neuronatlas.service.errors import from_rpc_error
 from neuronatlas.service.server import MAX_RECEIVE_BYTES, MAX_SEND_BYTES
 from neuronatlas.v1 import neuronatlas_pb2 as pb
@@ -46,6 +49,7 @@ from neuronatlas.v1 import neuronatlas_pb2_grpc as pb_grpc
 NeuronRefLike = str | tuple[str, str, int]
 T = TypeVar("T")
 _INT32_MAX = 2**31 - 1
+_MAX_CURSORS = 256  # page tokens the client remembers (see Client._paged)
 
 
 class Client:
@@ -91,6 +95,9 @@ class Client:
         else:
             self._channel = grpc.insecure_channel(target, options=options)
         self._stub = pb_grpc.NeuronAtlasServiceStub(self._channel)
+        # (request key, offset) -> the server's page token for that offset (see _paged)
+        self._cursors: OrderedDict[tuple[bytes, int], str] = OrderedDict()
+        self._cursor_lock = threading.Lock()
         self._health = health_pb2_grpc.HealthStub(self._channel)
 
     def _call(self, method: str, request: Message) -> Any:
@@ -108,21 +115,64 @@ class Client:
         offset: int,
         limit: int,
         results: Callable[[Any], Sequence[T]],
+        unit: Callable[[T], object] | None = None,
     ) -> tuple[list[T], int | None, Any]:
         """Items ``offset..offset+limit`` (in the method's paging unit), fetched page after
-        page; returns them, the next offset (None at the end) and the first response."""
+        page; returns them, the next offset (None at the end) and the first response.
+
+        Only tokens the server issued are sent. The client remembers, per request, the token
+        that ends each page it has seen (``_cursors``): walking pages in order costs one call a
+        page; an offset it has not seen is reached from the nearest known page start, dropping
+        the items in front. ``unit`` groups items into paging units (per-model search: a
+        model's hits); by default every item is one."""
+        base = _request_key(method, request)
+        cur, token = self._cursor(base, offset)
         items: list[T] = []
-        first, cur = None, offset
+        first, restarted = None, False
         while True:
             request.page_size = min(offset + limit - cur, _INT32_MAX)
-            request.page_token = paging.encode_token(request, cur) if cur else ""
-            resp = self._call(method, request)
+            request.page_token = token
+            try:
+                resp = self._call(method, request)
+            except InvalidArgument as e:
+                if not token or e.field != "page_token" or restarted:
+                    raise
+                # the server no longer accepts its token (restarted with a new key): start over
+                self._forget(base)
+                cur, token, items, first, restarted = 0, "", [], None, True
+                continue
             first = resp if first is None else first
-            items.extend(results(resp))
-            nxt = paging.offset_of(request, resp.next_page_token)
-            if nxt is None or nxt >= offset + limit or nxt <= cur:
-                return items, nxt, first
-            cur = nxt
+            groups = _units(results(resp), unit)
+            for group in groups[max(0, offset - cur) :]:
+                items.extend(group)
+            end = cur + len(groups)
+            token = resp.next_page_token
+            if not token:
+                return items, None, first
+            self._remember(base, end, token)
+            if end >= offset + limit or not groups:
+                return items, end, first
+            cur = end
+
+    def _cursor(self, base: bytes, offset: int) -> tuple[int, str]:
+        """The nearest known page start at or before ``offset`` and its token ((0, "") if none)."""
+        with self._cursor_lock:
+            known = [
+                (at, tok) for (b, at), tok in self._cursors.items() if b == base and at <= offset
+            ]
+        return max(known, default=(0, ""), key=lambda c: c[0])
+
+    def _remember(self, base: bytes, at: int, token: str) -> None:
+        with self._cursor_lock:
+            self._cursors[(base, at)] = token
+            self._cursors.move_to_end((base, at))
+            while len(self._cursors) > _MAX_CURSORS:
+                self._cursors.popitem(last=False)
+
+    def _forget(self, base: bytes) -> None:
+        with self._cursor_lock:
+            for key in [k for k in self._cursors if k[0] == base]:
+                del self._cursors[key]
 
     # -- queries ----------------------------------------------------------------------------
     def search_neurons(
@@ -145,7 +195,12 @@ class Client:
         if flt is not None:
             req.filter.CopyFrom(C.filter_to_pb(flt))
         hits, nxt, _ = self._paged(
-            "SearchNeurons", req, offset, limit, lambda r: [C.hit_from_pb(h) for h in r.results]
+            "SearchNeurons",
+            req,
+            offset,
+            limit,
+            lambda r: [C.hit_from_pb(h) for h in r.results],
+            (lambda h: h.record.model_id) if per_model else None,
         )
         return Page(hits, nxt)
 
@@ -212,11 +267,16 @@ class Client:
         flt: SearchFilter | None = None,
         offset: int = 0,
         limit: int = 20,
+        scope: LabelScope | str = LabelScope.SET,
     ) -> Page[Hit]:
+        V.check_label_lookup(label, flt)  # in the Atlas' order: the same refusal first
+        scope = V.check_label_scope(scope)
         V.check_page(offset, limit)
         V.check_filter(flt)
         req = pb.FindNeuronsByLabelRequest(
-            label=label, match=pb.LABEL_MATCH_PREFIX if prefix else pb.LABEL_MATCH_EXACT
+            label=label,
+            match=pb.LABEL_MATCH_PREFIX if prefix else pb.LABEL_MATCH_EXACT,
+            scope=C.scope_to_pb(scope),
         )
         if flt is not None:
             req.filter.CopyFrom(C.filter_to_pb(flt))
@@ -253,6 +313,10 @@ class Client:
 
     def stats(self) -> StoreStats:
         return C.stats_from_pb(self._call("GetStats", pb.GetStatsRequest()))
+
+    def verify_store(self) -> StoreReport:
+        """Needs an admin token. Reads every stored point on the server: set a long timeout."""
+        return C.verify_from_pb(self._call("VerifyStore", pb.VerifyStoreRequest()))
 
     # -- comparison and audit -------------------------------------------------------------------
     def compare_models(
@@ -306,6 +370,30 @@ class Client:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _request_key(method: str, request: Message) -> bytes:
+    """What identifies a paged request apart from its paging fields."""
+    clone = type(request)()
+    clone.CopyFrom(request)
+    for name in ("page_token", "page_size"):
+        clone.ClearField(name)
+    return method.encode() + b"\0" + clone.SerializeToString(deterministic=True)
+
+
+def _units(items: Sequence[T], unit: Callable[[T], object] | None) -> list[list[T]]:
+    """Items as paging units: one each, or runs of items with the same ``unit(item)``."""
+    if unit is None:
+        return [[x] for x in items]
+    out: list[list[T]] = []
+    last: object = object()
+    for x in items:
+        key = unit(x)
+        if not out or key != last:
+            out.append([])
+            last = key
+        out[-1].append(x)
+    return out
 
 
 def _unpack(neuron: NeuronRefLike) -> tuple[str, str, int]:

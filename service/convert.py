@@ -26,6 +26,7 @@ from neuronatlas.core.compare import (
     Score,
     SemanticView,
 )
+from neuronatlas.core.errors import InvalidArgument
 from neuronatlas.core.queries import (
     Description,
     ImageQuery,
@@ -46,7 +47,8 @@ from neuronatlas.core.records import (
     NeuronRecord,
     TopSample,
 )
-from neuronatlas.core.store.base import Hit, SearchFilter
+from neuronatlas.core.store.base import Hit, LabelScope, SearchFilter
+from neuronatlas.core.store.integrity import ModelCheck, StoreReport
 from neuronatlas.core.validate import no_query
 from neuronatlas.v1 import neuronatlas_pb2 as pb
 
@@ -76,8 +78,32 @@ def filter_from_pb(f: pb.NeuronFilter) -> SearchFilter | None:
         depth_max=f.depth_max if f.HasField("depth_max") else None,
         min_clarity=f.min_clarity if f.HasField("min_clarity") else None,
         label=f.label or None,
+        label_scope=scope_from_pb(f.label_scope, "filter.label_scope"),
     )
     return None if flt == SearchFilter() else flt
+
+
+_SCOPES: dict[int, LabelScope] = {
+    pb.LABEL_SCOPE_TOP1: LabelScope.TOP1,
+    pb.LABEL_SCOPE_SET: LabelScope.SET,
+    pb.LABEL_SCOPE_TOP5: LabelScope.TOP5,
+}
+
+
+def scope_from_pb(scope: int, field: str = "scope") -> LabelScope | None:
+    """``LABEL_SCOPE_UNSPECIFIED`` -> None (the default, the label set); a number this server
+    does not know is INVALID_ARGUMENT."""
+    if scope == pb.LABEL_SCOPE_UNSPECIFIED:
+        return None
+    if scope not in _SCOPES:
+        raise InvalidArgument(f"unknown label scope {int(scope)}", field=field)
+    return _SCOPES[scope]
+
+
+def scope_to_pb(scope: LabelScope | str | None) -> int:
+    if scope is None:
+        return pb.LABEL_SCOPE_UNSPECIFIED
+    return {v: k for k, v in _SCOPES.items()}[LabelScope(scope)]
 
 
 def filter_to_pb(flt: SearchFilter | None) -> pb.NeuronFilter:
@@ -91,6 +117,7 @@ def filter_to_pb(flt: SearchFilter | None) -> pb.NeuronFilter:
             setattr(out, name, float(getattr(flt, name)))
     if flt.label:
         out.label = flt.label
+    out.label_scope = scope_to_pb(flt.label_scope)  # type: ignore[assignment]
     return out
 
 
@@ -134,6 +161,7 @@ def _quality(rec: NeuronRecord) -> pb.QualityScores:
         clarity=float(rec.clarity),
         polysemanticity=float(rec.polysemanticity),
         redundancy=float(rec.redundancy),
+        polysemanticity_sl=float(rec.polysemanticity_sl),
     )
 
 
@@ -169,6 +197,7 @@ def hit_from_pb(h: pb.NeuronHit) -> Hit:
         labels=labels,
         clarity=h.quality.clarity,
         polysemanticity=h.quality.polysemanticity,
+        polysemanticity_sl=h.quality.polysemanticity_sl,
         redundancy=h.quality.redundancy,
     )
     return Hit(record=rec, score=float(h.score))
@@ -209,6 +238,7 @@ def neuron_from_pb(n: pb.Neuron) -> NeuronRecord:
         label_set=list(n.label_set),
         clarity=n.quality.clarity,
         polysemanticity=n.quality.polysemanticity,
+        polysemanticity_sl=n.quality.polysemanticity_sl,
         redundancy=n.quality.redundancy,
         stats=dict(n.stats),
         generation=n.generation,
@@ -272,6 +302,10 @@ def model_to_pb(m: ModelEntry) -> pb.Model:
         neuron_count=m.neuron_count,
         extra=_struct(m.extra),
     )
+    if m.transform:
+        out.transform.CopyFrom(transform_to_pb(m.transform))
+    if m.probe_accuracy:
+        out.probe_accuracy.CopyFrom(accuracy_to_pb(m.probe_accuracy))
     for name, secs in (
         ("create_time", m.created_at),
         ("update_time", m.updated_at),
@@ -308,7 +342,62 @@ def model_from_pb(m: pb.Model) -> ModelEntry:
         tags=list(m.tags),
         notes=m.notes,
         extra=MessageToDict(m.extra),
+        transform=transform_from_pb(m.transform) if m.HasField("transform") else {},
+        probe_accuracy=(accuracy_from_pb(m.probe_accuracy) if m.HasField("probe_accuracy") else {}),
     )
+
+
+def transform_to_pb(t: dict[str, Any]) -> pb.InputTransform:
+    """A catalogue entry's transform dict (indexer ``TransformSpec.to_dict``) as a message."""
+    resize = t.get("resize")
+    size = list(t.get("input_size") or [0, 0])
+    return pb.InputTransform(
+        resize=[] if resize is None else [int(resize)] if isinstance(resize, int) else resize,
+        crop=int(t.get("crop") or 0),
+        mean=[float(v) for v in t.get("mean", [])],
+        std=[float(v) for v in t.get("std", [])],
+        interpolation=str(t.get("interpolation", "")),
+        input_height=int(size[0]),
+        input_width=int(size[-1]),
+        description=str(t.get("description", "")),
+    )
+
+
+def transform_from_pb(t: pb.InputTransform) -> dict[str, Any]:
+    resize = list(t.resize)
+    return {
+        "resize": None if not resize else resize[0] if len(resize) == 1 else resize,
+        "crop": t.crop or None,
+        "mean": list(t.mean),
+        "std": list(t.std),
+        "interpolation": t.interpolation,
+        "input_size": [t.input_height, t.input_width],
+        "description": t.description,
+    }
+
+
+def accuracy_to_pb(a: dict[str, Any]) -> pb.ProbeAccuracy:
+    return pb.ProbeAccuracy(
+        accuracy=float(a.get("accuracy", 0.0)),
+        chance=float(a.get("chance", 0.0)),
+        images=int(a.get("images", 0)),
+        correct=int(a.get("correct", 0)),
+        classes=int(a.get("classes", 0)),
+        mapping=str(a.get("mapping", "")),
+        warning=str(a.get("warning", "")),
+    )
+
+
+def accuracy_from_pb(a: pb.ProbeAccuracy) -> dict[str, Any]:
+    return {
+        "accuracy": a.accuracy,
+        "chance": a.chance,
+        "images": a.images,
+        "correct": a.correct,
+        "classes": a.classes,
+        "mapping": a.mapping,
+        "warning": a.warning,
+    }
 
 
 def stats_to_pb(s: StoreStats) -> pb.GetStatsResponse:
@@ -349,6 +438,56 @@ def stats_from_pb(r: pb.GetStatsResponse) -> StoreStats:
         if r.embedder
         else None,
         backend=r.backend,
+    )
+
+
+def verify_to_pb(r: StoreReport) -> pb.VerifyStoreResponse:
+    return pb.VerifyStoreResponse(
+        ok=r.ok,
+        models=[
+            pb.ModelIntegrity(
+                model_id=m.model_id,
+                status=_STATUS_TO_PB[m.status],
+                generation=m.generation,
+                ok=m.ok,
+                expected_neurons=m.expected_neurons,
+                found_neurons=m.found_neurons,
+                expected_digest=m.expected_digest,
+                found_digest=m.found_digest,
+                problems=m.problems,
+                notes=m.notes,
+            )
+            for m in r.models
+        ],
+        problems=r.problems,
+        notes=r.notes,
+        points_scanned=r.points_scanned,
+        elapsed_seconds=r.elapsed_s,
+    )
+
+
+def verify_from_pb(r: pb.VerifyStoreResponse) -> StoreReport:
+    return StoreReport(
+        ok=r.ok,
+        models=[
+            ModelCheck(
+                model_id=m.model_id,
+                status=_STATUS_FROM_PB.get(m.status, ModelStatus.REGISTERED),
+                generation=m.generation,
+                ok=m.ok,
+                expected_neurons=m.expected_neurons if m.HasField("expected_neurons") else None,
+                found_neurons=m.found_neurons if m.HasField("found_neurons") else None,
+                expected_digest=m.expected_digest,
+                found_digest=m.found_digest,
+                problems=list(m.problems),
+                notes=list(m.notes),
+            )
+            for m in r.models
+        ],
+        problems=list(r.problems),
+        notes=list(r.notes),
+        points_scanned=r.points_scanned,
+        elapsed_s=r.elapsed_seconds,
     )
 
 

@@ -3,7 +3,8 @@
 Every error class names its status itself (``code``, ``reason``; see ``core/errors.py``). Server
 side, :func:`to_rpc_status` turns an exception into a ``grpc.Status`` carrying a
 ``google.rpc.Status`` with details (ErrorInfo always, BadRequest field violations for
-INVALID_ARGUMENT, PreconditionFailure for FAILED_PRECONDITION). Client side,
+INVALID_ARGUMENT, PreconditionFailure for FAILED_PRECONDITION, ResourceInfo for NOT_FOUND); its
+message leaves without object reprs or server paths, small enough for gRPC's trailers. Client side,
 :func:`from_rpc_error` turns a ``grpc.RpcError`` back into the error class its ErrorInfo reason
 names (a registry built from the classes), or, for a status without one (the gRPC runtime's own),
 the class that stands for the status code.
@@ -12,6 +13,7 @@ the class that stands for the status code.
 from __future__ import annotations
 
 import logging
+import re
 
 import grpc
 from google.protobuf import any_pb2
@@ -105,19 +107,54 @@ def code_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     return grpc.StatusCode.INTERNAL, ServerError.reason
 
 
+# Trailers above gRPC's metadata limit (8 KiB by default on the receiving side) turn any error
+# into RESOURCE_EXHAUSTED at the client. The message travels twice (grpc-message, percent-encoded,
+# up to 3 bytes a byte; and inside grpc-status-details-bin, base64), so both are capped.
+MAX_MESSAGE_BYTES = 600
+MAX_STATUS_BYTES = 2048
+_OBJECT_REPR = re.compile(r"<[\w.]+ object at 0x[0-9a-fA-F]+>")
+_ABS_PATH = re.compile(r"(?<![\w.:/~-])/(?:[^\s/'\"()\[\]]+/)+([^\s/'\"()\[\]]*)")
+
+
+def _fit(text: str, limit: int) -> str:
+    """``text`` cut to at most ``limit`` UTF-8 bytes (an ellipsis marks the cut)."""
+    data = text.encode("utf-8", "replace")
+    if len(data) <= limit:
+        return text
+    return data[: limit - 3].decode("utf-8", "ignore") + "…"
+
+
+def public_message(text: str) -> str:
+    """An error message fit to leave the server: no object reprs (``<_io.BytesIO object at
+    0x…>``), server paths cut to their last component, at most ``MAX_MESSAGE_BYTES``."""
+    text = _OBJECT_REPR.sub("an object", text)
+    text = _ABS_PATH.sub(lambda m: "…/" + m.group(1), text)
+    text = text.replace("\r", " ").replace("\n", " ").strip()
+    return _fit(text, MAX_MESSAGE_BYTES) or "error"
+
+
 def make_status(
     code: grpc.StatusCode,
     message: str,
     reason: str,
     field: str | None = None,
     metadata: dict[str, str] | None = None,
+    resource: tuple[str, str] | None = None,
 ) -> grpc.Status:
-    details = [
-        _pack(error_details_pb2.ErrorInfo(reason=reason, domain=DOMAIN, metadata=metadata or {}))
-    ]
+    """A ``grpc.Status`` with a ``google.rpc.Status``: ErrorInfo always; a BadRequest field
+    violation for INVALID_ARGUMENT (or when ``field`` is given), PreconditionFailure for
+    FAILED_PRECONDITION, ResourceInfo (``resource`` = (type, name)) for NOT_FOUND. The message
+    is made public (:func:`public_message`) and the whole status kept under the trailer limit."""
+    message = public_message(message)
+    info = error_details_pb2.ErrorInfo(
+        reason=reason,
+        domain=DOMAIN,
+        metadata={_fit(k, 64): _fit(v, 128) for k, v in (metadata or {}).items()},
+    )
+    details = [_pack(info)]
     if code is grpc.StatusCode.INVALID_ARGUMENT or field is not None:
         violation = error_details_pb2.BadRequest.FieldViolation(
-            field=field or "request", description=message
+            field=_fit(field or "request", 128), description=message
         )
         details.append(_pack(error_details_pb2.BadRequest(field_violations=[violation])))
     elif code is grpc.StatusCode.FAILED_PRECONDITION:
@@ -125,7 +162,20 @@ def make_status(
             type=reason, subject="store", description=message
         )
         details.append(_pack(error_details_pb2.PreconditionFailure(violations=[precondition])))
+    elif code is grpc.StatusCode.NOT_FOUND:
+        kind, name = resource or ("", "")
+        details.append(
+            _pack(
+                error_details_pb2.ResourceInfo(
+                    resource_type=_fit(kind or "resource", 64),
+                    resource_name=_fit(name, 256),
+                    description=message,
+                )
+            )
+        )
     status = status_pb2.Status(code=code.value[0], message=message, details=details)
+    if status.ByteSize() > MAX_STATUS_BYTES:  # cannot happen with the caps above; stay safe
+        status = status_pb2.Status(code=code.value[0], message=message, details=details[:1])
     return rpc_status.to_status(status)
 
 
@@ -135,12 +185,16 @@ def to_rpc_status(exc: BaseException) -> grpc.Status:
     if code is grpc.StatusCode.INTERNAL:
         log.exception("internal error", exc_info=exc)
         return make_status(code, "internal server error (see the server log)", reason)
+    resource = None
+    if isinstance(exc, E.NotFound):
+        resource = (exc.resource_type, exc.resource_name)
     return make_status(
         code,
         str(exc),
         reason,
         field=getattr(exc, "field", None),
         metadata={"type": type(exc).__name__},
+        resource=resource,
     )
 
 

@@ -4,8 +4,11 @@ size limits and graceful shutdown."""
 
 from __future__ import annotations
 
+import errno
 import logging
 import signal
+import socket
+import ssl
 import threading
 from concurrent import futures
 from dataclasses import dataclass
@@ -19,9 +22,11 @@ from grpc_reflection.v1alpha import reflection
 from neuronatlas.core.config import Home, HomeLike
 from neuronatlas.core.errors import InvalidArgument
 from neuronatlas.core.queries import Atlas
+from neuronatlas.core.validate import shown
 from neuronatlas.service.auth import AuthInterceptor, TokenSet
+from neuronatlas.service.paging import PageTokens
 from neuronatlas.service.servicer import MAX_REQUEST_BYTES, NeuronAtlasServicer
-from neuronatlas.service.wire import MalformedRequestInterceptor
+from neuronatlas.service.wire import MalformedRequestInterceptor, UnknownMethod
 from neuronatlas.v1 import neuronatlas_pb2 as pb
 from neuronatlas.v1 import neuronatlas_pb2_grpc as pb_grpc
 
@@ -43,17 +48,111 @@ class TlsConfig:
     key: Path
     client_ca: Path | None = None
 
-    def credentials(self) -> grpc.ServerCredentials:
+    def check(self) -> None:
+        """Refuse, up front and in one line, files gRPC would fail on later (after a wait, with
+        "Failed to bind"): unreadable files, a certificate or key that is not PEM, an encrypted
+        key, a key that does not belong to the certificate, a client CA that is not PEM."""
+        for what, path in (
+            ("certificate", self.cert),
+            ("key", self.key),
+            ("client CA", self.client_ca),
+        ):
+            if path is None:
+                continue
+            try:
+                data = Path(path).read_bytes()
+            except OSError as e:
+                raise InvalidArgument(
+                    f"cannot read the TLS {what} {path}: {e.strerror}", field="tls"
+                ) from None
+            marker = b"PRIVATE KEY-----" if what == "key" else b"-----BEGIN CERTIFICATE-----"
+            if marker not in data:
+                kind = "private key" if what == "key" else "certificate"
+                raise InvalidArgument(f"the TLS {what} {path} is not a PEM {kind}", field="tls")
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         try:
-            key, cert = Path(self.key).read_bytes(), Path(self.cert).read_bytes()
-            ca = Path(self.client_ca).read_bytes() if self.client_ca else None
+            # the password callback keeps an encrypted key from prompting on the terminal
+            ctx.load_cert_chain(self.cert, self.key, password=lambda: b"")
+        except ssl.SSLError as e:
+            if e.reason == "KEY_VALUES_MISMATCH":
+                why = f"the TLS key {self.key} does not belong to the certificate {self.cert}"
+            elif "PRIVATE_KEY" in str(e.reason) or "BAD_DECRYPT" in str(e.reason):
+                why = f"the TLS key {self.key} is not a usable unencrypted PEM private key"
+            else:
+                why = (
+                    f"the TLS certificate {self.cert} and key {self.key} are not a usable PEM "
+                    f"pair ({e.reason or 'unreadable'})"
+                )
+            raise InvalidArgument(why, field="tls") from None
         except OSError as e:
-            raise InvalidArgument(
-                f"cannot read TLS file {e.filename}: {e.strerror}", field="tls"
-            ) from None
+            raise InvalidArgument(f"cannot read the TLS files: {e.strerror}", field="tls") from None
+        if self.client_ca is not None:
+            try:
+                ctx.load_verify_locations(cafile=str(self.client_ca))
+            except (ssl.SSLError, OSError):
+                raise InvalidArgument(
+                    f"the TLS client CA {self.client_ca} is not a usable PEM certificate bundle",
+                    field="tls",
+                ) from None
+
+    def credentials(self) -> grpc.ServerCredentials:
+        self.check()
+        key, cert = Path(self.key).read_bytes(), Path(self.cert).read_bytes()
+        ca = Path(self.client_ca).read_bytes() if self.client_ca else None
         return grpc.ssl_server_credentials(
             [(key, cert)], root_certificates=ca, require_client_auth=ca is not None
         )
+
+
+def check_address(address: str) -> tuple[str, int]:
+    """``host:port`` (``[v6]:port``) with a port in 0..65535, or INVALID_ARGUMENT saying what
+    is wrong (gRPC would wrap port 99999 round to 34463, and fail on the rest with a log line)."""
+    host, sep, port_text = address.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not host or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise InvalidArgument(
+            f"address {shown(address)} is not HOST:PORT with a port in 0-65535 "
+            "(e.g. 127.0.0.1:50051, [::]:50051, 0.0.0.0:0 for any free port)",
+            field="address",
+        )
+    return host, int(port_text)
+
+
+def check_bindable(address: str) -> None:
+    """Bind ``address`` once with a plain socket, to refuse a busy port, an unknown host or an
+    address of another machine in one clear line (gRPC only says "Failed to bind")."""
+    host, port = check_address(address)
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (socket.gaierror, UnicodeError):
+        raise InvalidArgument(
+            f"cannot listen on {shown(address)}: host {shown(host)} is not known", field="address"
+        ) from None
+    failures: list[OSError] = []
+    for family, kind, proto, _, sockaddr in infos:  # gRPC binds every address a host names
+        with socket.socket(family, kind, proto) as probe:
+            # as gRPC's listener: a port left in TIME_WAIT by a stopped server is free
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(sockaddr)
+            except OSError as e:
+                failures.append(e)
+    if failures and (len(failures) == len(infos) or any(_in_use(f) for f in failures)):
+        err = next((f for f in failures if _in_use(f)), failures[0])
+        if _in_use(err):
+            why = f"port {port} is already in use (stop the other server or pick another port)"
+        elif err.errno == errno.EADDRNOTAVAIL:
+            why = f"{host} is not an address of this machine"
+        elif err.errno == errno.EACCES:
+            why = f"port {port} needs privileges (use a port above 1023)"
+        else:
+            why = err.strerror or "bind failed"
+        raise InvalidArgument(f"cannot listen on {shown(address)}: {why}", field="address")
+
+
+def _in_use(e: OSError) -> bool:
+    return e.errno == errno.EADDRINUSE
 
 
 class Server:
@@ -70,10 +169,18 @@ class Server:
         close_atlas: bool = False,
         home: HomeLike | None = None,
         grace: float = 5.0,
+        page_token_key: str | None = None,
     ):
         """``home``: where comparisons and audits read sketches and keep caches (sets the
         Atlas's home; default: the Atlas's own). ``grace``: seconds running calls get to finish
-        when the server stops (SIGTERM / SIGINT, or ``stop()`` without an argument)."""
+        when the server stops (SIGTERM / SIGINT, or ``stop()`` without an argument).
+        ``page_token_key``: secret the page tokens are signed with (else
+        ``NEURONATLAS_PAGE_TOKEN_KEY``, else a key kept in the home, else one for this process;
+        see ``paging.py``)."""
+        # Refused up front, in one line: a bad address, a busy port, TLS files gRPC cannot use.
+        if not address.startswith(("unix:", "unix-abstract:")):
+            check_bindable(address)
+        credentials = tls.credentials() if tls is not None else None
         self.atlas = atlas
         self.grace = float(grace)
         self.tokens = tokens or TokenSet()
@@ -96,20 +203,25 @@ class Server:
         )
         if home is not None:  # where comparisons and audits read sketches and keep caches
             atlas.home = Home.of(home)
+        self.page_tokens = PageTokens.load(page_token_key, atlas.home)
         pb_grpc.add_NeuronAtlasServiceServicer_to_server(
-            NeuronAtlasServicer(atlas), self.grpc_server
+            NeuronAtlasServicer(atlas, self.page_tokens), self.grpc_server
         )
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc_server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.grpc_server
         )
-        if tls is not None:
-            self.port = self.grpc_server.add_secure_port(address, tls.credentials())
-        else:
-            self.port = self.grpc_server.add_insecure_port(address)
+        self.grpc_server.add_generic_rpc_handlers((UnknownMethod(),))  # last: any other path
+        try:
+            if credentials is not None:
+                self.port = self.grpc_server.add_secure_port(address, credentials)
+            else:
+                self.port = self.grpc_server.add_insecure_port(address)
+        except RuntimeError:
+            self.port = 0
         if not self.port:
-            raise InvalidArgument(f"cannot listen on {address}", field="address")
+            raise InvalidArgument(f"cannot listen on {shown(address)}", field="address")
         self.address = address.rsplit(":", 1)[0] + f":{self.port}"
         self.tls = tls is not None
 

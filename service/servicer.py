@@ -15,9 +15,10 @@ from google.protobuf.message import Message
 from neuronatlas.core import validate as V
 from neuronatlas.core.errors import InvalidArgument
 from neuronatlas.core.queries import Atlas
+from neuronatlas.core.store.base import LabelScope
 from neuronatlas.service import convert as C
 from neuronatlas.service import paging
-from neuronatlas.service.errors import to_rpc_status
+from neuronatlas.service.errors import DeadlineExceeded, to_rpc_status
 from neuronatlas.v1 import neuronatlas_pb2 as pb
 from neuronatlas.v1 import neuronatlas_pb2_grpc as pb_grpc
 
@@ -40,7 +41,9 @@ Method = Callable[["NeuronAtlasServicer", Req, grpc.ServicerContext], Resp]
 def _check_deadline(context: grpc.ServicerContext) -> None:
     remaining = context.time_remaining()
     if remaining is not None and remaining <= 0:
-        context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded before the query ran")
+        context.abort_with_status(
+            to_rpc_status(DeadlineExceeded("the deadline passed before the query ran"))
+        )
 
 
 def rpc(method: Method[Req, Resp]) -> Method[Req, Resp]:
@@ -57,8 +60,10 @@ def rpc(method: Method[Req, Resp]) -> Method[Req, Resp]:
                 )
             response = method(self, request, context)
         except Exception as exc:
-            if isinstance(exc, grpc.RpcError) or not context.is_active():
+            if not context.is_active():  # the client went away: nobody to answer
                 raise
+            # Everything else gets a status with details, never gRPC's bare UNKNOWN (an
+            # unexpected error, a backend's own RpcError included, is INTERNAL and logged).
             context.abort_with_status(to_rpc_status(exc))
         _check_deadline(context)
         return response
@@ -70,8 +75,10 @@ class NeuronAtlasServicer(pb_grpc.NeuronAtlasServiceServicer):
     """Implements ``neuronatlas.v1.NeuronAtlasService`` over one shared :class:`Atlas` (its
     home holds the activation sketches and the comparison and label caches)."""
 
-    def __init__(self, atlas: Atlas):
+    def __init__(self, atlas: Atlas, pages: paging.PageTokens | None = None):
+        """``pages``: the page-token key (default: one for this process)."""
         self.atlas = atlas
+        self.pages = pages if pages is not None else paging.PageTokens.random()
 
     @rpc
     def SearchNeurons(
@@ -84,12 +91,12 @@ class NeuronAtlasServicer(pb_grpc.NeuronAtlasServiceServicer):
             C.filter_from_pb(request.filter) if request.HasField("filter") else None,
             top_k=top_k,
             per_model=request.per_model,
-            offset=paging.decode_token(request),
+            offset=self.pages.decode(request),
             limit=size,
         )
         return pb.SearchNeuronsResponse(
             results=[C.hit_to_pb(h) for h in page.items],
-            next_page_token=paging.encode_token(request, page.next_offset),
+            next_page_token=self.pages.encode(request, page.next_offset),
         )
 
     @rpc
@@ -122,12 +129,13 @@ class NeuronAtlasServicer(pb_grpc.NeuronAtlasServiceServicer):
             request.label,
             prefix=request.match == pb.LABEL_MATCH_PREFIX,
             flt=C.filter_from_pb(request.filter) if request.HasField("filter") else None,
-            offset=paging.decode_token(request),
+            offset=self.pages.decode(request),
             limit=paging.page_size(request.page_size, LABEL_PAGE_DEFAULT, LABEL_PAGE_MAX),
+            scope=C.scope_from_pb(request.scope) or LabelScope.SET,
         )
         return pb.FindNeuronsByLabelResponse(
             results=[C.hit_to_pb(h) for h in page.items],
-            next_page_token=paging.encode_token(request, page.next_offset),
+            next_page_token=self.pages.encode(request, page.next_offset),
         )
 
     @rpc
@@ -135,12 +143,12 @@ class NeuronAtlasServicer(pb_grpc.NeuronAtlasServiceServicer):
         self, request: pb.ListModelsRequest, context: grpc.ServicerContext
     ) -> pb.ListModelsResponse:
         page = self.atlas.list_models(
-            offset=paging.decode_token(request),
+            offset=self.pages.decode(request),
             limit=paging.page_size(request.page_size, MODEL_PAGE_DEFAULT, MODEL_PAGE_MAX),
         )
         return pb.ListModelsResponse(
             models=[C.model_to_pb(m) for m in page.items],
-            next_page_token=paging.encode_token(request, page.next_offset),
+            next_page_token=self.pages.encode(request, page.next_offset),
         )
 
     @rpc
@@ -164,16 +172,24 @@ class NeuronAtlasServicer(pb_grpc.NeuronAtlasServiceServicer):
         return C.stats_to_pb(self.atlas.stats())
 
     @rpc
+    def VerifyStore(
+        self, request: pb.VerifyStoreRequest, context: grpc.ServicerContext
+    ) -> pb.VerifyStoreResponse:
+        report = self.atlas.verify_store()
+        log.info("verified the store: %s", "ok" if report.ok else "PROBLEMS")
+        return C.verify_to_pb(report)
+
+    @rpc
     def CompareModels(
         self, request: pb.CompareModelsRequest, context: grpc.ServicerContext
     ) -> pb.CompareModelsResponse:
-        offset = paging.decode_token(request)
+        offset = self.pages.decode(request)
         size = paging.page_size(request.page_size, PAIR_PAGE_DEFAULT, PAIR_PAGE_MAX)
         cmp = self.atlas.compare_models(
             **C.compare_args_from_pb(request), offset=offset, limit=size
         )
         nxt = offset + size if offset + size < cmp.pairs_total else None
-        return C.comparison_to_pb(cmp, paging.encode_token(request, nxt))
+        return C.comparison_to_pb(cmp, self.pages.encode(request, nxt))
 
     @rpc
     def AuditModel(

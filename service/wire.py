@@ -106,3 +106,22 @@ class MalformedRequestInterceptor(grpc.ServerInterceptor):
             if getattr(handler, kind) is not None:
                 changes[kind] = _guard_stream(getattr(handler, kind))
         return handler._replace(**changes)
+
+
+class UnknownMethod(grpc.GenericRpcHandler):
+    """The last handler: a method this server does not have is UNIMPLEMENTED with an ErrorInfo
+    (gRPC's own answer carries no details)."""
+
+    def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
+        method = str(handler_call_details.method)
+        status = make_status(
+            grpc.StatusCode.UNIMPLEMENTED,
+            f"this server has no method {method[:200]!r}",
+            "UNIMPLEMENTED",
+            metadata={"method": method[:128]},
+        )
+
+        def abort(request: Any, context: grpc.ServicerContext) -> None:
+            context.abort_with_status(status)
+
+        return grpc.unary_unary_rpc_method_handler(abort)

@@ -29,7 +29,7 @@ from neuronatlas.core.queries import (
     VectorQuery,
     top_labels,
 )
-from neuronatlas.core.store.base import Hit, SearchFilter
+from neuronatlas.core.store.base import Hit, LabelScope, SearchFilter
 
 pytestmark = pytest.mark.integration
 
@@ -87,7 +87,7 @@ def hit_summary(h: Hit) -> dict[str, Any]:
         "score": h.score,
         "layer_index": r.layer_index,
         "depth": r.depth,
-        "quality": (r.clarity, r.polysemanticity, r.redundancy),
+        "quality": (r.clarity, r.polysemanticity, r.polysemanticity_sl, r.redundancy),
         "top_labels": [(lab.label, lab.score) for lab in top_labels(r)],
     }
 
@@ -98,6 +98,8 @@ def view(result: Any) -> Any:
         return Page([view(x) for x in result.items], result.next_offset)
     if isinstance(result, Hit):
         return hit_summary(result)
+    if isinstance(result, list):
+        return [view(x) for x in result]
     return result
 
 
@@ -137,6 +139,16 @@ CALLS: dict[str, Call] = {
         "resnet20", "layer3.0.conv2", 3, labels=["dog", "cat", "stripes", "water"], top_n=4
     ),
     "find by label": lambda b: b.find_by_label(_label_of(b), limit=10),
+    "find by label, top-1": lambda b: b.find_by_label(_label_of(b), limit=10, scope="top1"),
+    "find by label, top-5, paged": lambda b: b.find_by_label(
+        _label_of(b), scope=LabelScope.TOP5, offset=2, limit=5
+    ),
+    "search with a label filter, each scope": lambda b: [
+        b.search_neurons(
+            TextQuery("dog"), SearchFilter(label=_label_of(b), label_scope=scope), top_k=20
+        )
+        for scope in (None, *LabelScope)
+    ],
     "find by prefix, filtered, paged": lambda b: b.find_by_label(
         _label_of(b)[:1],
         prefix=True,
@@ -209,6 +221,13 @@ BAD_CALLS: dict[str, Call] = {
     ),
     "label lookup with a label filter": lambda b: b.find_by_label(
         "dog", flt=SearchFilter(label="cat")
+    ),
+    "label lookup with a filter scope": lambda b: b.find_by_label(
+        "dog", flt=SearchFilter(label_scope=LabelScope.TOP1)
+    ),
+    "unknown label scope": lambda b: b.find_by_label("dog", scope="top3"),
+    "label scope without a label": lambda b: b.search_neurons(
+        TextQuery("dog"), SearchFilter(label_scope=LabelScope.TOP5)
     ),
     "compare tau": lambda b: b.compare_models("resnet20", "resnet32", tau=2.0),
     "compare unknown model": lambda b: b.compare_models("resnet20", "nope"),

@@ -87,3 +87,47 @@ def test_register_probe_index_show(home, cifar_dir, cifar_models, concepts_dir, 
         rec = store.get_neuron("r20", "linear", 3)
         assert len(rec.top_samples) == 4 and len(rec.labels["places"]) == 5
         assert store.get_model("r20").tags == ["cifar"]
+
+
+def test_index_with_percentile_samples(home, cifar_dir, cifar_models):
+    """``index --samples percentile --percentile P``: stored in the catalogue entry, and each
+    neuron gets min(k, ceil((1 - P/100) N)) images."""
+    r = _invoke(
+        "index",
+        "r20p",
+        "--kind",
+        "cifar_resnet",
+        "--depth",
+        "20",
+        "--weights",
+        str(cifar_models[20]),
+        "--probe",
+        str(cifar_dir),
+        "--limit",
+        "40",
+        "--layers",
+        "linear",
+        "--k",
+        "5",
+        "--samples",
+        "percentile",
+        "--percentile",
+        "90",
+        "--no-progress",
+    )
+    assert r.exit_code == 0, r.output
+    from neuronatlas.core.config import load_settings
+    from neuronatlas.core.store import open_store
+
+    with open_store(load_settings()) as store:
+        index = store.get_model("r20p").extra["index"]
+        assert index["options"]["samples"] == "percentile"
+        assert index["options"]["percentile"] == 90.0
+        assert index["samples"]["candidates"] == 4 and index["samples"]["classes"] == 10
+        rec = store.get_neuron("r20p", "linear", 3)
+        assert len(rec.top_samples) == 4  # fewer above the percentile than k
+    from neuronatlas.cli import cli
+
+    args = ["index", "r20p", "--probe", str(cifar_dir), "--samples", "percentile"]
+    bad = CliRunner().invoke(cli, [*args, "--percentile", "100"])
+    assert bad.exit_code != 0 and "percentile" in bad.output

@@ -238,6 +238,62 @@ def test_reindex_flips_generation_without_duplicates(zoo, embedder, vocab):
     assert len(keys) == len(set(keys))
 
 
+def test_percentile_samples_are_above_the_percentile_and_class_balanced(
+    zoo, embedder, vocab, cifar_models
+):
+    """--samples percentile: up to k images at or above the 80th percentile of each neuron,
+    round-robin over the CIFAR class folders; both polysemanticity scores stored."""
+    from neuronatlas.core.sketches import load_sketch
+    from neuronatlas.core.store.edge import EdgeStore
+    from neuronatlas.indexer.api import register_model
+    from neuronatlas.indexer.pipeline import IndexOptions, index_model
+    from neuronatlas.indexer.probes import load_probe_set
+    from neuronatlas.indexer.topk import class_ids
+
+    _, home, _, _ = zoo
+    probe = load_probe_set(home, "cifar-small")
+    classes = class_ids(probe.files)
+    assert classes is not None and classes.max() == 9
+    opt = IndexOptions(
+        k=K,
+        batch_size=64,
+        progress=False,
+        samples="percentile",
+        percentile=80.0,
+        layers=["layer3.2.conv2", "linear"],
+    )
+    with EdgeStore(home / "store-percentile") as store:
+        source = {"kind": "cifar_resnet", "depth": 20, "weights": str(cifar_models[20])}
+        register_model(store, "r20p", source)
+        entry = index_model(store, embedder, "r20p", probe, home, {"broden": vocab}, opt)
+        index = entry.extra["index"]
+        assert index["options"]["samples"] == "percentile"
+        assert index["options"]["percentile"] == 80.0
+        assert index["samples"] == {
+            "mode": "percentile",
+            "percentile": 80.0,
+            "max": K,
+            "candidates": 40,  # ceil(0.2 * 200)
+            "classes": 10,
+        }
+        sketch = load_sketch(home, "r20p", entry.generation)
+        records = list(store.scroll_neurons("r20p", with_vectors=False))
+    assert len(records) == 64 + 10
+    for r in records:
+        acts = sketch.layers[r.layer][:, r.unit].astype(np.float32)  # all 200 samples
+        threshold = np.percentile(acts, 80.0, method="inverted_cdf")
+        got = [s.activation for s in r.top_samples]
+        assert len(got) == K and got == sorted(got, reverse=True)
+        assert min(got) >= threshold - 1e-2 * max(1.0, abs(threshold))
+        assert 0.0 <= r.polysemanticity <= r.polysemanticity_sl + 1e-6 <= 2.0 + 1e-6
+    # the logit of class c: plain top-10 is (nearly) all class c; balanced, c gives at most 5
+    # (its 40 candidates hold only 20 images of c, the rest spread over other classes)
+    for r in records:
+        if r.layer == "linear":
+            own = sum(int(classes[s.index] == r.unit) for s in r.top_samples)
+            assert own <= K // 2, (r.unit, own)
+
+
 # ------------------------------------------------------------------------------------------
 def test_bad_inputs_raise_clear_errors_and_write_nothing(
     zoo, embedder, cifar_dir, cifar_models, tmp_path, vocab

@@ -27,7 +27,7 @@ def test_all_cifar_checkpoints_load_strictly(cifar_models):
         )
         assert n_blocks == 3 * (depth - 2) // 6
         assert built.weights_sha256 == file_sha256(path)
-        assert built.input.size == 32 and built.input.resize is None
+        assert built.input.input_hw == (32, 32) and built.input.crop is None
 
 
 @pytest.mark.integration
@@ -89,7 +89,7 @@ def test_torchvision_local_weights_and_mismatch(tmp_path):
         built.weights_sha256 == file_sha256(path)
         and built.architecture == "torchvision:squeezenet1_1"
     )
-    assert (built.input.size, built.input.resize) == (64, 72)
+    assert (built.input.crop, built.input.resize) == (64, 72)
     with pytest.raises(WeightsUnavailable, match="do not fit"):
         build_model(
             {"kind": "torchvision", "name": "squeezenet1_1", "weights": str(path)}
@@ -148,8 +148,9 @@ def test_torchscript_python_timm_and_unknown_kind(tmp_path):
             "kind": "timm",
             "name": "vit_tiny_patch16_224",
             "kwargs": {"img_size": 32, "patch_size": 8, "depth": 2},
+            "random_init": True,
         }
     )
-    assert vit.input.size == 32 and vit.architecture == "timm:vit_tiny_patch16_224"
+    assert vit.input.input_hw == (32, 32) and vit.architecture == "timm:vit_tiny_patch16_224"
     with pytest.raises(InvalidArgument, match="unknown model source kind"):
         build_model({"kind": "onnx"})

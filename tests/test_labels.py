@@ -119,6 +119,18 @@ def test_scores_match_reference_formula(scorer: LabelScorer):
         scorer.scores(np.ones((2, DIM + 1)))
 
 
+def test_scores_are_bounded_by_the_prompt_distance_and_can_exceed_one(scorer: LabelScorer):
+    """score(x) = x . (l - n) <= |l - n| = sqrt(2 - 2 cos(l, n)): above 1 exactly when the
+    label's prompt is more than 60 degrees from the empty prompt (here cos = 1/sqrt(5))."""
+    cos_ln = scorer.label_matrix @ scorer.null_vector
+    bound = np.sqrt(2 - 2 * cos_ln)
+    np.testing.assert_allclose(cos_ln, 1 / np.sqrt(5), atol=1e-6)
+    x = unit(np.random.default_rng(1).normal(size=(500, DIM)))
+    assert (scorer.scores(x) <= bound + 1e-6).all()
+    best = scorer.scores(scorer.label_matrix[0] - scorer.null_vector)[0, 0]  # x along l - n
+    assert best == pytest.approx(bound[0], abs=1e-6) and best > 1.0
+
+
 def test_top_labels_sorted(scorer: LabelScorer):
     x = unit(np.stack([e(2) + 0.5 * e(4), e(3)]))
     top = scorer.top(x, n=2)

@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-GENERATED = ("neuronatlas_pb2.py", "neuronatlas_pb2.pyi", "neuronatlas_pb2_grpc.py")
 
 
 def _drop_json_names(message) -> None:
@@ -21,15 +20,21 @@ def _drop_json_names(message) -> None:
         _drop_json_names(nested)
 
 
-def test_generated_code_is_up_to_date(tmp_path: Path) -> None:
+PROTO_FILES = ("neuronatlas", "zoo")
+
+
+@pytest.mark.parametrize("stem", PROTO_FILES)
+def test_generated_code_is_up_to_date(tmp_path: Path, stem: str) -> None:
     """Regenerate into a temp dir: the committed files must match byte for byte when this
     grpcio-tools is the version that generated them, and describe the same schema otherwise."""
     pytest.importorskip("grpc_tools")
+    import importlib
     from importlib.metadata import version
 
     from google.protobuf import descriptor_pb2
 
-    from neuronatlas.v1 import neuronatlas_pb2, neuronatlas_pb2_grpc
+    pb2 = importlib.import_module(f"neuronatlas.v1.{stem}_pb2")
+    pb2_grpc = importlib.import_module(f"neuronatlas.v1.{stem}_pb2_grpc")
 
     env = {**os.environ, "PYTHON": sys.executable}
     subprocess.run(
@@ -44,20 +49,19 @@ def test_generated_code_is_up_to_date(tmp_path: Path) -> None:
             "-I",
             str(REPO / "protos"),
             f"--descriptor_set_out={descriptor_set}",
-            "neuronatlas/v1/neuronatlas.proto",
+            f"neuronatlas/v1/{stem}.proto",
         ],
         check=True,
     )
     fresh = descriptor_pb2.FileDescriptorSet.FromString(descriptor_set.read_bytes()).file[0]
     for message in fresh.message_type:  # the python gencode leaves out derived json names
         _drop_json_names(message)
-    committed = descriptor_pb2.FileDescriptorProto.FromString(
-        neuronatlas_pb2.DESCRIPTOR.serialized_pb
-    )
+    committed = descriptor_pb2.FileDescriptorProto.FromString(pb2.DESCRIPTOR.serialized_pb)
     assert fresh == committed, "neuronatlas/v1 is stale: run scripts/gen_protos.sh"
-    if version("grpcio-tools") != neuronatlas_pb2_grpc.GRPC_GENERATED_VERSION:
+    if version("grpcio-tools") != pb2_grpc.GRPC_GENERATED_VERSION:
         return  # another generator version formats the files differently; the schema matched
-    for name in GENERATED:
+    for suffix in ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py"):
+        name = stem + suffix
         new = (tmp_path / "neuronatlas" / "v1" / name).read_text()
         old = (REPO / "neuronatlas" / "v1" / name).read_text()
         assert new == old, f"neuronatlas/v1/{name} is stale: run scripts/gen_protos.sh"
@@ -77,6 +81,7 @@ def test_generated_code_imports_as_package() -> None:
         "GetModel",
         "DeleteModel",
         "GetStats",
+        "VerifyStore",
         "CompareModels",
         "AuditModel",
     }

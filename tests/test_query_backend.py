@@ -15,7 +15,7 @@ from neuronatlas.core.embedder.base import Embedder
 from neuronatlas.core.embedder.text_cache import TextCache
 from neuronatlas.core.queries import Atlas, TextQuery
 from neuronatlas.core.records import EmbedderInfo
-from neuronatlas.core.store.base import SearchFilter
+from neuronatlas.core.store.base import LabelScope, SearchFilter
 from neuronatlas.core.validate import check_filter
 from neuronatlas.service.server import build_server
 
@@ -86,6 +86,8 @@ def test_one_embedder_check_for_atlas_and_store(edge_store) -> None:
         SearchFilter(layers=()),
         SearchFilter(min_clarity=float("nan")),
         SearchFilter(label=" "),
+        SearchFilter(label_scope=LabelScope.TOP1),  # a scope needs a label
+        SearchFilter(label="cat", label_scope="top3"),  # type: ignore[arg-type]
     ],
 )
 def test_one_wording_for_a_bad_filter(edge_store, flt: SearchFilter) -> None:

@@ -7,7 +7,15 @@ import pytest
 from helpers import unit
 
 from neuronatlas.core.errors import InvalidArgument
-from neuronatlas.core.scores import clarity, neuron_vectors, polysemanticity, redundancy
+from neuronatlas.core.scores import (
+    clarity,
+    neuron_vectors,
+    polysemanticity,
+    polysemanticity_both,
+    polysemanticity_centres,
+    redundancy,
+    two_means,
+)
 
 
 def random_topk(n=40, k=12, d=16, seed=0):
@@ -24,7 +32,7 @@ def ref_clarity(emb):
     return float((g.sum() - np.trace(g)) / (k * (k - 1)))
 
 
-def ref_two_means(emb, iters=20, start=0):
+def ref_two_means(emb, iters=20, start=0, weighted=False):
     e = unit(emb)
     a = e[start]
     b = e[int(np.argmin(e @ a))]
@@ -38,7 +46,8 @@ def ref_two_means(emb, iters=20, start=0):
             a = unit(e[~to_b].sum(0))
         if to_b.any() and np.linalg.norm(e[to_b].sum(0)) > 1e-6:
             b = unit(e[to_b].sum(0))
-    return 1.0 - float(a @ b)
+    p = float(np.mean(prev)) if prev is not None else 0.0
+    return (2 * min(p, 1 - p) if weighted else 1.0) * (1.0 - float(a @ b))
 
 
 def ref_redundancy(v):
@@ -118,20 +127,76 @@ def test_polysemanticity_separates_one_from_two_concepts():
 
 def test_polysemanticity_batched_equals_reference_and_is_deterministic():
     emb = random_topk(25, 12, 8, seed=3)
-    p = polysemanticity(emb)
+    p = polysemanticity_centres(emb)
     np.testing.assert_allclose(p, [ref_two_means(x) for x in emb], atol=1e-4)
-    np.testing.assert_array_equal(p, polysemanticity(emb))
+    np.testing.assert_array_equal(p, polysemanticity_centres(emb))
     np.testing.assert_allclose(
-        polysemanticity(emb, seed=5), [ref_two_means(x, start=5) for x in emb], atol=1e-4
+        polysemanticity_centres(emb, seed=5), [ref_two_means(x, start=5) for x in emb], atol=1e-4
     )
+    mixed = polysemanticity(emb)
+    np.testing.assert_allclose(mixed, [ref_two_means(x, weighted=True) for x in emb], atol=1e-4)
+    both = polysemanticity_both(emb)
+    np.testing.assert_array_equal(both[0], mixed)
+    np.testing.assert_array_equal(both[1], p)
 
 
 def test_polysemanticity_small_k():
-    assert polysemanticity(random_topk(4, 1, 6)).tolist() == [0.0] * 4
-    emb = random_topk(4, 2, 6)
-    np.testing.assert_allclose(
-        polysemanticity(emb), 1 - np.einsum("nd,nd->n", emb[:, 0], emb[:, 1]), atol=1e-5
-    )
+    for fn in (polysemanticity, polysemanticity_centres):
+        assert fn(random_topk(4, 1, 6)).tolist() == [0.0] * 4
+        emb = random_topk(4, 2, 6)  # a 1/1 split: both definitions are 1 - cos
+        np.testing.assert_allclose(
+            fn(emb), 1 - np.einsum("nd,nd->n", emb[:, 0], emb[:, 1]), atol=1e-5
+        )
+    assert polysemanticity(np.zeros((0, 5, 3))).shape == (0,)
+
+
+# -- polysemanticity on mixtures with known proportions ----------------------------------------
+def mixtures(k: int, d: int = 64, sigma: float = 0.03, seed: int = 0) -> np.ndarray:
+    """``(k // 2 + 1, k, d)``: neuron m holds k - m images of concept A and m of concept B
+    (orthogonal unit directions), each plus Gaussian noise of ``sigma`` per dimension."""
+    rng = np.random.default_rng(seed)
+    a, b = np.eye(d)[0], np.eye(d)[1]
+    out = []
+    for m in range(k // 2 + 1):
+        x = np.concatenate(
+            [a + sigma * rng.normal(size=(k - m, d)), b + sigma * rng.normal(size=(m, d))]
+        )
+        out.append(x[rng.permutation(k)])  # order must not matter
+    return unit(np.stack(out)).astype(np.float32)
+
+
+@pytest.mark.parametrize("k", [20, 40])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_polysemanticity_grows_with_the_minority_share(k: int, seed: int):
+    mixed, centres = polysemanticity_both(mixtures(k, seed=seed))
+    assert (np.diff(mixed) >= -1e-6).all(), mixed  # monotone in m/k, m = 0 .. k/2
+    assert mixed[0] < 0.05  # one concept plus noise: ~0
+    assert mixed.argmax() == k // 2 or mixed[k // 2] == pytest.approx(mixed.max(), abs=1e-3)
+    assert mixed[k // 2] == pytest.approx(centres[k // 2], abs=1e-6)  # even split: same as SL
+    assert 0.9 < mixed[k // 2] < 1.1  # orthogonal concepts
+    # the share is what moves it: m images of B among k score 2 m / k times the distance
+    np.testing.assert_allclose(mixed[1:], 2 * np.arange(1, k // 2 + 1) / k * centres[1:], rtol=1e-4)
+    assert mixed[1] < 0.15 * mixed[k // 2]
+
+
+@pytest.mark.parametrize("k", [20, 40])
+def test_semanticlens_definition_saturates_on_one_outlier(k: int):
+    mixed, centres = polysemanticity_both(mixtures(k))
+    # SemanticLens: one off-concept image scores (about) as high as an even split ...
+    assert centres[1] == pytest.approx(centres[k // 2], abs=0.1)
+    assert centres[1] > 0.9
+    # ... while the mixing score tells them apart
+    assert mixed[1] < 0.15 * mixed[k // 2]
+    _, _, share = two_means(mixtures(k))
+    minority = np.minimum(share, 1 - share)[1:]  # m = 0: 2-means splits the noise instead
+    np.testing.assert_allclose(minority, np.arange(1, k // 2 + 1) / k, atol=1e-6)
+
+
+def test_polysemanticity_pure_and_identical_sets():
+    same = np.repeat(unit(np.arange(1, 9, dtype=float))[None, None], 20, axis=1)
+    assert polysemanticity(same).tolist() == [0.0]
+    assert polysemanticity_centres(same).tolist() == [0.0]
+    assert two_means(same)[2].tolist() == [0.0]
 
 
 # -- redundancy ---------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from helpers import SERVICE_LAYERS as LAYERS
 
 from neuronatlas.core.backend import all_models
 from neuronatlas.core.errors import InvalidArgument, NotFound, PermissionDenied, Unauthenticated
-from neuronatlas.core.store.base import SearchFilter
+from neuronatlas.core.store.base import LabelScope, SearchFilter
 from neuronatlas.service.client import Client
 from neuronatlas.service.errors import DeadlineExceeded
 from neuronatlas.v1 import neuronatlas_pb2 as pb
@@ -209,14 +209,26 @@ def test_filters_restrict_results(client: Client, server) -> None:
     clear = client.search("wheel", filter=SearchFilter(min_clarity=0.9), top_k=200).items
     assert all(h.record.clarity >= 0.9 for h in clear)
     label = client.get_neuron("resnet20", "layer1.0.conv1", 0).label_set[0]
-    carriers = {
-        r.key
+    records = [
+        r
         for m in ("resnet20", "resnet32")
         for r in server.atlas.store.scroll_neurons(m, with_vectors=False)
-        if label in r.label_set or any(l.label == label for ls in r.labels.values() for l in ls)
+    ]
+    carriers = {
+        None: {r.key for r in records if label in r.label_set},  # default: the label set
+        LabelScope.SET: {r.key for r in records if label in r.label_set},
+        LabelScope.TOP1: {r.key for r in records if r.top_label and r.top_label.label == label},
+        LabelScope.TOP5: {
+            r.key
+            for r in records
+            if label in r.label_set or any(l.label == label for ls in r.labels.values() for l in ls)
+        },
     }
-    labelled = client.search("wheel", filter=SearchFilter(label=label), top_k=1000).items
-    assert {h.record.key for h in labelled} == carriers
+    assert carriers[LabelScope.TOP1] <= carriers[LabelScope.SET] <= carriers[LabelScope.TOP5]
+    for scope, want in carriers.items():
+        flt = SearchFilter(label=label, label_scope=scope)
+        labelled = client.search("wheel", filter=flt, top_k=1000).items
+        assert {h.record.key for h in labelled} == want, scope
 
 
 def test_per_model_grouping(client: Client) -> None:
@@ -258,6 +270,14 @@ def test_per_model_grouping(client: Client) -> None:
             "filter.depth_min",
         ),
         ({"text": "dog", "filter": pb.NeuronFilter(depth_max=1.5)}, "filter.depth_max"),
+        (
+            {"text": "dog", "filter": pb.NeuronFilter(label_scope=pb.LABEL_SCOPE_TOP1)},
+            "filter.label_scope",
+        ),
+        (
+            {"text": "dog", "filter": pb.NeuronFilter(label="dog", label_scope=99)},
+            "filter.label_scope",
+        ),
     ],
 )
 def test_bad_search_input_is_invalid_argument(stub, request_kwargs, field) -> None:
@@ -363,6 +383,70 @@ def test_find_by_label_exact_prefix_and_pages(client: Client) -> None:
     ).items
     assert only32 and {h.record.model_id for h in only32} == {"resnet32"}
     assert client.find_by_label("no label is called this").items == []
+
+
+def test_find_by_label_scopes(client: Client, stub, server) -> None:
+    rec = client.get_neuron("resnet20", "layer2.0.conv2", 1)
+    label = rec.labels["broden"][0].label
+    found = {
+        scope: {h.record.key for h in _all_label_hits(client, label, scope=scope)}
+        for scope in LabelScope
+    }
+    assert found[LabelScope.TOP1] <= found[LabelScope.SET] <= found[LabelScope.TOP5]
+    assert {h.record.key for h in _all_label_hits(client, label)} == found[LabelScope.SET]
+    records = [
+        r for m in ("resnet20", "resnet32") for r in server.atlas.store.scroll_neurons(m, False)
+    ]
+    assert found[LabelScope.TOP1] == {
+        r.key for r in records if r.top_label is not None and r.top_label.label == label
+    }
+    # on the wire: UNSPECIFIED is the label set; an unknown scope is INVALID_ARGUMENT
+    plain = stub.FindNeuronsByLabel(
+        pb.FindNeuronsByLabelRequest(label=label, page_size=100), metadata=AUTH, timeout=20
+    )
+    explicit = stub.FindNeuronsByLabel(
+        pb.FindNeuronsByLabelRequest(label=label, page_size=100, scope=pb.LABEL_SCOPE_SET),
+        metadata=AUTH,
+        timeout=20,
+    )
+    assert [h.key for h in plain.results] == [h.key for h in explicit.results]
+    code, fields, _ = call_fails(
+        stub.FindNeuronsByLabel, pb.FindNeuronsByLabelRequest(label=label, scope=99)
+    )
+    assert code is grpc.StatusCode.INVALID_ARGUMENT and fields == ["scope"]
+
+
+def test_cli_match_option(server, home: Path) -> None:
+    from click.testing import CliRunner
+
+    from neuronatlas.cli import cli
+
+    runner = CliRunner()
+    env = {"NEURONATLAS_SERVER": server.address, "NEURONATLAS_TOKEN": READ_TOKEN}
+    label = server.atlas.store.get_neuron("resnet20", "layer2.0.conv2", 1).labels["broden"][0]
+    counts = {}
+    for match in ("top1", "set", "top5"):
+        out = runner.invoke(
+            cli,
+            ["labels", "find", label.label, "--match", match, "--limit", "1000", "--json"],
+            env=env,
+        )
+        assert out.exit_code == 0, out.output
+        counts[match] = len(json.loads(out.output))
+        searched = runner.invoke(
+            cli,
+            ["search", "dog", "--label", label.label, "--match", match, "--top-k", "999", "--json"],
+            env=env,
+        )
+        assert searched.exit_code == 0, searched.output
+        assert len(json.loads(searched.output)) == counts[match]
+    assert 1 <= counts["top1"] <= counts["set"] <= counts["top5"]
+    default = runner.invoke(
+        cli, ["labels", "find", label.label, "--limit", "1000", "--json"], env=env
+    )
+    assert len(json.loads(default.output)) == counts["set"]
+    bad = runner.invoke(cli, ["search", "dog", "--match", "top1"], env=env)  # no --label
+    assert bad.exit_code != 0
 
 
 # -- CLI against the server ------------------------------------------------------------------------

@@ -44,21 +44,89 @@ def test_page_size_follows_aip158() -> None:
 
 
 def test_page_token_round_trip_and_binding() -> None:
+    pages = paging.PageTokens.random()
     req = pb.SearchNeuronsRequest(text="dog", top_k=50, page_size=10)
-    token = paging.encode_token(req, 30)
-    assert token and token.isascii() and "=" not in token
+    token = pages.encode(req, 30)
+    assert token and token.isascii() and "=" not in token and len(token) == paging.TOKEN_CHARS
     req.page_token = token
     req.page_size = 25  # page size may change between pages
-    assert paging.decode_token(req) == 30
+    assert pages.decode(req) == 30
     other = pb.SearchNeuronsRequest(text="cat", top_k=50, page_token=token)
-    with pytest.raises(E.InvalidArgument, match="different request"):
-        paging.decode_token(other)
-    assert paging.encode_token(req, None) == ""
-    assert paging.decode_token(pb.SearchNeuronsRequest(text="dog")) == 0
-    for bad in ("%%%", "bm90IGpzb24", paging.encode_token(pb.ListModelsRequest(), 5)):
+    with pytest.raises(E.InvalidArgument, match="not issued for this request"):
+        pages.decode(other)
+    assert pages.encode(req, None) == ""
+    assert pages.decode(pb.SearchNeuronsRequest(text="dog")) == 0
+    # another server's key, another method, garbage, a valid token cut short or grown
+    foreign = paging.PageTokens.random().encode(req, 30)
+    for bad in (
+        "%%%",
+        "bm90IGpzb24",
+        foreign,
+        pages.encode(pb.ListModelsRequest(), 30),
+        token[:-1],
+        token + "A",
+        token[:-2] + ("AA" if token[-2:] != "AA" else "BB"),
+        "eyJvIjogMWUzMDAsICJmIjogIngifQ",  # the old JSON format
+    ):
         with pytest.raises(E.InvalidArgument) as e:
-            paging.decode_token(pb.SearchNeuronsRequest(text="dog", page_token=bad))
+            pages.decode(pb.SearchNeuronsRequest(text="dog", page_token=bad))
         assert e.value.field == "page_token"
+
+
+def test_page_token_keys(tmp_path) -> None:
+    req = pb.ListModelsRequest()
+    # a shared secret: two replicas accept each other's tokens
+    a = paging.PageTokens.load("a-shared-secret-0123", env={})
+    b = paging.PageTokens.load(env={paging.KEY_ENV: "a-shared-secret-0123"})
+    assert b.offset_of(req, a.encode(req, 7)) == 7
+    with pytest.raises(E.InvalidArgument) as e:
+        paging.PageTokens.load(env={paging.KEY_ENV: "short"})
+    assert e.value.field == "page_token_key"
+    # the key kept in the home survives a restart and is private
+    home = tmp_path / "home"
+    first = paging.PageTokens.load(home=home, env={})
+    again = paging.PageTokens.load(home=home, env={})
+    assert first.source == "home" and again.offset_of(req, first.encode(req, 3)) == 3
+    key_file = home / "page_token.key"
+    assert key_file.stat().st_mode & 0o077 == 0
+    key_file.write_text("not hex\n")  # a damaged key file is replaced
+    fresh = paging.PageTokens.load(home=home, env={})
+    assert len(bytes.fromhex(key_file.read_text().strip())) == 32
+    with pytest.raises(E.InvalidArgument):
+        fresh.offset_of(req, first.encode(req, 3))
+    # no usable home: a key for this process
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    assert paging.PageTokens.load(home=blocker / "home", env={}).source == "process"
+    assert repr(first) == "PageTokens(source='home')"  # never the key
+
+
+def test_public_status_messages_and_details() -> None:
+    from google.rpc import error_details_pb2
+
+    from neuronatlas.service.errors import MAX_MESSAGE_BYTES, public_message
+
+    leaky = "cannot identify image file <_io.BytesIO object at 0x7f3a2b1c>"
+    assert public_message(leaky) == "cannot identify image file an object"
+    assert public_message("no sketch (expected /srv/na/home/sketches/m/gen0.npz)") == (
+        "no sketch (expected …/gen0.npz)"
+    )
+    assert public_message("no neuron resnet20/layer1.0.conv1/3") == (
+        "no neuron resnet20/layer1.0.conv1/3"
+    )
+    huge = public_message("é" * 10_000)
+    assert len(huge.encode()) <= MAX_MESSAGE_BYTES and huge.endswith("…")
+    status = to_rpc_status(
+        E.NotFound("unknown model 'm'", resource_type="model", resource_name="m")
+    )
+    proto = status_pb2.Status.FromString(dict(status.trailing_metadata)["grpc-status-details-bin"])
+    info = error_details_pb2.ResourceInfo()
+    assert proto.details[1].Unpack(info) and (info.resource_type, info.resource_name) == (
+        "model",
+        "m",
+    )
+    long = to_rpc_status(E.InvalidArgument("x" * 100_000, field="f" * 1000))
+    assert len(dict(long.trailing_metadata)["grpc-status-details-bin"]) <= 2048
 
 
 # -- auth ------------------------------------------------------------------------------------------
@@ -105,6 +173,7 @@ def test_missing_tokens_file(tmp_path) -> None:
 def test_required_scopes() -> None:
     assert required_scope("/neuronatlas.v1.NeuronAtlasService/SearchNeurons") == READ
     assert required_scope("/neuronatlas.v1.NeuronAtlasService/DeleteModel") == ADMIN
+    assert required_scope("/neuronatlas.v1.NeuronAtlasService/VerifyStore") == ADMIN
     assert required_scope("/grpc.health.v1.Health/Check") is None
     assert required_scope("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo") is None
     assert required_scope("/some.Other/Method") == READ

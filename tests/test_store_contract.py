@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import ALPHA, BETA, DIM, INFO, entry, make_records, unit_rows
+from helpers import ALPHA, BETA, DIM, INFO, LABELS, entry, make_records, unit_rows
 from qdrant_client import QdrantClient
 
 from neuronatlas.core.errors import (
@@ -19,8 +19,14 @@ from neuronatlas.core.errors import (
     NotFound,
     NotIndexed,
 )
-from neuronatlas.core.records import EmbedderInfo, ModelStatus, NeuronRecord, neuron_point_id
-from neuronatlas.core.store import KnowledgeStore, SearchFilter
+from neuronatlas.core.records import (
+    EmbedderInfo,
+    Label,
+    ModelStatus,
+    NeuronRecord,
+    neuron_point_id,
+)
+from neuronatlas.core.store import KnowledgeStore, LabelScope, SearchFilter
 from neuronatlas.core.store.edge import EdgeStore
 from neuronatlas.core.store.remote import RemoteStore
 
@@ -203,8 +209,13 @@ def test_search_filters(store: KnowledgeStore):
     assert set(shallow) == {r.key for r in recs if r.depth <= 0.6}
     clear = keys(SearchFilter(min_clarity=0.7))
     assert set(clear) == {r.key for r in recs if r.clarity >= 0.7}
-    cats = keys(SearchFilter(label="cat"))
-    assert set(cats) == {r.key for r in recs if any(l.label == "cat" for l in r.labels["vocab"])}
+    cats = keys(SearchFilter(label="cat"))  # default scope: the adaptive label set
+    assert cats and set(cats) == {r.key for r in recs if "cat" in r.label_set}
+    top5 = keys(SearchFilter(label="cat", label_scope=LabelScope.TOP5))
+    assert set(top5) == {r.key for r in recs if any(l.label == "cat" for l in r.labels["vocab"])}
+    assert set(cats) < set(top5)
+    top1 = keys(SearchFilter(label="cat", label_scope=LabelScope.TOP1))
+    assert set(top1) == {r.key for r in recs if r.top_label and r.top_label.label == "cat"}
     combo = keys(SearchFilter(model_ids=("alpha",), layers=("conv1",), min_clarity=0.5))
     assert set(combo) == {
         r.key for r in recs if r.model_id == "alpha" and r.layer == "conv1" and r.clarity >= 0.5
@@ -283,9 +294,11 @@ def test_search_per_model_drops_models_without_hits(store: KnowledgeStore):
 
 
 # -- label lookups -------------------------------------------------------------------------------
-def label_scores(label_pred) -> list[tuple[str, float]]:
+def label_scores(label_pred, scope: LabelScope = LabelScope.TOP5) -> list[tuple[str, float]]:
     out = []
     for r in all_records():
+        if scope == LabelScope.SET and not any(label_pred(l) for l in r.label_set):
+            continue
         s = [l.score for l in r.labels["vocab"] if label_pred(l.label)]
         if s:
             out.append((r.key, max(s)))
@@ -294,22 +307,82 @@ def label_scores(label_pred) -> list[tuple[str, float]]:
     )
 
 
-def test_find_by_label_exact(store: KnowledgeStore):
-    want = label_scores(lambda l: l == "cat")
-    hits = store.find_by_label("cat", limit=50)
+@pytest.mark.parametrize("scope", [LabelScope.SET, LabelScope.TOP5])
+def test_find_by_label_exact(store: KnowledgeStore, scope: LabelScope):
+    want = label_scores(lambda l: l == "cat", scope)
+    hits = store.find_by_label("cat", limit=50, scope=scope)
     assert [(h.record.key, round(h.score, 5)) for h in hits] == [(k, round(s, 5)) for k, s in want]
-    page = store.find_by_label("cat", limit=2, offset=1)
+    page = store.find_by_label("cat", limit=2, offset=1, scope=scope)
     assert [h.record.key for h in page] == [k for k, _ in want[1:3]]
-    assert store.find_by_label("do") == []  # exact: no neuron carries the label "do"
+    assert store.find_by_label("do", scope=scope) == []  # exact: nobody carries "do"
     assert hits[0].record.top_samples and hits[0].record.labels
 
 
-def test_find_by_label_prefix(store: KnowledgeStore):
-    want = label_scores(lambda l: l.startswith("dog"))
-    hits = store.find_by_label("dog", prefix=True, limit=50)
+@pytest.mark.parametrize("scope", [LabelScope.SET, LabelScope.TOP5])
+def test_find_by_label_prefix(store: KnowledgeStore, scope: LabelScope):
+    want = label_scores(lambda l: l.startswith("dog"), scope)
+    hits = store.find_by_label("dog", prefix=True, limit=50, scope=scope)
     assert [h.record.key for h in hits] == [k for k, _ in want]
     assert hits[0].score == pytest.approx(want[0][1])
-    assert store.find_by_label("zebra", prefix=True) == []
+    assert store.find_by_label("zebra", prefix=True, scope=scope) == []
+
+
+def test_find_by_label_default_scope_is_the_label_set(store: KnowledgeStore):
+    default = [h.record.key for h in store.find_by_label("cat", limit=50)]
+    assert default == [h.record.key for h in store.find_by_label("cat", limit=50, scope="set")]
+    assert len(default) < len(store.find_by_label("cat", limit=50, scope=LabelScope.TOP5))
+    with pytest.raises(InvalidArgument):
+        store.find_by_label("cat", scope="top3")
+
+
+def _labelled(unit: int, labels: dict[str, list[tuple[str, float]]], label_set: list[str]):
+    rec = make_records("lab", {"conv1": 1}, seed=unit, labels=None)[0]
+    rec.unit = unit
+    rec.labels = {v: [Label(n, s) for n, s in ls] for v, ls in labels.items()}
+    rec.label_set = label_set
+    return rec
+
+
+def test_label_scopes(empty: KnowledgeStore):
+    """top1 (best label over all vocabularies) < set (adaptive set) < top5 (any top label)."""
+    recs = [
+        # two near-equal best labels: both in the set, cat is top-1
+        _labelled(0, {"v": [("cat", 0.30), ("dog", 0.29), ("car", 0.10)]}, ["cat", "dog"]),
+        _labelled(1, {"v": [("dog", 0.40), ("cat", 0.20)]}, ["dog"]),  # cat only in the top 5
+        _labelled(2, {"v": [("car", 0.30), ("tree", 0.10), ("cat", 0.05)]}, ["car"]),
+        # a second vocabulary's best label wins top-1
+        _labelled(3, {"v": [("car", 0.20)], "w": [("cat", 0.50)]}, ["cat"]),
+        _labelled(4, {}, []),  # unlabelled
+    ]
+    empty.bind_embedder(INFO)
+    empty.upsert_neurons(recs)
+    empty.put_model(entry("lab", layers={"conv1": 5}))
+    empty.optimize()
+
+    def found(label: str, scope: LabelScope | None, prefix: bool = False) -> list[int]:
+        hits = empty.find_by_label(label, prefix=prefix, limit=50, scope=scope or LabelScope.SET)
+        return [h.record.unit for h in hits]
+
+    def filtered(label: str, scope: LabelScope | None) -> set[int]:
+        flt = SearchFilter(label=label, label_scope=scope)
+        return {h.record.unit for h in empty.search(recs[0].vector, limit=50, flt=flt)}
+
+    assert found("cat", LabelScope.TOP1) == [3, 0]  # ranked by the label's score
+    assert found("cat", None) == [3, 0]
+    assert found("cat", LabelScope.TOP5) == [3, 0, 1, 2]
+    assert found("dog", LabelScope.TOP1) == [1]
+    assert found("dog", LabelScope.SET) == [1, 0]
+    assert found("ca", LabelScope.TOP1, prefix=True) == [3, 0, 2]  # car: unit 2's top label
+    assert found("tree", LabelScope.SET) == [] and found("tree", LabelScope.TOP5) == [2]
+    for label in ("cat", "dog", "car", "tree"):
+        for scope in LabelScope:
+            assert filtered(label, scope) == set(found(label, scope)), (label, scope)
+        assert filtered(label, None) == filtered(label, LabelScope.SET)
+    # the payload carries the fields each scope filters on
+    payload = recs[3].to_payload()
+    assert payload["top_label"] == "cat" and payload["label_set"] == ["cat"]
+    assert payload["label_all"] == ["car", "cat"]
+    assert recs[4].to_payload()["top_label"] == ""
 
 
 def test_find_by_label_filters_and_errors(store: KnowledgeStore):
@@ -398,6 +471,99 @@ def test_delete_neurons_and_model(store: KnowledgeStore):
     with pytest.raises(NotFound):
         store.search(np.ones(DIM), flt=SearchFilter(model_ids=("alpha",)))
     assert [e.model_id for e in store.list_models()] == ["beta", "gamma"]
+
+
+# -- crash safety and integrity (kill -9 tests: test_store_atomic.py) ---------------------------
+def test_interrupted_delete_is_invisible_and_finished_on_recovery(store: KnowledgeStore):
+    """A process killed after the delete's first write leaves a tombstone: the model is gone
+    for every reader at once, and recovery (run on open) deletes its neurons and the entry."""
+    from neuronatlas.core.records import model_point_id
+
+    pid = model_point_id("alpha")
+    store._m_put(pid, {**store._m_get(pid), "kind": "deleting"})  # step 1 only, then "killed"
+    store._refresh_visibility()
+    with pytest.raises(NotFound):
+        store.get_model("alpha")
+    assert [e.model_id for e in store.list_models()] == ["beta", "gamma"]
+    # (no vector search here: the remote test double renormalises the stored vectors it
+    # compares in place, 1-ulp changes that a later verify would report as changed content)
+    found = {h.record.model_id for lab in LABELS for h in store.find_by_label(lab, limit=50)}
+    assert found == {"beta"} and store.counts_by_layer().keys() == {"beta"}
+    assert store.count("alpha") == 12  # not deleted yet, but nobody sees it
+    report = store.verify()
+    assert not report.ok and "delete of model 'alpha' did not finish" in report.problems[0]
+    assert store._recover() == ["finished the interrupted delete of model 'alpha' (12 neurons)"]
+    assert store.count("alpha") == 0 and store._m_get(pid) is None and store.verify().ok
+    assert store._recover() == []
+    # re-registering the id over a tombstone finishes the old delete first
+    store._m_put(pid, {**entry("alpha").to_payload(), "kind": "deleting"})
+    store.upsert_neurons(make_records("alpha", ALPHA, seed=1))
+    store.put_model(entry("alpha", ModelStatus.REGISTERED))
+    assert store.count("alpha") == 0 and store.get_model("alpha").status == ModelStatus.REGISTERED
+
+
+def test_flip_retires_the_old_generation(store: KnowledgeStore):
+    """The flip records the old live generation; deleting it (the indexer's next step) clears
+    the mark, and recovery deletes it when the process died before."""
+    from neuronatlas.core.records import model_point_id
+
+    pid = model_point_id("alpha")
+    store.upsert_neurons(make_records("alpha", ALPHA, seed=5, generation=1))
+    store.put_model(entry("alpha", generation=1, layers=ALPHA))
+    assert store._m_get(pid)["retire"] == 0 and store.count("alpha", 0) == 12
+    seal = store._m_get(pid)["integrity"]
+    assert (seal["generation"], seal["count"]) == (1, 12)
+    assert store._recover() == [
+        "deleted generation 0 of model 'alpha' (12 neurons), left by an interrupted re-index"
+    ]
+    assert store.count("alpha", 0) == 0 and "retire" not in store._m_get(pid)
+    # the normal path: the indexer deletes the old generation itself
+    store.upsert_neurons(make_records("alpha", ALPHA, seed=6, generation=0))
+    store.put_model(entry("alpha", generation=0, layers=ALPHA))
+    assert store._m_get(pid)["retire"] == 1
+    store.delete_neurons("alpha", 1)
+    assert "retire" not in store._m_get(pid) and store._recover() == []
+    assert store._m_get(pid)["integrity"]["generation"] == 0 and store.verify().ok
+
+
+def test_verify_and_open_check_catch_changes_behind_the_store(store: KnowledgeStore):
+    from neuronatlas.core.store._common import Cond, Point
+
+    report = store.verify()
+    assert report.ok and report.points_scanned == 17
+    by_model = {m.model_id: m for m in report.models}
+    assert (by_model["alpha"].found_neurons, by_model["alpha"].expected_neurons) == (12, 12)
+    assert by_model["gamma"].found_neurons is None and by_model["gamma"].ok
+    assert store._check_on_open() == []
+    # a vector rewritten without the store's write path: counts agree, the digest does not
+    rec = make_records("alpha", ALPHA, seed=1)[0]
+    store._n_upsert([Point(rec.point_id, rec.to_payload(), list(np.roll(rec.vector, 1)))])
+    alpha = next(m for m in store.verify().models if m.model_id == "alpha")
+    assert (
+        not alpha.ok and alpha.found_neurons == 12 and alpha.found_digest != alpha.expected_digest
+    )
+    # points lost: the open-time count catches it and marks the model failed
+    store._n_delete([Cond("slot", any=("beta#0",)), Cond("unit", any=(0, 1))])
+    damaged = store._check_on_open()
+    assert len(damaged) == 1 and "should hold 5 neurons but 3 are readable" in damaged[0]
+    assert store.get_model("beta").status == ModelStatus.FAILED
+    with pytest.raises(NotIndexed):
+        store.search(np.ones(DIM), flt=SearchFilter(model_ids=("beta",)))
+    beta = next(m for m in store.verify().models if m.model_id == "beta")
+    assert not beta.ok and (beta.found_neurons, beta.expected_neurons) == (3, 5)
+    # a new index run rebuilds it: the seal is recomputed at the flip
+    store.put_model(entry("beta", ModelStatus.INDEXING))
+    store.delete_neurons("beta")
+    store.upsert_neurons(make_records("beta", BETA, seed=2))
+    store.put_model(entry("beta", layers=BETA))
+    assert next(m for m in store.verify().models if m.model_id == "beta").ok
+
+
+def test_writing_into_a_live_generation_reseals_it(store: KnowledgeStore):
+    store.upsert_neurons(make_records("alpha", {"conv1": 6, "extra": 3}, seed=8))
+    assert store._check_on_open() == [] and store.verify().ok
+    store.delete_neurons("alpha", 0)
+    assert store._check_on_open() == [] and store.verify().ok
 
 
 # -- catalogue ------------------------------------------------------------------------------------

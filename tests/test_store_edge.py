@@ -240,3 +240,27 @@ def test_open_store_from_settings(home: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("NEURONATLAS_URL", ":memory:")
     with open_store(load_settings()) as s:
         assert isinstance(s, RemoteStore) and s.embedder is None
+
+
+def test_store_of_an_older_version_gets_the_label_scope_indexes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """A neuron shard created before ``label_set`` / ``top_label`` were indexed gets them on
+    open: prefix label lookups facet on them, which needs an index."""
+    import neuronatlas.core.store.edge as edge_mod
+    from neuronatlas.core.store import LabelScope
+
+    keyword_fields = edge_mod.KEYWORD_FIELDS
+    monkeypatch.setattr(edge_mod, "KEYWORD_FIELDS", ("kind", "model_id", "slot", "layer"))
+    recs = make_records("alpha", ALPHA, seed=1)
+    with EdgeStore(tmp_path / "st") as s:
+        s.bind_embedder(INFO)
+        s.upsert_neurons(recs)
+        s.put_model(entry("alpha", layers=ALPHA))
+        assert "label_set" not in s._neurons.info().payload_schema
+    monkeypatch.setattr(edge_mod, "KEYWORD_FIELDS", keyword_fields)
+    with EdgeStore(tmp_path / "st") as s:
+        assert set(keyword_fields) <= set(s._neurons.info().payload_schema)
+        for scope in LabelScope:
+            hits = s.find_by_label("ca", prefix=True, limit=50, scope=scope)
+            assert hits and all(h.record.key in {r.key for r in recs} for h in hits)

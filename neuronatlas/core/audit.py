@@ -33,7 +33,7 @@ from neuronatlas.core.embedder.base import Embedder
 from neuronatlas.core.errors import EmbedderMismatch, InvalidArgument, NotIndexed
 from neuronatlas.core.labels import LabelScorer
 from neuronatlas.core.store.base import KnowledgeStore
-from neuronatlas.core.validate import check_embedder
+from neuronatlas.core.validate import check_embedder, shown
 
 NULL_QUANTILE = 0.99
 
@@ -111,7 +111,10 @@ def audit_model(
         raise InvalidArgument("give at least one valid or spurious concept", field="valid")
     both = set(valid) & set(spurious)
     if both:
-        raise InvalidArgument(f"concepts both valid and spurious: {sorted(both)}", field="spurious")
+        raise InvalidArgument(
+            f"concepts both valid and spurious: {shown(', '.join(sorted(both)), 200)}",
+            field="spurious",
+        )
     entry = indexed_entry(store, model)
     info = embedder.info
     check_embedder(store.embedder, info)

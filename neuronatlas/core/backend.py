@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from neuronatlas.core import validate as V
 from neuronatlas.core.records import ModelEntry, NeuronRecord
-from neuronatlas.core.store.base import Hit, SearchFilter
+from neuronatlas.core.store.base import Hit, LabelScope, SearchFilter
+from neuronatlas.core.store.integrity import StoreReport
 
 if TYPE_CHECKING:
     from neuronatlas.core.audit import Audit
@@ -31,7 +32,8 @@ if TYPE_CHECKING:
 
 @runtime_checkable
 class QueryBackend(Protocol):
-    """The NeuronAtlas read API (plus ``delete_model``). See the module docstring."""
+    """The NeuronAtlas read API (plus the admin calls ``delete_model`` and ``verify_store``).
+    See the module docstring."""
 
     def search_neurons(
         self,
@@ -68,7 +70,10 @@ class QueryBackend(Protocol):
         flt: SearchFilter | None = None,
         offset: int = 0,
         limit: int = 20,
-    ) -> Page[Hit]: ...
+        scope: LabelScope | str = LabelScope.SET,
+    ) -> Page[Hit]:
+        """Neurons carrying ``label`` in ``scope`` (the adaptive label set by default)."""
+        ...
 
     def list_models(self, *, offset: int = 0, limit: int = 50) -> Page[ModelEntry]: ...
 
@@ -77,6 +82,10 @@ class QueryBackend(Protocol):
     def delete_model(self, model_id: str) -> int: ...
 
     def stats(self) -> StoreStats: ...
+
+    def verify_store(self) -> StoreReport:
+        """The full integrity check (admin on a server): see ``KnowledgeStore.verify``."""
+        ...
 
     def compare_models(
         self,

@@ -39,7 +39,9 @@ class Home:
     <root>/cache/labels/                    prompt embeddings of label vocabularies
     <root>/cache/compare/<a>__<b>/          cached model comparisons
     <root>/runs/<model_id>/                 checkpoints of an unfinished indexing run
+    <root>/artifacts/<sha256>[.json|.d/]    uploaded files (content-addressed), unpacked archives
     <root>/sketches/<model_id>/gen<N>.npz   activation sketches
+    <root>/page_token.key                   the server's page-token key (unless set)
     """
 
     root: Path
@@ -88,6 +90,10 @@ class Home:
     def runs(self) -> Path:
         return self.root / "runs"
 
+    @property
+    def artifacts(self) -> Path:
+        return self.root / "artifacts"
+
     def run_dir(self, model_id: str) -> Path:
         return self.runs / model_id
 
@@ -97,6 +103,10 @@ class Home:
 
     def sketch_dir(self, model_id: str) -> Path:
         return self.sketches / model_id
+
+    @property
+    def page_token_key(self) -> Path:
+        return self.root / "page_token.key"
 
 
 HomeLike = Home | str | os.PathLike[str]
@@ -116,6 +126,9 @@ class Settings:
     replication_factor: int = 1
     embedder: str = "open_clip:ViT-B-32:openai"  # spec, see neuronatlas.core.embedder
     device: str = "auto"
+    # secret the server derives its page-token key from (share it between replicas); unset:
+    # a key kept in <home>/page_token.key (neuronatlas.service.paging)
+    page_token_key: str = ""
 
     @property
     def paths(self) -> Home:
@@ -132,8 +145,9 @@ class Settings:
 
     def redacted(self) -> dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in fields(self)}
-        if d["api_key"]:
-            d["api_key"] = "***"
+        for secret in ("api_key", "page_token_key"):
+            if d[secret]:
+                d[secret] = "***"
         return d
 
 

@@ -39,10 +39,19 @@ class InvalidArgument(NeuronAtlasError, ValueError):
 
 
 class NotFound(NeuronAtlasError, LookupError):
-    """A model, neuron, probe set or file that was asked for does not exist."""
+    """A model, neuron, probe set or file that was asked for does not exist.
+
+    ``resource_type`` / ``resource_name`` say which (e.g. "model", "resnet20"); the service
+    reports them in a ``google.rpc.ResourceInfo``.
+    """
 
     code = "NOT_FOUND"
     reason = "NOT_FOUND"
+
+    def __init__(self, message: str, *, resource_type: str = "", resource_name: str = ""):
+        super().__init__(message)
+        self.resource_type = resource_type
+        self.resource_name = resource_name
 
 
 class AlreadyExists(NeuronAtlasError):

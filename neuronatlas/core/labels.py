@@ -6,8 +6,20 @@ The baseline removes what all prompts share ("a photo of"), so scores of differe
 vocabularies are comparable and a score <= 0 means "no better than no label". A prompt
 embedding is the mean over templates of the normalised text embeddings, re-normalised.
 
+A score is a difference of two cosines, not a cosine or a probability. With unit ``x``,
+``l = prompt(label)`` and ``n = prompt("")`` it is ``x . (l - n) <= |l - n| =
+sqrt(2 - 2 cos(l, n))`` (equality for ``x`` along ``l - n``), so it can exceed 1 exactly for
+labels whose prompt is more than 60 degrees from the empty prompt (``cos(l, n) < 1/2``) and a
+vector pointing towards the label and away from the empty prompt. A good CLIP puts
+"a photo of a cat." close to "a photo of a.", which keeps scores small; a weak or random
+text tower allows more (the tests' random ``na-tiny``: ``cos(l, n)`` down to 0.26 on Broden,
+so 5 of its 1,153 labels can score above 1, at most 1.22). Compare scores with each other,
+not with 1.
+
 The adaptive label set of a vector keeps every label scoring >= beta * best (best > 0), as in
-MAMMI: one label for a clear neuron, several for a neuron whose best labels are close.
+MAMMI: one label for a clear neuron, several for a neuron whose best labels are close. Label
+filters and lookups match this set by default (``LabelScope`` in ``core/store/base.py``:
+``top1`` = the best label, ``set``, ``top5`` = any vocabulary's top labels).
 """
 
 from __future__ import annotations

@@ -11,7 +11,6 @@ records. Nothing here knows about gRPC.
 
 from __future__ import annotations
 
-import io
 import sys
 import threading
 from collections import OrderedDict
@@ -25,7 +24,7 @@ from neuronatlas.core import validate as V
 from neuronatlas.core.config import Home, HomeLike
 from neuronatlas.core.embedder.base import Embedder
 from neuronatlas.core.embedder.text_cache import TextCache
-from neuronatlas.core.errors import FailedPrecondition, InvalidArgument, NotIndexed
+from neuronatlas.core.errors import FailedPrecondition, NotIndexed
 from neuronatlas.core.records import (
     EmbedderInfo,
     Label,
@@ -34,7 +33,8 @@ from neuronatlas.core.records import (
     NeuronRecord,
     check_vectors,
 )
-from neuronatlas.core.store.base import Hit, KnowledgeStore, SearchFilter
+from neuronatlas.core.store.base import Hit, KnowledgeStore, LabelScope, SearchFilter
+from neuronatlas.core.store.integrity import StoreReport
 
 if TYPE_CHECKING:
     from neuronatlas.core.audit import Audit
@@ -228,16 +228,7 @@ class Atlas:
         return row
 
     def embed_image(self, data: bytes) -> np.ndarray:
-        from PIL import Image, UnidentifiedImageError
-
-        try:
-            with Image.open(io.BytesIO(data)) as img:
-                V.check_image_size(img.width, img.height)
-                rgb = img.convert("RGB")
-        except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as e:
-            raise InvalidArgument(
-                f"image bytes are not a readable image ({e})", field="image"
-            ) from None
+        rgb = V.decode_image(data)  # formats, pixel count and damage checked there
         return np.asarray(self.embedder().encode_images([rgb])[0], dtype=np.float32)
 
     def scorer(self, labels: tuple[str, ...]) -> LabelScorer:
@@ -358,13 +349,17 @@ class Atlas:
         flt: SearchFilter | None = None,
         offset: int = 0,
         limit: int = 20,
+        scope: LabelScope | str = LabelScope.SET,
     ) -> Page[Hit]:
-        """Neurons carrying ``label`` (exact or prefix), ranked by the label's score."""
+        """Neurons carrying ``label`` (exact or prefix) in ``scope`` (their adaptive label set
+        by default; ``top1``: their best label; ``top5``: any vocabulary's top labels),
+        ranked by the label's score."""
         V.check_label_lookup(label, flt)
+        scope = V.check_label_scope(scope)
         V.check_page(offset, limit)
         flt = V.check_filter(flt)
         hits = self.store.find_by_label(
-            label, prefix=prefix, limit=limit + 1, offset=offset, flt=flt
+            label, prefix=prefix, limit=limit + 1, offset=offset, flt=flt, scope=scope
         )
         return Page(hits[:limit], offset + limit if len(hits) > limit else None)
 
@@ -380,12 +375,15 @@ class Atlas:
         return self.store.get_model(model_id)
 
     def delete_model(self, model_id: str) -> int:
-        """Remove a model and its neurons; returns how many neuron records went with it."""
+        """Remove a model and its neurons; returns how many neuron records went with it.
+        Atomic (``KnowledgeStore.delete_model``): readers never see it half deleted."""
         V.check_model_id(model_id)
-        self.store.get_model(model_id)
-        n = self.store.count(model_id)
-        self.store.delete_model(model_id)
-        return n
+        return self.store.delete_model(model_id)
+
+    def verify_store(self) -> StoreReport:
+        """The full integrity check of the store (admin): every point read back, counts and
+        content digests per model against what was recorded at indexing time."""
+        return self.store.verify()
 
     def stats(self) -> StoreStats:
         """Live neuron counts per model and layer, the store size and its embedder."""

@@ -6,7 +6,6 @@ service's protobuf conversion) work from one definition. Vectors stay numpy floa
 
 from __future__ import annotations
 
-import math
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
@@ -40,18 +39,24 @@ def neuron_key(model_id: str, layer: str, unit: int) -> str:
 
 def parse_neuron_key(key: str) -> tuple[str, str, int]:
     """Inverse of :func:`neuron_key`. Model ids may not contain '/', layer names may."""
+    from neuronatlas.core.validate import shown  # validate imports this module
+
     parts = key.split("/")
     if len(parts) < 3:
-        raise InvalidArgument(f"neuron reference {key!r} is not MODEL/LAYER/UNIT", field="neuron")
+        raise InvalidArgument(
+            f"neuron reference {shown(key)} is not MODEL/LAYER/UNIT", field="neuron"
+        )
     model_id, layer, unit_s = parts[0], "/".join(parts[1:-1]), parts[-1]
     try:
         unit = int(unit_s)
     except ValueError:
         raise InvalidArgument(
-            f"unit {unit_s!r} in {key!r} is not an integer", field="neuron"
+            f"unit {shown(unit_s)} in {shown(key)} is not an integer", field="neuron"
         ) from None
     if unit < 0 or not model_id or not layer:
-        raise InvalidArgument(f"neuron reference {key!r} is not MODEL/LAYER/UNIT", field="neuron")
+        raise InvalidArgument(
+            f"neuron reference {shown(key)} is not MODEL/LAYER/UNIT", field="neuron"
+        )
     return model_id, layer, unit
 
 
@@ -59,11 +64,14 @@ def validate_model_id(model_id: str) -> str:
     """Model ids are short slugs: letters, digits, '-', '_', '.'; no '/'."""
     import re
 
+    from neuronatlas.core.validate import shown  # validate imports this module
+
     if not isinstance(model_id, str) or not re.fullmatch(
         r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}", model_id
     ):
         raise InvalidArgument(
-            f"model id {model_id!r} must be 1-128 characters of letters, digits, '.', '_' or '-'",
+            f"model id {shown(model_id)} must be 1-128 characters of letters, digits, '.', '_' "
+            "or '-'",
             field="model_id",
         )
     return model_id
@@ -119,10 +127,11 @@ class NeuronRecord:
     labels: dict[str, list[Label]] = field(default_factory=dict)  # vocabulary -> top labels
     label_set: list[str] = field(default_factory=list)  # adaptive multi-label set, all vocabs
     clarity: float = 0.0
-    polysemanticity: float = 0.0
+    polysemanticity: float = 0.0  # minority share x centre distance (core/scores.py)
     redundancy: float = 0.0
     stats: dict[str, float] = field(default_factory=dict)  # mean, std, max, min, frac_active
     generation: int = 0
+    polysemanticity_sl: float = 0.0  # SemanticLens' 1 - cos of the 2-means centres
 
     @property
     def key(self) -> str:
@@ -166,6 +175,7 @@ class NeuronRecord:
             "top_label_score": float(top.score) if top else 0.0,
             "clarity": float(self.clarity),
             "polysemanticity": float(self.polysemanticity),
+            "polysemanticity_sl": float(self.polysemanticity_sl),
             "redundancy": float(self.redundancy),
             "stats": {k: float(v) for k, v in self.stats.items()},
         }
@@ -193,6 +203,7 @@ class NeuronRecord:
             label_set=list(payload.get("label_set", [])),
             clarity=float(payload.get("clarity", 0.0)),
             polysemanticity=float(payload.get("polysemanticity", 0.0)),
+            polysemanticity_sl=float(payload.get("polysemanticity_sl", 0.0)),
             redundancy=float(payload.get("redundancy", 0.0)),
             stats={k: float(v) for k, v in payload.get("stats", {}).items()},
             generation=int(payload.get("generation", 0)),
@@ -247,6 +258,13 @@ class ModelEntry:
     tags: list[str] = field(default_factory=list)
     notes: str = ""
     extra: dict[str, Any] = field(default_factory=dict)  # free-form (index options, timings...)
+    # The effective input transform (indexer/transforms.py ``TransformSpec.to_dict``): resize,
+    # crop, mean, std, interpolation, input_size [H, W], description. Empty: not recorded.
+    transform: dict[str, Any] = field(default_factory=dict)
+    # The model's top-1 accuracy on its probe set, measured while indexing
+    # (indexer/accuracy.py): accuracy, chance, images, correct, classes, mapping, warning (set
+    # when the accuracy is near chance). Empty: not measured (extra["index"] says why).
+    probe_accuracy: dict[str, Any] = field(default_factory=dict)
 
     @property
     def neuron_count(self) -> int:
@@ -281,7 +299,12 @@ def check_vectors(vectors: np.ndarray, dim: int, what: str = "vector") -> np.nda
         raise InvalidArgument(f"empty {what} batch", field=what)
     if not np.isfinite(arr).all():
         raise InvalidArgument(f"{what} contains NaN or infinite values", field=what)
-    norms = np.linalg.norm(arr, axis=1)
-    if (norms == 0).any() or not all(math.isfinite(float(n)) for n in norms[:1]):
+    with np.errstate(over="ignore"):
+        norms = np.linalg.norm(arr, axis=1)
+    if (norms == 0).any():
         raise InvalidArgument(f"{what} has zero norm", field=what)
+    if not np.isfinite(norms).all():
+        raise InvalidArgument(
+            f"{what} is too large to normalise (its norm overflows float32)", field=what
+        )
     return arr

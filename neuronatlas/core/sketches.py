@@ -110,7 +110,9 @@ def load_sketch(home: HomeLike, model_id: str, generation: int) -> Sketch:
     if not path.exists():
         raise NotFound(
             f"no activation sketch for model {model_id!r} generation {generation} "
-            f"(expected {path}); re-index the model to create it"
+            f"(expected {path}); re-index the model to create it",
+            resource_type="activation sketch",
+            resource_name=f"{model_id}/gen{generation}",
         )
     try:
         with np.load(path, allow_pickle=False) as z:

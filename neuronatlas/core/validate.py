@@ -12,12 +12,17 @@ Limits are documented in ``protos/neuronatlas/v1/neuronatlas.proto``.
 
 from __future__ import annotations
 
+import io
 import math
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from neuronatlas.core.errors import EmbedderMismatch, InvalidArgument
 from neuronatlas.core.records import EmbedderInfo, validate_model_id
-from neuronatlas.core.store.base import SearchFilter
+from neuronatlas.core.store.base import LabelScope, SearchFilter
+
+if TYPE_CHECKING:
+    from PIL.Image import Image as PILImage
 
 MAX_TOP_K = 1000
 DEFAULT_TOP_K = 10
@@ -25,13 +30,37 @@ MAX_PER_MODEL = 100
 MAX_TEXT_CHARS = 1000
 MAX_IMAGE_BYTES = 4 * 1024 * 1024
 MAX_IMAGE_PIXELS = 4096 * 4096
-MAX_CUSTOM_LABELS = 2000
+# Query image formats: decoded in-process by Pillow. Others (EPS shells out to Ghostscript, and
+# many rarely used decoders) are refused.
+IMAGE_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF")
+MAX_CUSTOM_LABELS = 64  # DescribeNeuron: each new label costs text-encoder calls
 MAX_LABEL_CHARS = 200
 MAX_LAYER_CHARS = 256
 MAX_TOP_N = 100
 DEFAULT_TOP_N = 5
 MAX_FILTER_ITEMS = 1000
 MAX_AUDIT_CONCEPTS = 100
+
+
+SHOWN_CHARS = 80  # characters of a caller's value that an error message echoes
+
+
+# -- echoing input -----------------------------------------------------------------------------
+def shown(value: object, limit: int = SHOWN_CHARS) -> str:
+    """``value`` as an error message may echo it: quoted (``repr``), at most about ``limit``
+    characters of it, and its length when it was cut — never an object's repr with its address.
+    A 4,000-character model id must not make the refusal larger than gRPC's trailer limit."""
+    if isinstance(value, str | bytes):
+        text = repr(value[:limit])
+        if len(value) <= limit and len(text) <= limit + 3:
+            return text
+        unit = "characters" if isinstance(value, str) else "bytes"
+        # escapes (\x00, \u2028) make a repr longer than its value: cut the repr too
+        return f"{text[: limit + 1]}…{text[-1]} ({len(value)} {unit})"
+    if value is None or isinstance(value, bool | int | float):
+        text = repr(value)
+        return text if len(text) <= limit else f"{text[:limit]}… ({len(text)} digits)"
+    return f"a {type(value).__name__}"
 
 
 # -- names -------------------------------------------------------------------------------------
@@ -53,7 +82,7 @@ def check_ref(model_id: str, layer: str, unit: int, field: str = "neuron") -> No
     check_model_id(model_id, f"{field}.model_id")
     check_layer(layer, f"{field}.layer")
     if int(unit) < 0:
-        raise InvalidArgument(f"unit must be >= 0, not {unit}", field=f"{field}.unit")
+        raise InvalidArgument(f"unit must be >= 0, not {shown(unit)}", field=f"{field}.unit")
 
 
 def check_label(label: str, field: str = "label") -> str:
@@ -65,19 +94,36 @@ def check_label(label: str, field: str = "label") -> str:
 
 
 def check_label_lookup(label: str, flt: SearchFilter | None) -> str:
-    """The label of a label lookup; the lookup's filter may not name a label of its own."""
+    """The label of a label lookup; the lookup's filter may not name a label (or a label
+    scope: the lookup has its own) of its own."""
     check_label(label, "label")
     if flt is not None and flt.label is not None:
         raise InvalidArgument(
             "filter.label cannot be combined with a label lookup", field="filter.label"
         )
+    if flt is not None and flt.label_scope is not None:
+        raise InvalidArgument(
+            "filter.label_scope cannot be combined with a label lookup; use the lookup's scope",
+            field="filter.label_scope",
+        )
     return label
+
+
+def check_label_scope(scope: LabelScope | str, field: str = "scope") -> LabelScope:
+    """A label scope: a ``LabelScope`` or its name (top1, set, top5)."""
+    try:
+        return LabelScope(scope)
+    except ValueError:
+        names = ", ".join(s.value for s in LabelScope)
+        raise InvalidArgument(
+            f"label scope must be one of {names}, not {shown(scope)}", field=field
+        ) from None
 
 
 def check_labels(labels: Sequence[str], field: str = "labels") -> tuple[str, ...]:
     """A custom label list (may be empty)."""
     if len(labels) > MAX_CUSTOM_LABELS:
-        raise InvalidArgument(f"at most {MAX_CUSTOM_LABELS} labels", field=field)
+        raise InvalidArgument(f"at most {MAX_CUSTOM_LABELS} labels, not {len(labels)}", field=field)
     for i, lab in enumerate(labels):
         check_label(lab, f"{field}[{i}]")
     return tuple(labels)
@@ -86,20 +132,22 @@ def check_labels(labels: Sequence[str], field: str = "labels") -> tuple[str, ...
 # -- numbers -----------------------------------------------------------------------------------
 def check_range(value: int, low: int, high: int, field: str) -> int:
     if not low <= value <= high:
-        raise InvalidArgument(f"{field} must be in {low}..{high}, not {value}", field=field)
+        raise InvalidArgument(f"{field} must be in {low}..{high}, not {shown(value)}", field=field)
     return value
 
 
 def check_page(offset: int, limit: int, *, limit_field: str = "limit") -> None:
     if int(limit) < 1:
-        raise InvalidArgument(f"{limit_field} must be positive, not {limit}", field=limit_field)
+        raise InvalidArgument(
+            f"{limit_field} must be positive, not {shown(limit)}", field=limit_field
+        )
     if int(offset) < 0:
-        raise InvalidArgument(f"offset must be >= 0, not {offset}", field="offset")
+        raise InvalidArgument(f"offset must be >= 0, not {shown(offset)}", field="offset")
 
 
 def _finite(value: float, field: str) -> float:
     if not math.isfinite(float(value)):
-        raise InvalidArgument(f"{field} must be a finite number, not {value}", field=field)
+        raise InvalidArgument(f"{field} must be a finite number, not {shown(value)}", field=field)
     return float(value)
 
 
@@ -127,13 +175,21 @@ def check_filter(flt: SearchFilter | None, field: str = "filter") -> SearchFilte
     for name in ("depth_min", "depth_max"):
         v = getattr(flt, name)
         if v is not None and not 0.0 <= _finite(v, f"{field}.{name}") <= 1.0:
-            raise InvalidArgument(f"{name} must be in [0, 1], not {v}", field=f"{field}.{name}")
+            raise InvalidArgument(
+                f"{name} must be in [0, 1], not {shown(v)}", field=f"{field}.{name}"
+            )
     if flt.depth_min is not None and flt.depth_max is not None and flt.depth_min > flt.depth_max:
         raise InvalidArgument("depth_min is above depth_max", field=f"{field}.depth_min")
     if flt.min_clarity is not None:
         _finite(flt.min_clarity, f"{field}.min_clarity")
     if flt.label is not None:
         check_label(flt.label, f"{field}.label")
+    if flt.label_scope is not None:
+        check_label_scope(flt.label_scope, f"{field}.label_scope")
+        if flt.label is None:
+            raise InvalidArgument(
+                f"{field}.label_scope is set without {field}.label", field=f"{field}.label_scope"
+            )
     return flt
 
 
@@ -161,6 +217,36 @@ def check_image_size(width: int, height: int, field: str = "image") -> None:
         )
 
 
+def decode_image(data: bytes, field: str = "image") -> PILImage:
+    """A query image decoded to RGB, or InvalidArgument saying what is wrong with the bytes:
+    not one of ``IMAGE_FORMATS`` (decided from the bytes, never from a name), more than
+    ``MAX_IMAGE_PIXELS`` pixels (checked on the declared size, before anything is decoded, so a
+    small file declaring a huge image costs nothing), or damaged data."""
+    from PIL import Image
+
+    check_image_bytes(data, field)
+    names = ", ".join(IMAGE_FORMATS[:-1]) + " or " + IMAGE_FORMATS[-1]
+    try:
+        img = Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
+    except Image.DecompressionBombError:  # declares even more than Pillow's own limit
+        raise InvalidArgument(
+            f"image declares more than {MAX_IMAGE_PIXELS} pixels", field=field
+        ) from None
+    except Exception:  # noqa: BLE001 - any failure to recognise the bytes is the caller's
+        raise InvalidArgument(
+            f"image bytes are not a readable {names} image", field=field
+        ) from None
+    with img:
+        check_image_size(img.width, img.height, field)
+        try:
+            return img.convert("RGB")
+        except Exception:  # noqa: BLE001 - a decoder failing on the data: damaged input
+            raise InvalidArgument(
+                f"image data is damaged or truncated (a {img.format} image that cannot be decoded)",
+                field=field,
+            ) from None
+
+
 def check_vector_size(size: int, field: str = "vector") -> None:
     if size == 0:
         raise InvalidArgument("query vector is empty", field=field)
@@ -182,7 +268,7 @@ def check_compare(
         for layer in layers:
             check_layer(layer, "layers")
     if tau is not None and not -1.0 <= _finite(tau, "tau") <= 1.0:
-        raise InvalidArgument(f"tau must be a cosine in [-1, 1], not {tau}", field="tau")
+        raise InvalidArgument(f"tau must be a cosine in [-1, 1], not {shown(tau)}", field="tau")
 
 
 def check_audit(

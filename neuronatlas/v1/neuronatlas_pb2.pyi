@@ -11,6 +11,13 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class LabelScope(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    LABEL_SCOPE_UNSPECIFIED: _ClassVar[LabelScope]
+    LABEL_SCOPE_TOP1: _ClassVar[LabelScope]
+    LABEL_SCOPE_SET: _ClassVar[LabelScope]
+    LABEL_SCOPE_TOP5: _ClassVar[LabelScope]
+
 class LabelMatch(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     LABEL_MATCH_UNSPECIFIED: _ClassVar[LabelMatch]
@@ -24,6 +31,10 @@ class ModelStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     MODEL_STATUS_INDEXING: _ClassVar[ModelStatus]
     MODEL_STATUS_INDEXED: _ClassVar[ModelStatus]
     MODEL_STATUS_FAILED: _ClassVar[ModelStatus]
+LABEL_SCOPE_UNSPECIFIED: LabelScope
+LABEL_SCOPE_TOP1: LabelScope
+LABEL_SCOPE_SET: LabelScope
+LABEL_SCOPE_TOP5: LabelScope
 LABEL_MATCH_UNSPECIFIED: LabelMatch
 LABEL_MATCH_EXACT: LabelMatch
 LABEL_MATCH_PREFIX: LabelMatch
@@ -76,14 +87,16 @@ class TopSample(_message.Message):
     def __init__(self, sample_id: _Optional[str] = ..., index: _Optional[int] = ..., activation: _Optional[float] = ...) -> None: ...
 
 class QualityScores(_message.Message):
-    __slots__ = ("clarity", "polysemanticity", "redundancy")
+    __slots__ = ("clarity", "polysemanticity", "redundancy", "polysemanticity_sl")
     CLARITY_FIELD_NUMBER: _ClassVar[int]
     POLYSEMANTICITY_FIELD_NUMBER: _ClassVar[int]
     REDUNDANCY_FIELD_NUMBER: _ClassVar[int]
+    POLYSEMANTICITY_SL_FIELD_NUMBER: _ClassVar[int]
     clarity: float
     polysemanticity: float
     redundancy: float
-    def __init__(self, clarity: _Optional[float] = ..., polysemanticity: _Optional[float] = ..., redundancy: _Optional[float] = ...) -> None: ...
+    polysemanticity_sl: float
+    def __init__(self, clarity: _Optional[float] = ..., polysemanticity: _Optional[float] = ..., redundancy: _Optional[float] = ..., polysemanticity_sl: _Optional[float] = ...) -> None: ...
 
 class NeuronHit(_message.Message):
     __slots__ = ("neuron", "key", "score", "layer_index", "depth", "top_labels", "quality")
@@ -144,20 +157,22 @@ class Neuron(_message.Message):
     def __init__(self, neuron: _Optional[_Union[NeuronRef, _Mapping]] = ..., key: _Optional[str] = ..., layer_index: _Optional[int] = ..., depth: _Optional[float] = ..., labels: _Optional[_Mapping[str, LabelList]] = ..., label_set: _Optional[_Iterable[str]] = ..., top_samples: _Optional[_Iterable[_Union[TopSample, _Mapping]]] = ..., quality: _Optional[_Union[QualityScores, _Mapping]] = ..., stats: _Optional[_Mapping[str, float]] = ..., generation: _Optional[int] = ..., vector: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class NeuronFilter(_message.Message):
-    __slots__ = ("model_ids", "layers", "depth_min", "depth_max", "min_clarity", "label")
+    __slots__ = ("model_ids", "layers", "depth_min", "depth_max", "min_clarity", "label", "label_scope")
     MODEL_IDS_FIELD_NUMBER: _ClassVar[int]
     LAYERS_FIELD_NUMBER: _ClassVar[int]
     DEPTH_MIN_FIELD_NUMBER: _ClassVar[int]
     DEPTH_MAX_FIELD_NUMBER: _ClassVar[int]
     MIN_CLARITY_FIELD_NUMBER: _ClassVar[int]
     LABEL_FIELD_NUMBER: _ClassVar[int]
+    LABEL_SCOPE_FIELD_NUMBER: _ClassVar[int]
     model_ids: _containers.RepeatedScalarFieldContainer[str]
     layers: _containers.RepeatedScalarFieldContainer[str]
     depth_min: float
     depth_max: float
     min_clarity: float
     label: str
-    def __init__(self, model_ids: _Optional[_Iterable[str]] = ..., layers: _Optional[_Iterable[str]] = ..., depth_min: _Optional[float] = ..., depth_max: _Optional[float] = ..., min_clarity: _Optional[float] = ..., label: _Optional[str] = ...) -> None: ...
+    label_scope: LabelScope
+    def __init__(self, model_ids: _Optional[_Iterable[str]] = ..., layers: _Optional[_Iterable[str]] = ..., depth_min: _Optional[float] = ..., depth_max: _Optional[float] = ..., min_clarity: _Optional[float] = ..., label: _Optional[str] = ..., label_scope: _Optional[_Union[LabelScope, str]] = ...) -> None: ...
 
 class SearchNeuronsRequest(_message.Message):
     __slots__ = ("text", "image", "neuron", "vector", "filter", "top_k", "per_model", "page_size", "page_token")
@@ -231,18 +246,20 @@ class DescribeNeuronResponse(_message.Message):
     def __init__(self, neuron: _Optional[_Union[NeuronRef, _Mapping]] = ..., labels: _Optional[_Mapping[str, LabelList]] = ..., label_set: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class FindNeuronsByLabelRequest(_message.Message):
-    __slots__ = ("label", "match", "filter", "page_size", "page_token")
+    __slots__ = ("label", "match", "filter", "page_size", "page_token", "scope")
     LABEL_FIELD_NUMBER: _ClassVar[int]
     MATCH_FIELD_NUMBER: _ClassVar[int]
     FILTER_FIELD_NUMBER: _ClassVar[int]
     PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
     PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    SCOPE_FIELD_NUMBER: _ClassVar[int]
     label: str
     match: LabelMatch
     filter: NeuronFilter
     page_size: int
     page_token: str
-    def __init__(self, label: _Optional[str] = ..., match: _Optional[_Union[LabelMatch, str]] = ..., filter: _Optional[_Union[NeuronFilter, _Mapping]] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+    scope: LabelScope
+    def __init__(self, label: _Optional[str] = ..., match: _Optional[_Union[LabelMatch, str]] = ..., filter: _Optional[_Union[NeuronFilter, _Mapping]] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., scope: _Optional[_Union[LabelScope, str]] = ...) -> None: ...
 
 class FindNeuronsByLabelResponse(_message.Message):
     __slots__ = ("results", "next_page_token")
@@ -267,7 +284,7 @@ class Layer(_message.Message):
     def __init__(self, name: _Optional[str] = ..., index: _Optional[int] = ..., depth: _Optional[float] = ..., neurons: _Optional[int] = ..., kind: _Optional[str] = ...) -> None: ...
 
 class Model(_message.Message):
-    __slots__ = ("model_id", "display_name", "architecture", "source", "weights_sha256", "training_data", "layers", "embedder", "probe_set", "status", "status_reason", "generation", "create_time", "update_time", "index_time", "index_wall_seconds", "tags", "notes", "neuron_count", "extra")
+    __slots__ = ("model_id", "display_name", "architecture", "source", "weights_sha256", "training_data", "layers", "embedder", "probe_set", "status", "status_reason", "generation", "create_time", "update_time", "index_time", "index_wall_seconds", "tags", "notes", "neuron_count", "extra", "transform", "probe_accuracy")
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     DISPLAY_NAME_FIELD_NUMBER: _ClassVar[int]
     ARCHITECTURE_FIELD_NUMBER: _ClassVar[int]
@@ -288,6 +305,8 @@ class Model(_message.Message):
     NOTES_FIELD_NUMBER: _ClassVar[int]
     NEURON_COUNT_FIELD_NUMBER: _ClassVar[int]
     EXTRA_FIELD_NUMBER: _ClassVar[int]
+    TRANSFORM_FIELD_NUMBER: _ClassVar[int]
+    PROBE_ACCURACY_FIELD_NUMBER: _ClassVar[int]
     model_id: str
     display_name: str
     architecture: str
@@ -308,7 +327,47 @@ class Model(_message.Message):
     notes: str
     neuron_count: int
     extra: _struct_pb2.Struct
-    def __init__(self, model_id: _Optional[str] = ..., display_name: _Optional[str] = ..., architecture: _Optional[str] = ..., source: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., weights_sha256: _Optional[str] = ..., training_data: _Optional[str] = ..., layers: _Optional[_Iterable[_Union[Layer, _Mapping]]] = ..., embedder: _Optional[str] = ..., probe_set: _Optional[str] = ..., status: _Optional[_Union[ModelStatus, str]] = ..., status_reason: _Optional[str] = ..., generation: _Optional[int] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., index_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., index_wall_seconds: _Optional[float] = ..., tags: _Optional[_Iterable[str]] = ..., notes: _Optional[str] = ..., neuron_count: _Optional[int] = ..., extra: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
+    transform: InputTransform
+    probe_accuracy: ProbeAccuracy
+    def __init__(self, model_id: _Optional[str] = ..., display_name: _Optional[str] = ..., architecture: _Optional[str] = ..., source: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., weights_sha256: _Optional[str] = ..., training_data: _Optional[str] = ..., layers: _Optional[_Iterable[_Union[Layer, _Mapping]]] = ..., embedder: _Optional[str] = ..., probe_set: _Optional[str] = ..., status: _Optional[_Union[ModelStatus, str]] = ..., status_reason: _Optional[str] = ..., generation: _Optional[int] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., index_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., index_wall_seconds: _Optional[float] = ..., tags: _Optional[_Iterable[str]] = ..., notes: _Optional[str] = ..., neuron_count: _Optional[int] = ..., extra: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., transform: _Optional[_Union[InputTransform, _Mapping]] = ..., probe_accuracy: _Optional[_Union[ProbeAccuracy, _Mapping]] = ...) -> None: ...
+
+class InputTransform(_message.Message):
+    __slots__ = ("resize", "crop", "mean", "std", "interpolation", "input_height", "input_width", "description")
+    RESIZE_FIELD_NUMBER: _ClassVar[int]
+    CROP_FIELD_NUMBER: _ClassVar[int]
+    MEAN_FIELD_NUMBER: _ClassVar[int]
+    STD_FIELD_NUMBER: _ClassVar[int]
+    INTERPOLATION_FIELD_NUMBER: _ClassVar[int]
+    INPUT_HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    INPUT_WIDTH_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    resize: _containers.RepeatedScalarFieldContainer[int]
+    crop: int
+    mean: _containers.RepeatedScalarFieldContainer[float]
+    std: _containers.RepeatedScalarFieldContainer[float]
+    interpolation: str
+    input_height: int
+    input_width: int
+    description: str
+    def __init__(self, resize: _Optional[_Iterable[int]] = ..., crop: _Optional[int] = ..., mean: _Optional[_Iterable[float]] = ..., std: _Optional[_Iterable[float]] = ..., interpolation: _Optional[str] = ..., input_height: _Optional[int] = ..., input_width: _Optional[int] = ..., description: _Optional[str] = ...) -> None: ...
+
+class ProbeAccuracy(_message.Message):
+    __slots__ = ("accuracy", "chance", "images", "correct", "classes", "mapping", "warning")
+    ACCURACY_FIELD_NUMBER: _ClassVar[int]
+    CHANCE_FIELD_NUMBER: _ClassVar[int]
+    IMAGES_FIELD_NUMBER: _ClassVar[int]
+    CORRECT_FIELD_NUMBER: _ClassVar[int]
+    CLASSES_FIELD_NUMBER: _ClassVar[int]
+    MAPPING_FIELD_NUMBER: _ClassVar[int]
+    WARNING_FIELD_NUMBER: _ClassVar[int]
+    accuracy: float
+    chance: float
+    images: int
+    correct: int
+    classes: int
+    mapping: str
+    warning: str
+    def __init__(self, accuracy: _Optional[float] = ..., chance: _Optional[float] = ..., images: _Optional[int] = ..., correct: _Optional[int] = ..., classes: _Optional[int] = ..., mapping: _Optional[str] = ..., warning: _Optional[str] = ...) -> None: ...
 
 class ListModelsRequest(_message.Message):
     __slots__ = ("page_size", "page_token")
@@ -392,6 +451,50 @@ class GetStatsResponse(_message.Message):
     embedding_dim: int
     backend: str
     def __init__(self, total_neurons: _Optional[int] = ..., models: _Optional[_Iterable[_Union[ModelStats, _Mapping]]] = ..., store_size_bytes: _Optional[int] = ..., embedder: _Optional[str] = ..., embedder_weights: _Optional[str] = ..., embedding_dim: _Optional[int] = ..., backend: _Optional[str] = ...) -> None: ...
+
+class VerifyStoreRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ModelIntegrity(_message.Message):
+    __slots__ = ("model_id", "status", "generation", "ok", "expected_neurons", "found_neurons", "expected_digest", "found_digest", "problems", "notes")
+    MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    OK_FIELD_NUMBER: _ClassVar[int]
+    EXPECTED_NEURONS_FIELD_NUMBER: _ClassVar[int]
+    FOUND_NEURONS_FIELD_NUMBER: _ClassVar[int]
+    EXPECTED_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    FOUND_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    PROBLEMS_FIELD_NUMBER: _ClassVar[int]
+    NOTES_FIELD_NUMBER: _ClassVar[int]
+    model_id: str
+    status: ModelStatus
+    generation: int
+    ok: bool
+    expected_neurons: int
+    found_neurons: int
+    expected_digest: str
+    found_digest: str
+    problems: _containers.RepeatedScalarFieldContainer[str]
+    notes: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, model_id: _Optional[str] = ..., status: _Optional[_Union[ModelStatus, str]] = ..., generation: _Optional[int] = ..., ok: _Optional[bool] = ..., expected_neurons: _Optional[int] = ..., found_neurons: _Optional[int] = ..., expected_digest: _Optional[str] = ..., found_digest: _Optional[str] = ..., problems: _Optional[_Iterable[str]] = ..., notes: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class VerifyStoreResponse(_message.Message):
+    __slots__ = ("ok", "models", "problems", "notes", "points_scanned", "elapsed_seconds")
+    OK_FIELD_NUMBER: _ClassVar[int]
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    PROBLEMS_FIELD_NUMBER: _ClassVar[int]
+    NOTES_FIELD_NUMBER: _ClassVar[int]
+    POINTS_SCANNED_FIELD_NUMBER: _ClassVar[int]
+    ELAPSED_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    ok: bool
+    models: _containers.RepeatedCompositeFieldContainer[ModelIntegrity]
+    problems: _containers.RepeatedScalarFieldContainer[str]
+    notes: _containers.RepeatedScalarFieldContainer[str]
+    points_scanned: int
+    elapsed_seconds: float
+    def __init__(self, ok: _Optional[bool] = ..., models: _Optional[_Iterable[_Union[ModelIntegrity, _Mapping]]] = ..., problems: _Optional[_Iterable[str]] = ..., notes: _Optional[_Iterable[str]] = ..., points_scanned: _Optional[int] = ..., elapsed_seconds: _Optional[float] = ...) -> None: ...
 
 class Matrix(_message.Message):
     __slots__ = ("rows", "cols", "values", "row_labels", "col_labels")

@@ -75,6 +75,11 @@ class NeuronAtlasServiceStub:
                 request_serializer=neuronatlas_dot_v1_dot_neuronatlas__pb2.GetStatsRequest.SerializeToString,
                 response_deserializer=neuronatlas_dot_v1_dot_neuronatlas__pb2.GetStatsResponse.FromString,
                 _registered_method=True)
+        self.VerifyStore = channel.unary_unary(
+                '/neuronatlas.v1.NeuronAtlasService/VerifyStore',
+                request_serializer=neuronatlas_dot_v1_dot_neuronatlas__pb2.VerifyStoreRequest.SerializeToString,
+                response_deserializer=neuronatlas_dot_v1_dot_neuronatlas__pb2.VerifyStoreResponse.FromString,
+                _registered_method=True)
         self.CompareModels = channel.unary_unary(
                 '/neuronatlas.v1.NeuronAtlasService/CompareModels',
                 request_serializer=neuronatlas_dot_v1_dot_neuronatlas__pb2.CompareModelsRequest.SerializeToString,
@@ -113,7 +118,8 @@ class NeuronAtlasServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def FindNeuronsByLabel(self, request, context):
-        """Neurons carrying a label (exact or prefix match), across models, ranked by label score.
+        """Neurons carrying a label (exact or prefix match; in their adaptive label set unless the
+        request's scope says top-1 or top-5), across models, ranked by label score.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -142,6 +148,15 @@ class NeuronAtlasServiceServicer:
 
     def GetStats(self, request, context):
         """Neuron counts per model and layer, and the store's size.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def VerifyStore(self, request, context):
+        """Full integrity check of the store: reads every stored point back and compares each
+        indexed model's neuron count and content digest with what was recorded when it was
+        indexed. Slow on a big store (it reads every vector). Needs scope "admin".
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -206,6 +221,11 @@ def add_NeuronAtlasServiceServicer_to_server(servicer, server):
                     servicer.GetStats,
                     request_deserializer=neuronatlas_dot_v1_dot_neuronatlas__pb2.GetStatsRequest.FromString,
                     response_serializer=neuronatlas_dot_v1_dot_neuronatlas__pb2.GetStatsResponse.SerializeToString,
+            ),
+            'VerifyStore': grpc.unary_unary_rpc_method_handler(
+                    servicer.VerifyStore,
+                    request_deserializer=neuronatlas_dot_v1_dot_neuronatlas__pb2.VerifyStoreRequest.FromString,
+                    response_serializer=neuronatlas_dot_v1_dot_neuronatlas__pb2.VerifyStoreResponse.SerializeToString,
             ),
             'CompareModels': grpc.unary_unary_rpc_method_handler(
                     servicer.CompareModels,
@@ -435,6 +455,33 @@ class NeuronAtlasService:
             '/neuronatlas.v1.NeuronAtlasService/GetStats',
             neuronatlas_dot_v1_dot_neuronatlas__pb2.GetStatsRequest.SerializeToString,
             neuronatlas_dot_v1_dot_neuronatlas__pb2.GetStatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def VerifyStore(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/neuronatlas.v1.NeuronAtlasService/VerifyStore',
+            neuronatlas_dot_v1_dot_neuronatlas__pb2.VerifyStoreRequest.SerializeToString,
+            neuronatlas_dot_v1_dot_neuronatlas__pb2.VerifyStoreResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -4,7 +4,8 @@
 - ``open_clip:ARCH:/path/to/checkpoint.pt`` — the same with a local weights file;
 - ``open_clip:ARCH:random`` / ``open_clip:ARCH:random:SEED`` — deterministic random weights
   (tests and offline smoke runs; ``open_clip:na-tiny:random:0`` is the tiny test model);
-- ``py:package.module:factory`` — your own model, see :mod:`neuronatlas.core.embedder.plugin`.
+- ``py:package.module:factory`` or ``py:path/to/file.py:factory`` — your own model, see
+  :mod:`neuronatlas.core.embedder.plugin`.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ __all__ = ["Embedder", "load_embedder", "parse_spec"]
 
 SPEC_HELP = (
     "open_clip:ARCH:TAG, open_clip:ARCH:/path/to/file.pt, open_clip:ARCH:random[:SEED] "
-    "or py:package.module:factory"
+    "or py:package.module:factory / py:path/to/file.py:factory"
 )
 
 

@@ -1,8 +1,9 @@
-"""Bring-your-own embedder: ``--embedder py:package.module:factory``.
+"""Bring-your-own embedder: ``--embedder py:package.module:factory`` (modules are also found
+in the current directory) or ``--embedder py:path/to/file.py:factory``.
 
 The interface a plug-in provides:
 
-- ``factory(device: str) -> Embedder`` — a callable importable as ``package.module:factory``,
+- ``factory(device: str) -> Embedder`` — a callable named by one of those references,
   called with the keyword argument ``device`` (``"auto"``, ``"cpu"``, ``"cuda"``...);
 - the object it returns is a :class:`neuronatlas.core.embedder.base.Embedder` subclass, or any
   object with the same four members:
@@ -20,7 +21,6 @@ The interface a plug-in provides:
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -28,6 +28,7 @@ import numpy as np
 
 from neuronatlas.core.embedder.base import Embedder
 from neuronatlas.core.errors import InvalidArgument, NeuronAtlasError
+from neuronatlas.core.imports import load_object
 from neuronatlas.core.records import EmbedderInfo
 
 _MEMBERS = ("info", "preprocess", "encode_images", "encode_text")
@@ -62,25 +63,14 @@ class DuckEmbedder(Embedder):
 
 
 def load_plugin(target: str, device: str = "auto") -> Embedder:
-    """Import ``package.module:factory``, call ``factory(device=device)``, check the result."""
-    module_name, sep, attr = target.partition(":")
-    if not sep or not module_name or not attr:
-        raise InvalidArgument(
-            f"plug-in embedder {target!r} must be py:package.module:factory", field="embedder"
-        )
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as e:
-        raise InvalidArgument(
-            f"cannot import plug-in module {module_name!r}: {e}", field="embedder"
-        ) from e
-    factory: Any = module
-    for part in attr.split("."):
-        factory = getattr(factory, part, None)
-        if factory is None:
-            raise InvalidArgument(
-                f"plug-in module {module_name!r} has no attribute {attr!r}", field="embedder"
-            )
+    """Load ``package.module:factory`` or ``path/to/file.py:factory`` (the loader of
+    :mod:`neuronatlas.core.imports`: modules are also found in the current directory), call
+    ``factory(device=device)``, check the result."""
+    factory: Any = load_object(
+        target,
+        field="embedder",
+        usage="py:package.module:factory or py:path/to/file.py:factory",
+    )
     if not callable(factory):
         raise InvalidArgument(
             f"plug-in {target!r} is not callable (expected factory(device=...))", field="embedder"

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from neuronatlas.core.config import Settings
-from neuronatlas.core.store.base import Hit, KnowledgeStore, SearchFilter
+from neuronatlas.core.store.base import Hit, KnowledgeStore, LabelScope, SearchFilter
 
-__all__ = ["Hit", "KnowledgeStore", "SearchFilter", "open_store"]
+__all__ = ["Hit", "KnowledgeStore", "LabelScope", "SearchFilter", "open_store"]
 
 
 def open_store(settings: Settings) -> KnowledgeStore:

@@ -8,6 +8,7 @@ Edge, ``remote.py`` to qdrant-client). Filters travel as backend-neutral ``Cond`
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 import time
@@ -23,6 +24,8 @@ from neuronatlas.core.errors import (
     InvalidArgument,
     NotFound,
     NotIndexed,
+    StoreCorrupted,
+    StoreError,
 )
 from neuronatlas.core.records import (
     EmbedderInfo,
@@ -35,8 +38,25 @@ from neuronatlas.core.records import (
     slot_key,
     validate_model_id,
 )
-from neuronatlas.core.store.base import Hit, KnowledgeStore, SearchFilter
-from neuronatlas.core.validate import check_embedder, check_filter, check_label, check_page
+from neuronatlas.core.store.base import Hit, KnowledgeStore, LabelScope, SearchFilter
+from neuronatlas.core.store.integrity import (
+    INTEGRITY_KEY,
+    RETIRE_KEY,
+    TOMBSTONE_KIND,
+    ModelCheck,
+    SlotTally,
+    StoreReport,
+    seal_of,
+)
+from neuronatlas.core.validate import (
+    check_embedder,
+    check_filter,
+    check_label,
+    check_label_scope,
+    check_page,
+)
+
+log = logging.getLogger("neuronatlas.store")
 
 # HNSW parameters (both backends). Tuned with bench/bench_store.py: see bench/results/store.md.
 HNSW_M = 16
@@ -45,12 +65,15 @@ SEARCH_HNSW_EF = 128
 FULL_SCAN_THRESHOLD_KB = 10_000
 
 # Payload fields with an index. Only ``slot`` (in every read filter) gets payload-aware
-# HNSW links; the others are plain lookups, which keeps the graph build cheap.
-KEYWORD_FIELDS = ("kind", "model_id", "slot", "layer", "label_all")
+# HNSW links; the others are plain lookups, which keeps the graph build cheap. The three label
+# fields serve the three label scopes (``LabelScope.payload_field``): top_label (top-1),
+# label_set (the adaptive set, the default), label_all (top-5 of each vocabulary + the set).
+KEYWORD_FIELDS = ("kind", "model_id", "slot", "layer", "label_all", "label_set", "top_label")
 HNSW_KEYWORD_FIELDS = ("slot",)
 FLOAT_FIELDS = ("depth", "clarity")
 
 WRITE_BATCH = 256  # points per write request
+VERIFY_BATCH = 512  # points per read when sealing or verifying (with vectors and payloads)
 FACET_LIMIT = 1_000_000  # "all values" for facet counts
 # Fields read when ranking label matches (full payloads only for the returned page).
 LABEL_RANK_FIELDS = ["model_id", "layer", "unit", "labels"]
@@ -131,11 +154,23 @@ def records_to_points(records: Sequence[NeuronRecord], dim: int) -> list[Point]:
             raise InvalidArgument(f"neuron of {r.model_id} has an empty layer name", field="layer")
         if int(r.unit) < 0 or int(r.generation) < 0:
             raise InvalidArgument(f"neuron {r.key}: unit and generation must be >= 0", field="unit")
-        for name in ("depth", "clarity", "polysemanticity", "redundancy"):
+        for name in ("depth", "clarity", "polysemanticity", "polysemanticity_sl", "redundancy"):
             if not math.isfinite(float(getattr(r, name))):
                 raise InvalidArgument(f"neuron {r.key}: {name} is not finite", field=name)
         points.append(Point(r.point_id, r.to_payload(), (v / np.linalg.norm(v)).tolist()))
     return points
+
+
+def _vector(p: Point, with_vector: bool) -> list[float] | None:
+    """The vector of a point read with its vector; a point stored without one is damage."""
+    if not with_vector:
+        return None
+    if p.vector is None:
+        raise StoreCorrupted(
+            f"neuron point {p.id} has no vector: the store's vector storage is damaged "
+            "(run `neuronatlas verify`)"
+        )
+    return p.vector
 
 
 def label_score(payload: dict[str, Any], labels: set[str]) -> float:
@@ -223,8 +258,13 @@ class QdrantStoreBase(KnowledgeStore):
     def _m_get(self, point_id: str) -> dict[str, Any] | None: ...
 
     @abstractmethod
-    def _m_all(self) -> list[dict[str, Any]]:
-        """Payloads of every catalogue entry (kind == "model")."""
+    def _n_count_vectors(self, conds: list[Cond]) -> int:
+        """Like ``_n_count``, counting only points that have their vector."""
+
+    @abstractmethod
+    def _m_all(self, kind: str = "model") -> list[dict[str, Any]]:
+        """Payloads of every catalogue point of ``kind`` ("model": the entries; TOMBSTONE_KIND:
+        models whose delete is in progress)."""
 
     @abstractmethod
     def _m_delete(self, point_id: str) -> None: ...
@@ -287,7 +327,7 @@ class QdrantStoreBase(KnowledgeStore):
             return vis.live[model_id]
         if model_id in vis.known:
             raise NotIndexed(f"model {model_id!r} is registered but not indexed")
-        raise NotFound(f"unknown model {model_id!r}")
+        raise NotFound(f"unknown model {model_id!r}", resource_type="model", resource_name=model_id)
 
     def _live_models(self, flt: SearchFilter | None) -> dict[str, str]:
         """{model_id: live slot} the filter allows; NotFound/NotIndexed as the contract says."""
@@ -330,7 +370,8 @@ class QdrantStoreBase(KnowledgeStore):
         if flt.min_clarity is not None:
             conds.append(Cond("clarity", gte=flt.min_clarity))
         if flt.label is not None:
-            conds.append(Cond("label_all", any=(flt.label,)))
+            scope = flt.label_scope or LabelScope.SET
+            conds.append(Cond(scope.payload_field, any=(flt.label,)))
         return conds
 
     @staticmethod
@@ -345,9 +386,7 @@ class QdrantStoreBase(KnowledgeStore):
 
     @staticmethod
     def _hit(p: Point, with_vector: bool) -> Hit:
-        return Hit(
-            NeuronRecord.from_payload(p.payload, p.vector if with_vector else None), float(p.score)
-        )
+        return Hit(NeuronRecord.from_payload(p.payload, _vector(p, with_vector)), float(p.score))
 
     # -- neurons -----------------------------------------------------------------------------
     def upsert_neurons(self, records: Sequence[NeuronRecord]) -> int:
@@ -359,6 +398,12 @@ class QdrantStoreBase(KnowledgeStore):
             vis.stored_slots = None
         for i in range(0, len(points), WRITE_BATCH):
             self._n_upsert(points[i : i + WRITE_BATCH])
+        # Writing into a live generation bypasses the flip (the indexer never does): its seal
+        # is recomputed so that the next open does not take the change for damage.
+        live = self._visibility().live
+        for model_id in {p.payload["model_id"] for p in points}:
+            if live.get(model_id) in new_slots:
+                self._reseal(model_id)
         return len(points)
 
     def _reserve_space(self, points: list[Point]) -> None:
@@ -373,9 +418,13 @@ class QdrantStoreBase(KnowledgeStore):
             [neuron_point_id(model_id, layer, int(unit), generation)], with_vector
         )
         if not found:
-            raise NotFound(f"no neuron {model_id}/{layer}/{unit}")
+            raise NotFound(
+                f"no neuron {model_id}/{layer}/{unit}",
+                resource_type="neuron",
+                resource_name=f"{model_id}/{layer}/{unit}",
+            )
         p = found[0]
-        return NeuronRecord.from_payload(p.payload, p.vector if with_vector else None)
+        return NeuronRecord.from_payload(p.payload, _vector(p, with_vector))
 
     def search(
         self,
@@ -484,21 +533,21 @@ class QdrantStoreBase(KnowledgeStore):
         limit: int = 10,
         offset: int = 0,
         flt: SearchFilter | None = None,
+        scope: LabelScope = LabelScope.SET,
     ) -> list[Hit]:
         check_label(label, "label")
+        key = check_label_scope(scope).payload_field
         self._check_page(limit, offset)
         base = [*self._slot_conds(flt), *self._filter_conds(flt)]
         if prefix:
             values = {
-                v
-                for v in self._n_facet("label_all", base)
-                if isinstance(v, str) and v.startswith(label)
+                v for v in self._n_facet(key, base) if isinstance(v, str) and v.startswith(label)
             }
         else:
             values = {label}
         if not values:
             return []
-        conds = [*base, Cond("label_all", any=tuple(sorted(values)))]
+        conds = [*base, Cond(key, any=tuple(sorted(values)))]
         ranked: list[tuple[_Rank, str]] = []
         for p in self._scroll_all(conds, with_payload=LABEL_RANK_FIELDS, with_vector=False):
             s = label_score(p.payload, values)
@@ -579,27 +628,338 @@ class QdrantStoreBase(KnowledgeStore):
             self._n_delete([Cond("slot", any=(slot_key(model_id, int(generation)),))])
         if self._vis is not None:
             self._vis.stored_slots = None
+        with self._mutex:
+            pid = model_point_id(model_id)
+            payload = self._m_get(pid)
+            if payload is None or payload.get("kind") != "model":
+                return
+            changed = False
+            retire = payload.get(RETIRE_KEY)
+            if retire is not None and (generation is None or retire == int(generation)):
+                payload.pop(RETIRE_KEY)  # the flip's old generation is gone now
+                changed = True
+            live = int(payload.get("generation", 0))
+            if payload.get("status") == ModelStatus.INDEXED.value and (
+                generation is None or int(generation) == live
+            ):
+                payload[INTEGRITY_KEY] = self._tally_slot(model_id, live).seal(live)
+                changed = True
+            if changed:
+                self._m_put(pid, payload)
+                self._refresh_visibility()
 
     # -- catalogue ---------------------------------------------------------------------------
     def put_model(self, entry: ModelEntry) -> None:
+        """One point write. An entry that makes a generation live (status ``indexed``) carries
+        that generation's seal (``integrity.py``; computed here unless the stored entry already
+        has it) and, after a flip, the previous live generation (``RETIRE_KEY``) until
+        ``delete_neurons`` removes it or the next open does."""
         validate_model_id(entry.model_id)
         if int(entry.generation) < 0:
             raise InvalidArgument("generation must be >= 0", field="generation")
         with self._mutex:
-            self._m_put(model_point_id(entry.model_id), entry.to_payload())
+            pid = model_point_id(entry.model_id)
+            old = self._m_get(pid)
+            if old is not None and old.get("kind") == TOMBSTONE_KIND:
+                self._finish_delete(entry.model_id)  # an interrupted delete of this id
+                old = None
+            payload = entry.to_payload()
+            payload.update(self._integrity_fields(entry, old))
+            self._m_put(pid, payload)
             self._refresh_visibility()
 
     def get_model(self, model_id: str) -> ModelEntry:
         validate_model_id(model_id)
         payload = self._m_get(model_point_id(model_id))
         if payload is None or payload.get("kind") != "model":
-            raise NotFound(f"unknown model {model_id!r}")
+            raise NotFound(
+                f"unknown model {model_id!r}", resource_type="model", resource_name=model_id
+            )
         return ModelEntry.from_payload(payload)
 
     def list_models(self) -> list[ModelEntry]:
         return sorted((ModelEntry.from_payload(p) for p in self._m_all()), key=lambda e: e.model_id)
 
-    def _delete_model_entry(self, model_id: str) -> None:
+    def delete_model(self, model_id: str) -> int:
+        """Atomic for readers and across crashes: (1) one point write turns the entry into a
+        tombstone (kind ``deleting``), so no read sees the model any more; (2) its neurons are
+        deleted; (3) the tombstone. A process killed in between leaves a tombstone, and the
+        next open (``_recover``) finishes the delete. Returns the neuron records removed."""
+        validate_model_id(model_id)
         with self._mutex:
-            self._m_delete(model_point_id(model_id))
-            self._refresh_visibility()
+            pid = model_point_id(model_id)
+            payload = self._m_get(pid)
+            kind = payload.get("kind") if payload is not None else None
+            if payload is None or kind not in ("model", TOMBSTONE_KIND):
+                raise NotFound(
+                    f"unknown model {model_id!r}", resource_type="model", resource_name=model_id
+                )
+            if kind == "model":
+                self._m_put(pid, {**payload, "kind": TOMBSTONE_KIND, "deleting_at": time.time()})
+                self._refresh_visibility()
+            return self._finish_delete(model_id)
+
+    def _finish_delete(self, model_id: str) -> int:
+        """Steps 2 and 3 of ``delete_model`` (idempotent)."""
+        n = 0
+        if self._load_embedder() is not None:
+            conds = [Cond("model_id", any=(model_id,))]
+            n = self._n_count(conds)
+            if n:
+                self._n_delete(conds)
+            if self._vis is not None:
+                self._vis.stored_slots = None
+        self._m_delete(model_point_id(model_id))
+        self._refresh_visibility()
+        return n
+
+    # -- integrity: seals, recovery on open, the open-time check, verify ------------------------
+    def _tally_slot(self, model_id: str, generation: int) -> SlotTally:
+        """Count and digest of one generation, read back from the store."""
+        tally = SlotTally()
+        if self._load_embedder() is None:
+            return tally
+        conds = [Cond("slot", any=(slot_key(model_id, int(generation)),))]
+        for p in self._scroll_all(conds, True, True, VERIFY_BATCH):
+            tally.add(p.id, p.vector, p.payload)
+        return tally
+
+    def _integrity_fields(self, entry: ModelEntry, old: dict[str, Any] | None) -> dict[str, Any]:
+        """The reserved payload keys of an entry about to be written over ``old``."""
+        out: dict[str, Any] = {}
+        g = int(entry.generation)
+        old_live = None
+        if old is not None and old.get("status") == ModelStatus.INDEXED.value:
+            old_live = int(old.get("generation", 0))
+        retire = old.get(RETIRE_KEY) if old is not None else None
+        if entry.status == ModelStatus.INDEXED:
+            seal = seal_of(old, g) if old_live == g else None
+            if seal is None or seal.get("failure"):
+                seal = self._tally_slot(entry.model_id, g).seal(g)
+            out[INTEGRITY_KEY] = seal
+            if old_live is not None and old_live != g:
+                retire = old_live
+        if isinstance(retire, int) and retire != g:
+            out[RETIRE_KEY] = retire
+        return out
+
+    def _reseal(self, model_id: str) -> None:
+        with self._mutex:
+            pid = model_point_id(model_id)
+            payload = self._m_get(pid)
+            if payload is None or payload.get("kind") != "model":
+                return
+            if payload.get("status") != ModelStatus.INDEXED.value:
+                return
+            g = int(payload.get("generation", 0))
+            payload[INTEGRITY_KEY] = self._tally_slot(model_id, g).seal(g)
+            self._m_put(pid, payload)
+
+    def _recover(self) -> list[str]:
+        """Finish what an interrupted process left behind (idempotent; run on open): deletes
+        in progress (tombstones) and the previous generation of a completed flip."""
+        done = []
+        with self._mutex:
+            for p in self._m_all(TOMBSTONE_KIND):
+                model_id = str(p.get("model_id", ""))
+                n = self._finish_delete(model_id)
+                done.append(f"finished the interrupted delete of model {model_id!r} ({n} neurons)")
+            for p in self._m_all():
+                retire = p.get(RETIRE_KEY)
+                if retire is None:
+                    continue
+                model_id = str(p["model_id"])
+                if isinstance(retire, int) and retire != int(p.get("generation", 0)):
+                    n = self.count(model_id, retire)
+                    self.delete_neurons(model_id, retire)  # clears RETIRE_KEY
+                    if n:
+                        done.append(
+                            f"deleted generation {retire} of model {model_id!r} ({n} neurons), "
+                            "left by an interrupted re-index"
+                        )
+                else:
+                    p.pop(RETIRE_KEY)
+                    self._m_put(model_point_id(model_id), p)
+        for line in done:
+            log.warning("store recovery: %s", line)
+        return done
+
+    def _expected_count(self, payload: dict[str, Any]) -> tuple[int | None, str]:
+        """What an indexed entry's live generation must hold: its seal's count, or for an entry
+        sealed by no version yet the neuron count of its layers (None: nothing to check)."""
+        entry = ModelEntry.from_payload(payload)
+        seal = seal_of(payload, entry.generation)
+        if seal is not None:
+            return int(seal["count"]), str(seal["digest"])
+        return (entry.neuron_count or None), ""
+
+    def _check_on_open(self) -> list[str]:
+        """The cheap check on open: one exact count per indexed model (points of its live
+        generation that have their vector) against what was recorded. A model that does not
+        match is marked ``failed`` with the reason, so it is never served partially."""
+        if self._load_embedder() is None:
+            return []
+        damaged = []
+        with self._mutex:
+            for p in self._m_all():
+                if p.get("status") != ModelStatus.INDEXED.value:
+                    continue
+                expected, _ = self._expected_count(p)
+                if expected is None:
+                    continue
+                model_id, g = str(p["model_id"]), int(p.get("generation", 0))
+                conds = [Cond("slot", any=(slot_key(model_id, g),))]
+                try:
+                    found = self._n_count_vectors(conds)
+                    if found == expected:
+                        continue
+                    points = self._n_count(conds)
+                except StoreError as e:
+                    raise StoreCorrupted(f"checking model {model_id!r} on open: {e}") from None
+                reason = (
+                    f"store damaged: generation {g} should hold {expected} neurons but "
+                    f"{found} are readable ({points} points stored); found when the store was "
+                    "opened. Re-index the model or restore the store from a backup"
+                )
+                self._mark_damaged(p, reason)
+                damaged.append(f"model {model_id!r}: {reason}")
+        for line in damaged:
+            log.error("integrity check: %s", line)
+        return damaged
+
+    def _mark_damaged(self, payload: dict[str, Any], reason: str) -> None:
+        p = dict(payload)
+        p["status"], p["status_reason"], p["updated_at"] = (
+            ModelStatus.FAILED.value,
+            reason,
+            time.time(),
+        )
+        seal = p.get(INTEGRITY_KEY)
+        p[INTEGRITY_KEY] = {**(seal if isinstance(seal, dict) else {}), "failure": reason}
+        self._m_put(model_point_id(str(p["model_id"])), p)
+        self._refresh_visibility()
+
+    def verify(self) -> StoreReport:
+        t0 = time.perf_counter()
+        with self._mutex:
+            entries = sorted(self._m_all(), key=lambda p: str(p.get("model_id", "")))
+            tombstones = self._m_all(TOMBSTONE_KIND)
+            report = StoreReport(ok=True, models=[])
+            tallies: dict[str, SlotTally] = {}
+            errors: dict[str, str] = {}
+            if self._load_embedder() is not None:
+                try:
+                    for pt in self._scroll_all([], True, True, VERIFY_BATCH):
+                        report.points_scanned += 1
+                        slot = pt.payload.get("slot")
+                        key = slot if isinstance(slot, str) else ""
+                        tallies.setdefault(key, SlotTally()).add(pt.id, pt.vector, pt.payload)
+                except StoreError as e:
+                    report.problems.append(f"reading all points failed: {e}")
+                    tallies, errors = self._tally_each(entries, report)
+            for payload in entries:
+                report.models.append(self._check_model(payload, tallies, errors))
+            known = {str(payload.get("model_id")) for payload in entries + tombstones}
+            for slot, tally in sorted(tallies.items()):
+                model_id = slot.rsplit("#", 1)[0]
+                if not slot:
+                    report.problems.append(
+                        f"{tally.points} points carry no slot (model/generation)"
+                    )
+                elif model_id not in known:
+                    report.problems.append(
+                        f"{tally.points} points of model {model_id!r} (slot {slot}), which is not "
+                        "in the catalogue"
+                    )
+            for t in tombstones:
+                left = sum(
+                    tally.points
+                    for slot, tally in tallies.items()
+                    if slot.rsplit("#", 1)[0] == t.get("model_id")
+                )
+                report.problems.append(
+                    f"the delete of model {t.get('model_id')!r} did not finish ({left} points "
+                    "left; the model is not served; the next open of the store finishes it)"
+                )
+        report.ok = not report.problems and all(m.ok for m in report.models)
+        report.elapsed_s = time.perf_counter() - t0
+        return report
+
+    def _tally_each(
+        self, entries: list[dict[str, Any]], report: StoreReport
+    ) -> tuple[dict[str, SlotTally], dict[str, str]]:
+        """Fallback of ``verify`` when a full scan fails: each catalogue slot on its own, so
+        the damage is pinned to models."""
+        tallies: dict[str, SlotTally] = {}
+        errors: dict[str, str] = {}
+        try:
+            slots = {str(v) for v in self._n_facet("slot", [])}
+        except StoreError as e:
+            report.problems.append(f"listing the stored slots failed: {e}")
+            slots = set()
+        for p in entries:
+            g = int(p.get("generation", 0))
+            slots |= {slot_key(str(p["model_id"]), g), slot_key(str(p["model_id"]), g ^ 1)}
+        for slot in sorted(slots):
+            model_id, gen = slot.rsplit("#", 1)
+            try:
+                tallies[slot] = self._tally_slot(model_id, int(gen))
+                report.points_scanned += tallies[slot].points
+            except StoreError as e:
+                errors[slot] = str(e)
+        return tallies, errors
+
+    def _check_model(
+        self, payload: dict[str, Any], tallies: dict[str, SlotTally], errors: dict[str, str]
+    ) -> ModelCheck:
+        entry = ModelEntry.from_payload(payload)
+        model_id, g = entry.model_id, int(entry.generation)
+        check = ModelCheck(model_id, entry.status, g)
+        live = slot_key(model_id, g)
+        seal = payload.get(INTEGRITY_KEY)
+        failure = seal.get("failure") if isinstance(seal, dict) else None
+        if entry.status == ModelStatus.INDEXED:
+            expected, digest = self._expected_count(payload)
+            check.expected_neurons, check.expected_digest = expected, digest
+            if live in errors:
+                check.problem(f"generation {g} cannot be read: {errors[live]}")
+            else:
+                t = tallies.get(live, SlotTally())
+                check.found_neurons, check.found_digest = t.count, t.digest_hex
+                if expected is not None and t.count != expected:
+                    check.problem(
+                        f"generation {g} holds {t.count} neurons, {expected} were recorded"
+                    )
+                if t.points != t.count:
+                    check.problem(f"{t.points - t.count} points of generation {g} have no vector")
+                if digest and t.digest_hex != digest:
+                    check.problem(
+                        "the content digest differs from the one recorded when the model was "
+                        "indexed: vectors or payloads changed on disk"
+                    )
+                if t.bad_vectors:
+                    check.problem(f"{t.bad_vectors} vectors are not finite unit vectors")
+                if t.bad_ids:
+                    check.problem(
+                        f"{t.bad_ids} points have an id that does not match their payload"
+                    )
+                if not digest:
+                    check.notes.append(
+                        "no integrity record (written before seals existed): only counted "
+                        "against the catalogue's layers"
+                    )
+        elif failure:
+            check.problem(f"marked failed: {failure}")
+            if isinstance(seal, dict) and isinstance(seal.get("count"), int):
+                check.expected_neurons = int(seal["count"])
+                check.expected_digest = str(seal.get("digest", ""))
+                if live not in errors:
+                    check.found_neurons = tallies.get(live, SlotTally()).count
+        for slot in sorted(set(tallies) | set(errors)):
+            if slot.rsplit("#", 1)[0] != model_id or (
+                slot == live and entry.status == ModelStatus.INDEXED
+            ):
+                continue
+            what = errors.get(slot) or f"{tallies[slot].points} points"
+            check.notes.append(f"generation {slot.rsplit('#', 1)[1]}: {what}, not served")
+        return check

@@ -9,6 +9,11 @@ Visibility rule: every neuron record carries ``generation``; a model's catalogue
 its live ``generation``. Reads (search, get, label lookup, counts) only see the live slot of
 models whose status is ``indexed``, so a re-index writes the other slot, flips the catalogue
 entry in one write, then deletes the old slot: queries never see half a model.
+
+Crash safety and integrity (``integrity.py``): a delete starts with a tombstone write, a flip
+seals the new generation (point count + content digest) and remembers the old one; opening
+finishes what a killed process left and marks a model whose count no longer matches ``failed``;
+``verify`` re-reads everything.
 """
 
 from __future__ import annotations
@@ -16,10 +21,32 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 
 import numpy as np
 
 from neuronatlas.core.records import EmbedderInfo, ModelEntry, NeuronRecord
+from neuronatlas.core.store.integrity import StoreReport
+
+
+class LabelScope(StrEnum):
+    """Which stored labels of a neuron a label filter or lookup matches (nested: the best label
+    is in the set unless no label scores > 0, and the set is in what ``TOP5`` matches)."""
+
+    TOP1 = "top1"  # the best label over all vocabularies (payload ``top_label``)
+    SET = "set"  # the adaptive label set, >= beta x best (payload ``label_set``); the default
+    TOP5 = "top5"  # any vocabulary's top labels, or the set (payload ``label_all``)
+
+    @property
+    def payload_field(self) -> str:
+        return _SCOPE_FIELDS[self]
+
+
+_SCOPE_FIELDS = {
+    LabelScope.TOP1: "top_label",
+    LabelScope.SET: "label_set",
+    LabelScope.TOP5: "label_all",
+}
 
 
 @dataclass(frozen=True)
@@ -31,7 +58,8 @@ class SearchFilter:
     depth_min: float | None = None
     depth_max: float | None = None
     min_clarity: float | None = None
-    label: str | None = None  # exact match against any stored label of the neuron
+    label: str | None = None  # exact match against the neuron's labels in ``label_scope``
+    label_scope: LabelScope | None = None  # where ``label`` must be; None: LabelScope.SET
 
 
 @dataclass
@@ -94,9 +122,11 @@ class KnowledgeStore(ABC):
         limit: int = 10,
         offset: int = 0,
         flt: SearchFilter | None = None,
+        scope: LabelScope = LabelScope.SET,
     ) -> list[Hit]:
-        """Live neurons carrying ``label`` (exact, or any label starting with it), ranked by
-        that label's score (the Hit's score)."""
+        """Live neurons carrying ``label`` (exact, or any label starting with it) in
+        ``scope`` (the adaptive label set by default), ranked by that label's score (the
+        Hit's score)."""
 
     @abstractmethod
     def scroll_neurons(
@@ -133,16 +163,18 @@ class KnowledgeStore(ABC):
     def list_models(self) -> list[ModelEntry]:
         """All catalogue entries, ordered by model id."""
 
-    def delete_model(self, model_id: str) -> None:
-        """Remove a model's records and its catalogue entry (NotFound if unknown)."""
-        self.get_model(model_id)
-        self.delete_neurons(model_id)
-        self._delete_model_entry(model_id)
-
     @abstractmethod
-    def _delete_model_entry(self, model_id: str) -> None: ...
+    def delete_model(self, model_id: str) -> int:
+        """Remove a model's records and its catalogue entry (NotFound if unknown); returns the
+        neuron records removed. Atomic: a crash at any moment leaves the model either fully
+        present or (after the next open) fully gone."""
 
     # -- maintenance ---------------------------------------------------------------------
+    @abstractmethod
+    def verify(self) -> StoreReport:
+        """The full integrity check: every point read back; per model its count and content
+        digest against what was recorded when it was indexed (``integrity.py``)."""
+
     @abstractmethod
     def optimize(self) -> None:
         """Build indexes after bulk writes so queries use HNSW, then flush."""

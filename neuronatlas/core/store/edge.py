@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +23,13 @@ import qdrant_edge as qe
 
 from neuronatlas.core.atomic import atomic_write_json
 from neuronatlas.core.diskspace import ensure_free
-from neuronatlas.core.errors import FailedPrecondition, NotAStore, StoreCorrupted, StoreLocked
+from neuronatlas.core.errors import (
+    FailedPrecondition,
+    NeuronAtlasError,
+    NotAStore,
+    StoreCorrupted,
+    StoreLocked,
+)
 from neuronatlas.core.records import EmbedderInfo
 from neuronatlas.core.store._common import (
     FACET_LIMIT,
@@ -52,10 +60,45 @@ def _own_entry(name: str) -> bool:
     return name in _OWN_ENTRIES or _marker_temp(name)
 
 
-def _edge_filter(conds: list[Cond]) -> qe.Filter | None:
-    if not conds:
+log = logging.getLogger("neuronatlas.store")
+
+
+class _Guarded:
+    """An Edge shard whose every call turns an engine error into ``StoreCorrupted``.
+
+    The binding raises plain ``Exception`` for whatever goes wrong below it (a segment that
+    cannot be decoded, a vector file shorter than its index, ...). Our requests are validated
+    before they get here, so such an error means the files are damaged: the caller gets one
+    clear NeuronAtlas error instead of a raw engine exception.
+    """
+
+    def __init__(self, shard: qe.EdgeShard, what: str):
+        self._shard, self._what = shard, what
+
+    def __getattr__(self, op: str) -> Callable[..., Any]:
+        fn = getattr(self._shard, op)
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return fn(*args, **kwargs)
+            except NeuronAtlasError:
+                raise
+            except Exception as e:  # noqa: BLE001 - the binding raises plain Exception
+                detail = " ".join(str(e).split())[:300]
+                raise StoreCorrupted(
+                    f"{self._what} failed ({op}): {detail}. The store may be damaged: run "
+                    "`neuronatlas verify`, then re-index the damaged models or restore a backup"
+                ) from None
+
+        return call
+
+
+def _edge_filter(conds: list[Cond], has_vector: bool = False) -> qe.Filter | None:
+    if not conds and not has_vector:
         return None
     must: list[qe.ConditionType] = []
+    if has_vector:
+        must.append(qe.HasVectorCondition(""))
     for c in conds:
         if c.any is not None:
             values = list(c.any)
@@ -77,6 +120,10 @@ class EdgeStore(QdrantStoreBase):
     """A store directory opened by one process at a time (``StoreLocked`` otherwise)."""
 
     skip_full_visibility_filter = True  # we hold the only writer lock
+    #: segment size (KiB of vectors) from which ``optimize()`` builds an HNSW segment for a new
+    #: neuron shard; None: the engine's default (~10 MB). Tests set a small one so that a few
+    #: thousand points get real optimised segments.
+    indexing_threshold_kb: int | None = None
 
     def __init__(self, path: str | os.PathLike[str]):
         super().__init__()
@@ -198,6 +245,33 @@ class EdgeStore(QdrantStoreBase):
         self._models = self._load_shard("models")
         if self._info is not None:
             self._neurons = self._load_shard("neurons")
+            # a store made by an older version (engine errors: StoreCorrupted, see _Guarded)
+            self._add_missing_indexes(_Guarded(self._neurons, f"the neurons shard of {self.path}"))
+        self._recover()  # deletes and flips an interrupted process left half done
+        self._check_on_open()  # a damaged model is marked failed, never served partially
+
+    @staticmethod
+    def _add_missing_indexes(shard: qe.EdgeShard | _Guarded) -> None:
+        """Create the payload indexes of KEYWORD_FIELDS / FLOAT_FIELDS the shard lacks (all of
+        them for a new shard; e.g. ``label_set`` and ``top_label``, which label scopes filter
+        and facet on, for a shard written before they were indexed)."""
+        have = set(shard.info().payload_schema)
+        added = False
+        for name in KEYWORD_FIELDS:
+            if name not in have:
+                params = qe.KeywordIndexParams(enable_hnsw=name in HNSW_KEYWORD_FIELDS)
+                shard.update(qe.UpdateOperation.create_field_index(name, params))
+                added = True
+        for name in FLOAT_FIELDS:
+            if name not in have:
+                shard.update(
+                    qe.UpdateOperation.create_field_index(
+                        name, qe.FloatIndexParams(enable_hnsw=False)
+                    )
+                )
+                added = True
+        if added:
+            shard.flush()
 
     def _load_shard(self, name: str) -> qe.EdgeShard:
         shard_dir = self.path / name
@@ -217,15 +291,21 @@ class EdgeStore(QdrantStoreBase):
                 ef_construct=self.hnsw_ef_construct,
                 full_scan_threshold=FULL_SCAN_THRESHOLD_KB,
             ),
+            optimizers=(
+                qe.EdgeOptimizersConfig(indexing_threshold=self.indexing_threshold_kb)
+                if self.indexing_threshold_kb is not None
+                else None
+            ),
         )
 
     # -- primitives ----------------------------------------------------------------------------
-    def _shard(self, which: str) -> qe.EdgeShard:
+    def _shard(self, which: str) -> _Guarded:
+        """Every engine call of the store goes through here (see ``_Guarded``)."""
         if self._closed:
             raise FailedPrecondition(f"the store {self.path} is closed")
         shard = self._neurons if which == "neurons" else self._models
         assert shard is not None, which
-        return shard
+        return _Guarded(shard, f"the {which} shard of {self.path}")
 
     def _load_embedder(self) -> EmbedderInfo | None:
         return self._info
@@ -235,14 +315,7 @@ class EdgeStore(QdrantStoreBase):
         ensure_free(self.path, 64 << 20, what="create the neuron shard")
         shutil.rmtree(self.path / "neurons", ignore_errors=True)  # orphan of an interrupted bind
         shard = qe.EdgeShard.create(str(self.path / "neurons"), self._neuron_config(info.dim))
-        for name in KEYWORD_FIELDS:
-            params = qe.KeywordIndexParams(enable_hnsw=name in HNSW_KEYWORD_FIELDS)
-            shard.update(qe.UpdateOperation.create_field_index(name, params))
-        for name in FLOAT_FIELDS:
-            shard.update(
-                qe.UpdateOperation.create_field_index(name, qe.FloatIndexParams(enable_hnsw=False))
-            )
-        shard.flush()
+        self._add_missing_indexes(shard)
         self._neurons, self._info = shard, info
         try:
             self._write_marker()
@@ -314,6 +387,10 @@ class EdgeStore(QdrantStoreBase):
             self._shard("neurons").count(qe.CountRequest(exact=True, filter=_edge_filter(conds)))
         )
 
+    def _n_count_vectors(self, conds: list[Cond]) -> int:
+        flt = _edge_filter(conds, has_vector=True)
+        return int(self._shard("neurons").count(qe.CountRequest(exact=True, filter=flt)))
+
     def _n_facet(self, key: str, conds: list[Cond]) -> dict[Any, int]:
         res = self._shard("neurons").facet(
             qe.FacetRequest(key, limit=FACET_LIMIT, exact=True, filter=_edge_filter(conds))
@@ -347,10 +424,10 @@ class EdgeStore(QdrantStoreBase):
         found = self._shard("models").retrieve([point_id], with_payload=True, with_vector=False)
         return dict(found[0].payload or {}) if found else None
 
-    def _m_all(self) -> list[dict[str, Any]]:
+    def _m_all(self, kind: str = "model") -> list[dict[str, Any]]:
         shard, offset = self._shard("models"), None
         out: list[dict[str, Any]] = []
-        flt = _edge_filter([Cond("kind", any=("model",))])
+        flt = _edge_filter([Cond("kind", any=(kind,))])
         while True:
             points, offset = shard.scroll(
                 qe.ScrollRequest(offset=offset, limit=1000, filter=flt, with_payload=True)
@@ -390,12 +467,12 @@ class EdgeStore(QdrantStoreBase):
     def _release(self) -> None:
         shards, self._neurons, self._models = (self._neurons, self._models), None, None
         try:
-            for shard in shards:
+            for name, shard in zip(("neurons", "models"), shards, strict=True):
                 if shard is not None:
                     try:
-                        shard.flush()
+                        _Guarded(shard, f"the {name} shard of {self.path}").flush()
                     finally:
-                        shard.close()
+                        _Guarded(shard, f"the {name} shard of {self.path}").close()
         finally:
             if self._lock_fd is not None:
                 fcntl.flock(self._lock_fd, fcntl.LOCK_UN)

@@ -7,6 +7,7 @@ identity). ``QdrantClient(":memory:")`` works as a brute-force test double.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -110,6 +111,9 @@ class RemoteStore(QdrantStoreBase):
         self._local = _is_local(client)
         self._ensure_collection(self.models_collection, 1, models.Distance.DOT, ["kind"], [])
         self._load_embedder()
+        # Deletes and flips another process left half done. No count check on open here:
+        # other processes may be writing; ``verify`` checks a remote store on demand.
+        self._recover()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RemoteStore:
@@ -152,6 +156,7 @@ class RemoteStore(QdrantStoreBase):
         from qdrant_client.http.exceptions import UnexpectedResponse
 
         if self._call(self.client.collection_exists, name):
+            self._add_missing_indexes(name, keywords, floats)
             return
         try:
             self._call(
@@ -171,24 +176,21 @@ class RemoteStore(QdrantStoreBase):
                 raise StoreUnavailable(
                     f"cannot create collection {name} at {self.url}: {e}"
                 ) from None
+        self._add_missing_indexes(name, keywords, floats)
+
+    def _add_missing_indexes(self, name: str, keywords: list[str], floats: list[str]) -> None:
+        """Create the payload indexes the collection lacks: all of them for a new collection,
+        e.g. ``label_set`` / ``top_label`` (label scopes filter and facet on them) for one
+        written by an older version. The in-process ``:memory:`` double has no indexes."""
         if self._local:
             return
-        for key in keywords:
-            self._call(
-                self.client.create_payload_index,
-                name,
-                key,
-                models.PayloadSchemaType.KEYWORD,
-                wait=True,
-            )
-        for key in floats:
-            self._call(
-                self.client.create_payload_index,
-                name,
-                key,
-                models.PayloadSchemaType.FLOAT,
-                wait=True,
-            )
+        info = self._call(self.client.get_collection, name)
+        have = set(info.payload_schema or {})
+        wanted = [(k, models.PayloadSchemaType.KEYWORD) for k in keywords]
+        wanted += [(k, models.PayloadSchemaType.FLOAT) for k in floats]
+        for key, schema in wanted:
+            if key not in have:
+                self._call(self.client.create_payload_index, name, key, schema, wait=True)
 
     # -- primitives ------------------------------------------------------------------------------
     def _load_embedder(self) -> EmbedderInfo | None:
@@ -206,6 +208,19 @@ class RemoteStore(QdrantStoreBase):
                     raise StoreCorrupted(
                         f"{self.models_collection} names an embedder but "
                         f"{self.neurons_collection} is missing"
+                    )
+                # once per process: a collection written by an older version lacks some.
+                # Best effort: a read-only key cannot add them, and every read still works
+                # except a prefix label lookup (a facet) on a field without an index.
+                try:
+                    self._add_missing_indexes(
+                        self.neurons_collection, list(KEYWORD_FIELDS), list(FLOAT_FIELDS)
+                    )
+                except StoreUnavailable:
+                    raise
+                except Exception as e:  # noqa: BLE001 - any refusal of the server
+                    logging.getLogger(__name__).warning(
+                        "could not add payload indexes to %s: %s", self.neurons_collection, e
                     )
         return self._info
 
@@ -296,6 +311,15 @@ class RemoteStore(QdrantStoreBase):
             ).count
         )
 
+    def _n_count_vectors(self, conds: list[Cond]) -> int:
+        flt = _filter(conds) or models.Filter(must=[])
+        flt.must = [*(flt.must or []), models.HasVectorCondition(has_vector="")]
+        return int(
+            self._call(
+                self.client.count, self.neurons_collection, count_filter=flt, exact=True
+            ).count
+        )
+
     def _n_facet(self, key: str, conds: list[Cond]) -> dict[Any, int]:
         res = self._call(
             self.client.facet,
@@ -336,10 +360,10 @@ class RemoteStore(QdrantStoreBase):
         )
         return dict(found[0].payload or {}) if found else None
 
-    def _m_all(self) -> list[dict[str, Any]]:
+    def _m_all(self, kind: str = "model") -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
         offset = None
-        flt = _filter([Cond("kind", any=("model",))])
+        flt = _filter([Cond("kind", any=(kind,))])
         while True:
             points, offset = self._call(
                 self.client.scroll,
