@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import click
 
 from neuronatlas.core.errors import InvalidArgument
+from neuronatlas.service.cli import client_options
 
 from .accuracy import describe as describe_accuracy
 from .transforms import INTERPOLATIONS, parse_resize, user_keys
@@ -212,36 +214,80 @@ def transform_line(transform: dict[str, Any], source: dict[str, Any]) -> str:
     return f"transform: {transform.get('description', transform)} ({origin})"
 
 
+#: source keys holding a file that ``register --server`` uploads, and the artifact kind
+UPLOADED_KEYS = {"weights": "weights", "path": "torchscript"}
+
+
+def upload_source_files(client: Any, source: dict[str, Any]) -> dict[str, Any]:
+    """``source`` with each local file it names (``weights``, ``path``) uploaded to the
+    server as an artifact and replaced by its ``artifact:<sha256>`` reference; other values
+    (a weights enum name, a path only the server has) are left as they are."""
+    out = dict(source)
+    for key, kind in UPLOADED_KEYS.items():
+        value = out.get(key)
+        if not isinstance(value, str) or value.startswith("artifact:"):
+            continue
+        path = Path(value).expanduser()
+        if path.is_file():
+            art = client.upload_artifact(path, kind)
+            click.echo(f"uploaded {path.name} ({art.size} bytes) as {art.ref}", err=True)
+            out[key] = art.ref
+    return out
+
+
 @click.command("register")
 @click.argument("model_id")
 @source_options
 @click.option("--display-name", default="", help="Human-readable name.")
 @click.option("--training-data", default="", help="Training data / task, free text.")
 @click.option("--tag", "tags", multiple=True, help="Catalogue tag (repeatable).")
-@click.option("--replace", is_flag=True, help="Replace an entry registered with another source.")
+@click.option("--notes", default="", help="Free-form notes.")
+@click.option(
+    "--replace",
+    is_flag=True,
+    help="Replace an entry registered with another source (e.g. one whose first index failed).",
+)
+@client_options
 @click.pass_context
 def register_cmd(
-    ctx, model_id, display_name, training_data, tags, replace, **source_opts: Any
+    ctx, client, model_id, display_name, training_data, tags, notes, replace, **source_opts: Any
 ) -> None:
     """Register a model in the catalogue (loads it once and runs it on one input-sized batch
-    to check the weights and the input transform, which it prints)."""
-    from neuronatlas.core.store import open_store
-
-    from .api import register_model
-
+    to check the weights and the input transform, which it prints). With --server the server
+    does that (RegisterModel, write token): local weights / TorchScript files are uploaded
+    first, paths the server has are passed as they are."""
     source = source_from_options(**source_opts)
     if source is None:
         raise click.UsageError("give --kind (with its options) or --source JSON")
-    with open_store(_settings(ctx)) as store:
-        entry = register_model(
-            store,
+    if client is not None:
+        entry = client.register_model(
             model_id,
-            source,
+            upload_source_files(client, source),
             display_name=display_name,
             training_data=training_data,
             tags=list(tags),
+            notes=notes,
             replace=replace,
         )
+    else:
+        from neuronatlas.core.store import open_store
+
+        from .api import register_model
+        from .sources import artifact_resolver
+
+        settings = _settings(ctx)
+        with open_store(settings) as store:
+            entry = register_model(
+                store,
+                model_id,
+                source,
+                display_name=display_name,
+                training_data=training_data,
+                tags=list(tags),
+                notes=notes,
+                replace=replace,
+                resolve=artifact_resolver(settings.paths),
+            )
     click.echo(
         f"{entry.model_id}: {entry.architecture}, weights sha256 {entry.weights_sha256[:12]}, "
         f"status {entry.status.value}"
@@ -281,9 +327,108 @@ def probe_cmd(ctx, name, folder, limit, replace):
         click.echo(f"  skipped {rel}", err=True)
 
 
+def component_options(f):
+    """Concept components and class importance (``components.py``, ``importance.py``)."""
+    opts = [
+        click.option(
+            "--components",
+            "component_kinds",
+            multiple=True,
+            help="Also extract concept components of these kinds (repeatable or "
+            "comma-separated): nmf, cluster (spherical k-means), cav (needs --cav-dir).",
+        ),
+        click.option(
+            "--component-layers",
+            multiple=True,
+            help="Layers (names / globs among the indexed ones) that get components; default: "
+            "every indexed layer.",
+        ),
+        click.option(
+            "--rank",
+            "component_rank",
+            type=click.IntRange(min=1),
+            default=None,
+            help="Components per layer for nmf and cluster; default min(16, max(2, channels/8)).",
+        ),
+        click.option(
+            "--component-images",
+            type=click.IntRange(min=1),
+            default=2000,
+            show_default=True,
+            help="Probe images (class-balanced, seeded) components and importance are fitted on.",
+        ),
+        click.option(
+            "--component-positions",
+            type=click.IntRange(min=1),
+            default=64,
+            show_default=True,
+            help="Spatial positions sampled per image for nmf / cluster.",
+        ),
+        click.option(
+            "--cav-dir",
+            type=click.Path(file_okay=False),
+            default=None,
+            help="CAV examples: a folder of <concept>/ image folders and a negatives/ folder.",
+        ),
+        click.option(
+            "--cav-negatives",
+            default="negatives",
+            show_default=True,
+            help="The negatives folder: a name inside --cav-dir, or a path.",
+        ),
+        click.option(
+            "--importance/--no-importance",
+            "importance",
+            default=None,
+            help="Class importance (gradient x activation per output class) of every neuron "
+            "and component; default: on with --components.",
+        ),
+        click.option("--component-seed", type=int, default=0, show_default=True),
+    ]
+    for o in reversed(opts):
+        f = o(f)
+    return f
+
+
+COMPONENT_OPTIONS = (
+    "component_kinds",
+    "component_layers",
+    "component_rank",
+    "component_images",
+    "component_positions",
+    "cav_dir",
+    "cav_negatives",
+    "importance",
+    "component_seed",
+)
+
+
+def components_from_options(opts: dict[str, Any]):
+    """``ComponentOptions`` from (and popped out of) the index command's keyword options."""
+    from .components import ComponentOptions
+
+    o = {k: opts.pop(k) for k in COMPONENT_OPTIONS if k in opts}
+
+    def split(values) -> list[str]:
+        return [v.strip() for item in values or () for v in str(item).split(",") if v.strip()]
+
+    return ComponentOptions(
+        kinds=split(o.get("component_kinds")),
+        layers=split(o.get("component_layers")) or None,
+        rank=o.get("component_rank"),
+        images=int(o.get("component_images") or 2000),
+        positions=int(o.get("component_positions") or 64),
+        seed=int(o.get("component_seed") or 0),
+        cav_dir=o.get("cav_dir"),
+        cav_negatives=o.get("cav_negatives") or "negatives",
+        importance=o.get("importance"),
+    )
+
+
 @click.command("index")
 @click.argument("model_id")
 @source_options
+@component_options
 @click.option(
     "--probe", "probe", required=True, help="Registered probe-set name, or a folder of images."
 )
@@ -346,9 +491,24 @@ def probe_cmd(ctx, name, folder, limit, replace):
     "i-th folder when the counts agree).",
 )
 @click.option("--progress/--no-progress", default=True, show_default=True)
+@click.option(
+    "--replace",
+    is_flag=True,
+    help="Register the given source over an entry registered with another one (e.g. a "
+    "failed or stale registration) before indexing.",
+)
+@click.option(
+    "--no-wait",
+    is_flag=True,
+    help="With --server: print the operation's name and return (follow it with `jobs wait`).",
+)
+@client_options
 @click.pass_context
 def index_cmd(
     ctx,
+    client,
+    replace,
+    no_wait,
     model_id,
     probe,
     vocabs,
@@ -367,7 +527,10 @@ def index_cmd(
 ):
     """Index (or re-index, or resume) MODEL_ID: registered already, or registered here from
     the source options. The summary gives the input transform and, for a probe set of class
-    folders, the model's top-1 accuracy on it (a WARNING when near chance)."""
+    folders, the model's top-1 accuracy on it (a WARNING when near chance). With --server the
+    server indexes it (IndexModel, a write token) while it keeps serving: --probe names a probe
+    set registered there, local weights and vocabulary files are uploaded first, and the
+    command follows the operation with a progress bar (Ctrl-C stops following, not the job)."""
     from neuronatlas.core.embedder import load_embedder
     from neuronatlas.core.store import open_store
 
@@ -377,6 +540,7 @@ def index_cmd(
     from .probes import load_probe_set, open_probe_set
 
     settings = _settings(ctx)
+    components = components_from_options(source_opts)
     source = source_from_options(**source_opts)
     classes = load_class_map(class_map) if class_map else None
     vocabularies: dict[str, Path] = {}
@@ -387,6 +551,38 @@ def index_cmd(
     layer_list = [
         name.strip() for item in layers for name in item.split(",") if name.strip()
     ] or None
+    if replace and source is None:
+        raise click.UsageError("--replace needs the model's source (--kind ... or --source)")
+    if client is not None:
+        options = {
+            "batch_size": batch_size,
+            "conv_aggregation": aggregation,
+            "token_aggregation": tokens,
+            "weighted": weighted,
+            "samples": samples,
+            "percentile": percentile,
+        }
+        if classes:
+            options["class_map"] = {str(i): name for i, name in classes.items()}
+        if components != type(components)():
+            options["components"] = asdict(components)
+        _index_on_server(
+            client,
+            model_id,
+            source,
+            replace,
+            probe,
+            limit,
+            vocabularies,
+            layer_list,
+            k,
+            options,
+            no_wait,
+            progress,
+        )
+        return
+    if no_wait:
+        raise click.UsageError("--no-wait goes with --server")
     folder = Path(probe).expanduser()
     if folder.is_dir():
         probe_set = open_probe_set(
@@ -415,12 +611,89 @@ def index_cmd(
         progress=progress,
         device=settings.device,
         class_map=classes,
+        components=components,
     )
     embedder = load_embedder(settings.embedder, settings.device)
     with open_store(settings) as store:
         if source is not None:
-            register_model(store, model_id, source)
+            from .sources import artifact_resolver
+
+            register_model(
+                store,
+                model_id,
+                source,
+                replace=replace,
+                resolve=artifact_resolver(settings.paths),
+            )
         entry = index_model(store, embedder, model_id, probe_set, settings.paths, vocabularies, opt)
+    _index_summary(entry)
+
+
+def _index_on_server(
+    client,
+    model_id,
+    source,
+    replace,
+    probe,
+    limit,
+    vocabularies,
+    layers,
+    k,
+    options,
+    no_wait,
+    progress,
+) -> None:
+    """``index --server``: upload what the server lacks, queue IndexModel, follow it."""
+    import uuid
+
+    from neuronatlas.core.jobs import JobState
+    from neuronatlas.service.jobs_cli import follow, outcome_line
+
+    if limit is not None:
+        raise click.UsageError("--limit applies to a local probe folder, not with --server")
+    if Path(probe).expanduser().is_dir():
+        raise click.UsageError(
+            "with --server, --probe names a probe set registered on the server "
+            "(`neuronatlas probe NAME FOLDER --server ...` or RegisterProbeSet)"
+        )
+    if source is not None:
+        source = upload_source_files(client, source)
+    vocab_refs = {}
+    for name, path in vocabularies.items():
+        if path.is_file():  # a local file: upload it; anything else is a path on the server
+            art = client.upload_artifact(path, "other")
+            click.echo(f"uploaded {path.name} ({art.size} bytes) as {art.ref}", err=True)
+            vocab_refs[name] = art.ref
+        else:
+            vocab_refs[name] = str(path)
+    op = client.index_model(
+        model_id,
+        probe,
+        source=source,
+        replace=replace,
+        vocabularies=vocab_refs,
+        layers=layers or [],
+        k=k,
+        options=options,
+        request_id=uuid.uuid4().hex,
+    )
+    if no_wait:
+        click.echo(op.name)
+        return
+    click.echo(f"{op.name}: {op.state.value} (Ctrl-C stops following, not the job)", err=True)
+    try:
+        op = follow(client, op, progress)
+    except KeyboardInterrupt:
+        click.echo(
+            f"\n{op.name} goes on; follow it with `neuronatlas jobs wait {op.name}`", err=True
+        )
+        raise
+    if op.state is not JobState.SUCCEEDED or op.model is None:
+        raise click.ClickException(outcome_line(op))
+    _index_summary(op.model)
+
+
+def _index_summary(entry) -> None:
     click.echo(
         f"{entry.model_id}: indexed {entry.neuron_count} neurons in {len(entry.layers)} layers "
         f"(generation {entry.generation}, {entry.index_wall_s:.1f} s)"
@@ -431,6 +704,23 @@ def index_cmd(
     click.echo(f"  probe accuracy: {describe_accuracy(acc)}" + (f" ({why})" if why else ""))
     if acc.get("warning"):
         click.echo(f"WARNING: {acc['warning']}", err=True)
+    comp = entry.extra.get("components")
+    if comp:
+        counts: dict[str, int] = {}
+        for per_kind in comp.get("per_layer_counts", {}).values():
+            for kind, n in per_kind.items():
+                counts[kind] = counts.get(kind, 0) + n
+        click.echo(
+            "  components: "
+            + ", ".join(f"{n} {kind}" for kind, n in sorted(counts.items()))
+            + f" in {len(comp.get('per_layer_counts', {}))} layers"
+        )
+    imp = entry.extra.get("importance")
+    if imp:
+        if "per_class" in imp:
+            click.echo(f"  class importance: {len(imp['classes'])} classes")
+        else:
+            click.echo(f"  class importance not computed: {imp.get('not_computed')}", err=True)
 
 
 @click.command("show")
@@ -442,18 +732,25 @@ def index_cmd(
     show_default=True,
     help="PNG file to write.",
 )
+@client_options
 @click.pass_context
-def show_cmd(ctx, neuron, out):
-    """Draw NEURON (MODEL/LAYER/UNIT): its top probe images, activations and labels."""
+def show_cmd(ctx, client, neuron, out):
+    """Draw NEURON (MODEL/LAYER/UNIT): its top probe images, activations and labels. With
+    --server the images are the server's thumbnails (GetNeuron with include_thumbnails)."""
     from neuronatlas.core.records import parse_neuron_key
-    from neuronatlas.core.store import open_store
 
-    from .grid import show_neuron
+    from .grid import render_grid, show_neuron
 
     model_id, layer, unit = parse_neuron_key(neuron)
-    settings = _settings(ctx)
-    with open_store(settings) as store:
-        path = show_neuron(store, settings.paths, model_id, layer, unit, Path(out))
+    if client is not None:
+        record, thumbnails = client.get_neuron_thumbnails(model_id, layer, unit)
+        path = render_grid(record, None, Path(out), thumbnails=thumbnails)
+    else:
+        from neuronatlas.core.store import open_store
+
+        settings = _settings(ctx)
+        with open_store(settings) as store:
+            path = show_neuron(store, settings.paths, model_id, layer, unit, Path(out))
     click.echo(str(path))
 
 

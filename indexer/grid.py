@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import math
 import textwrap
 from pathlib import Path
@@ -37,8 +38,33 @@ def _caption(record: NeuronRecord) -> str:
     return "\n".join(textwrap.fill(p, 110) for p in parts)
 
 
-def render_grid(record: NeuronRecord, root: Path, out: Path, columns: int = 5) -> Path:
-    """Write the grid PNG to ``out`` and return it."""
+def _image(root: Path | None, sample_id: str, thumbnail: bytes | None) -> Image.Image | None:
+    """A top sample's image: from its thumbnail (PNG bytes) when given, else from the probe
+    folder; None when neither has it."""
+    try:
+        if thumbnail is not None:
+            if not thumbnail:
+                return None
+            with Image.open(io.BytesIO(thumbnail), formats=["PNG"]) as im:
+                return im.convert("RGB")
+        if root is None:
+            return None
+        with Image.open(root / sample_id) as im:
+            return im.convert("RGB")
+    except OSError:
+        return None
+
+
+def render_grid(
+    record: NeuronRecord,
+    root: Path | None,
+    out: Path,
+    columns: int = 5,
+    thumbnails: list[bytes] | None = None,
+) -> Path:
+    """Write the grid PNG to ``out`` and return it. The images come from the probe folder
+    ``root``, or from ``thumbnails`` (PNG bytes in ``record.top_samples`` order, e.g. a
+    server's GetNeuron with include_thumbnails; empty bytes: missing)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -59,11 +85,11 @@ def render_grid(record: NeuronRecord, root: Path, out: Path, columns: int = 5) -
         ax.axis("off")
     for i, s in enumerate(samples):
         ax = axes.flat[i]
-        path = root / s.sample_id
-        try:
-            with Image.open(path) as im:
-                ax.imshow(im.convert("RGB"))
-        except OSError:
+        thumb = None if thumbnails is None else (thumbnails[i] if i < len(thumbnails) else b"")
+        img = _image(root, s.sample_id, thumb)
+        if img is not None:
+            ax.imshow(img)
+        else:
             ax.text(0.5, 0.5, "missing", ha="center", va="center")
         ax.set_title(
             f"#{i + 1} {s.activation:.3g}\n{Path(s.sample_id).parent.name or s.sample_id}",

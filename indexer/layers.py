@@ -150,7 +150,8 @@ def check_aggregation(conv_agg: str, token_agg: str) -> None:
 
 
 class ActivationTap:
-    """Forward hooks that keep the pooled output of each layer for the current batch."""
+    """Forward hooks that keep the pooled output of each layer for the current batch (and the
+    raw output of the ``keep_raw`` layers, e.g. for component projections, in ``raw``)."""
 
     def __init__(
         self,
@@ -158,10 +159,13 @@ class ActivationTap:
         layers: list[LayerSpec],
         conv_agg: str = "mean",
         token_agg: str = "cls",
+        keep_raw: set[str] | None = None,
     ):
         check_aggregation(conv_agg, token_agg)
         self.model, self.layers = model, layers
         self.conv_agg, self.token_agg = conv_agg, token_agg
+        self.keep_raw = set(keep_raw or ())
+        self.raw: dict[str, torch.Tensor] = {}
         self.pooled: dict[str, torch.Tensor] = {}
         self.output: torch.Tensor | None = None  # the model's output for the current batch
         self._handles = []
@@ -178,11 +182,14 @@ class ActivationTap:
                 self.pooled[spec.name] = pool(
                     output, self.conv_agg, self.token_agg, spec.tokens_first
                 )
+                if spec.name in self.keep_raw:
+                    t = output[0] if isinstance(output, (tuple, list)) else output
+                    self.raw[spec.name] = t.detach()
 
         return hook
 
     def __call__(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        self.pooled = {}
+        self.pooled, self.raw = {}, {}
         out = self.model(x)
         first = out[0] if isinstance(out, (tuple, list)) else out
         self.output = first.detach() if isinstance(first, torch.Tensor) else None

@@ -1,11 +1,13 @@
 """One indexing run of a registered model: forward passes, then records into the store.
 
 Stages: validate everything that can be validated (layers, k, vocabularies, embedder against
-the store) -> probe embeddings (cached) -> forward pass over the probe set streaming per-neuron
+the store) -> probe embeddings (cached) -> [components: directions fitted on a probe subset,
+``components.py``] -> forward pass over the probe set streaming per-neuron (and per-component)
 top-k, statistics, the activation sketch and the model's top-1 predictions (checkpointed,
-resumable; the predictions give the probe-set accuracy, ``accuracy.py``) -> neuron vectors,
-labels and scores -> records written to the *other* generation slot -> catalogue entry flipped
-in one ``put_model`` -> old slot deleted.
+resumable; the predictions give the probe-set accuracy, ``accuracy.py``) -> [class importance,
+``importance.py``] -> neuron and component vectors, labels and scores (one code path) ->
+records written to the *other* generation slot -> catalogue entry flipped in one
+``put_model`` -> old slot deleted.
 
 Catalogue status: a model never indexed goes registered -> indexing -> indexed (or failed,
 with the reason). A model that is already indexed stays ``indexed`` (and queryable, on its
@@ -17,7 +19,8 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +33,11 @@ from neuronatlas.core import scores
 from neuronatlas.core.config import Home, HomeLike
 from neuronatlas.core.embedder.base import Embedder
 from neuronatlas.core.errors import FailedPrecondition, InvalidArgument, NotFound
+from neuronatlas.core.jobs import JobCancelled, JobInterrupted, LeaseLost
 from neuronatlas.core.labels import LabelScorer
 from neuronatlas.core.records import (
+    NEURON_KIND,
+    ClassImportance,
     EmbedderInfo,
     LayerInfo,
     ModelEntry,
@@ -43,15 +49,49 @@ from neuronatlas.core.sketches import SKETCH_SAMPLES, delete_sketches, save_sket
 from neuronatlas.core.store import KnowledgeStore
 
 from .accuracy import check_class_map, parse_class_map, probe_accuracy
+from .components import (
+    ComponentGroup,
+    ComponentOptions,
+    check_options,
+    fit_components,
+    load_groups,
+    probe_subset,
+    projections,
+    raw_layers,
+    save_groups,
+    subset_indices,
+)
+from .importance import (
+    Importance,
+    class_importance,
+    class_mapping,
+    load_importance,
+    save_importance,
+)
+from .importance import summary as importance_summary
 from .layers import ActivationTap, LayerSpec, check_aggregation, resolve_layers
 from .probes import ProbeSet, batches, embedder_key, probe_embeddings
 from .runstate import ForwardState, RunDir, RunRecord, fingerprint
-from .sources import BuiltModel, build_model
+from .sources import BuiltModel, artifact_resolver, build_model
 from .topk import class_ids, representative_samples, reservoir_size
 
 log = logging.getLogger(__name__)
 
 SAMPLE_MODES = ("topk", "percentile")
+
+
+@dataclass
+class IndexProgress:
+    """Where a run is, for ``IndexOptions.on_progress``. Stages in order: ``probe
+    embeddings`` and ``forward`` (``done``/``total`` probe images), ``scores`` and ``writing``
+    (neurons; writing includes the labels), ``finishing`` (index build and the flip). With
+    components or class importance, ``components`` (fitting the directions) comes before
+    ``forward`` and ``importance`` after it."""
+
+    stage: str
+    done: int = 0
+    total: int = 0
+    layers: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -76,6 +116,31 @@ class IndexOptions:
     # model output index -> probe class folder, for the probe-set accuracy (accuracy.py); None:
     # output i is the i-th class folder when the counts agree
     class_map: dict[int, str] | None = None
+    # concept components (nmf, cluster, cav: components.py) and class importance
+    # (importance.py); no kinds and importance unset: neither (neurons only, as before)
+    components: ComponentOptions = field(default_factory=ComponentOptions)
+    # called at every stage change and after every batch / layer (``IndexProgress``); it may
+    # raise to stop the run (the indexing worker raises JobCancelled / JobInterrupted / LeaseLost
+    # there): the run stops between batches, checkpointed, and stays resumable. Not part of the
+    # run's fingerprint nor of the catalogue entry.
+    on_progress: Callable[[IndexProgress], None] | None = None
+
+
+@dataclass
+class _Stream:
+    """What the write phase turns into records: the neurons of a layer, or the components of
+    one kind in a layer. ``name`` keys its top-k and statistics in the forward state."""
+
+    name: str
+    spec: LayerSpec
+    units: int
+    kind: str = NEURON_KIND
+    extraction: str = ""
+    info: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def layer(self) -> str:
+        return self.spec.name
 
 
 def embedder_id(info: EmbedderInfo) -> str:
@@ -118,6 +183,17 @@ class IndexRun:
         self.resumed_from = 0  # first sample of this attempt's forward pass (> 0: resumed)
         self.accuracy: dict[str, Any] = {}  # probe-set accuracy record (accuracy.py)
         self.accuracy_reason = ""  # why it was not measured
+        self.layer_names: list[str] = []
+        self._specs: list[LayerSpec] = []  # the indexed layers
+        self.component_specs: list[LayerSpec] = []  # layers that get components
+        self.groups: list[ComponentGroup] = []  # fitted component directions (components.py)
+        self.component_meta: dict[str, Any] = {}
+        self.importance: Importance | None = None  # class importance (importance.py)
+        self.importance_reason = ""  # why it was not computed
+
+    def _report(self, stage: str, done: int = 0, total: int = 0) -> None:
+        if self.opt.on_progress is not None:
+            self.opt.on_progress(IndexProgress(stage, int(done), int(total), self.layer_names))
 
     # -- validation ------------------------------------------------------------------------
     def _prepare(
@@ -139,7 +215,7 @@ class IndexRun:
                 field="samples",
             )
         self._reservoir()  # checks the percentile
-        built = build_model(entry.source)
+        built = build_model(entry.source, artifact_resolver(self.home))
         if entry.weights_sha256 and built.weights_sha256 != entry.weights_sha256:
             raise FailedPrecondition(
                 f"the weights of {self.model_id!r} changed since registration "
@@ -150,6 +226,7 @@ class IndexRun:
             opt.class_map = parse_class_map(opt.class_map)  # also a list (output order)
             check_class_map(opt.class_map, self.probe.files)
         check_aggregation(opt.conv_aggregation, opt.token_aggregation)
+        self.component_specs = check_options(opt.components, specs)
         scorers = _vocab_scorers(self.embedder, self.vocabularies, self.home.labels_cache)
         self.store.bind_embedder(self.embedder.info)
         return entry, built, specs, scorers
@@ -173,6 +250,12 @@ class IndexRun:
                 **({"samples": [o.samples, o.percentile]} if o.samples == "percentile" else {}),
                 "vocab": {n: str(p.resolve()) for n, p in sorted(self.vocabularies.items())},
                 "class_map": sorted((o.class_map or {}).items()),
+                # only with components / importance, so earlier checkpoints still resume
+                **(
+                    {"components": asdict(o.components)}
+                    if o.components.kinds or o.components.wants_importance
+                    else {}
+                ),
             }
         )
 
@@ -194,16 +277,27 @@ class IndexRun:
                 self.store.delete_neurons(self.model_id, target)
             rundir.save_record(rec)
         self._mark_started(entry, live, rec.target_generation)
+        self.layer_names = [s.name for s in specs]
+        self._specs = specs
         try:
             te = time.perf_counter()
+            n_probe = len(self.probe)
+            self._report("probe embeddings", 0, n_probe)
             emb = probe_embeddings(
-                self.home, self.probe, self.embedder, self.opt.batch_size, self.opt.progress
+                self.home,
+                self.probe,
+                self.embedder,
+                self.opt.batch_size,
+                self.opt.progress,
+                on_batch=lambda done: self._report("probe embeddings", done, n_probe),
             )
             self.timings["embed_s"] = time.perf_counter() - te
+            self._fit_components(built, rundir)
             state = self._forward(built, specs, rundir, rec)
             self.accuracy, self.accuracy_reason = probe_accuracy(
                 state.predictions, state.outputs, self.probe.files, self.opt.class_map
             )
+            self._class_importance(built, specs, state, rundir)
             t1 = time.perf_counter()
             layer_infos = self._write(specs, state, emb, scorers, rundir, rec)
             self.timings["write_s"] = time.perf_counter() - t1
@@ -221,6 +315,8 @@ class IndexRun:
                 entry, built, live, rec, layer_infos, rec.elapsed_s + time.perf_counter() - t0
             )
         except BaseException as e:
+            if isinstance(e, LeaseLost):  # another runner has the job (and the run state) now
+                raise
             rec.elapsed_s += time.perf_counter() - t0
             rundir.save_record(rec)
             self._mark_failed(live, e)
@@ -229,6 +325,8 @@ class IndexRun:
         return final
 
     def _mark_started(self, entry: ModelEntry, live: int | None, target: int) -> None:
+        # re-read: metadata changed (UpdateModel) while the model was being built is kept
+        entry = self.store.get_model(self.model_id)
         entry.embedder = entry.embedder if live is not None else embedder_id(self.embedder.info)
         entry.probe_set = entry.probe_set if live is not None else self.probe.id
         if live is None:
@@ -246,9 +344,17 @@ class IndexRun:
         self.store.put_model(entry)
 
     def _mark_failed(self, live: int | None, err: BaseException) -> None:
-        reason = (
-            "interrupted" if isinstance(err, KeyboardInterrupt) else f"{type(err).__name__}: {err}"
-        )
+        """Record why the run stopped. A cancelled run (``JobCancelled``) is no failure: a
+        model never indexed goes back to ``registered`` (reason "cancelled"), a re-indexed one
+        keeps serving its previous generation (``extra.reindex.status`` "cancelled"). Its run
+        state is kept either way, so indexing it again resumes."""
+        cancelled = isinstance(err, JobCancelled)
+        if cancelled:
+            reason = "cancelled"
+        elif isinstance(err, (KeyboardInterrupt, JobInterrupted)):
+            reason = "interrupted"
+        else:
+            reason = f"{type(err).__name__}: {err}"
         # Best effort: the store itself may be what failed, and the original error (re-raised
         # by run()) matters more than this bookkeeping.
         try:
@@ -262,11 +368,14 @@ class IndexRun:
             )
             return
         if live is None:
-            entry.status = ModelStatus.FAILED
+            entry.status = ModelStatus.REGISTERED if cancelled else ModelStatus.FAILED
             entry.status_reason = reason
         else:
-            entry.status_reason = f"re-index failed: {reason}"
-            entry.extra = {**entry.extra, "reindex": {"status": "failed", "reason": reason}}
+            what = "cancelled" if cancelled else "failed"
+            entry.status_reason = (
+                "re-index cancelled" if cancelled else f"re-index failed: {reason}"
+            )
+            entry.extra = {**entry.extra, "reindex": {"status": what, "reason": reason}}
         entry.updated_at = time.time()
         try:
             self.store.put_model(entry)
@@ -286,11 +395,10 @@ class IndexRun:
         n = len(self.probe)
         n_sketch = min(SKETCH_SAMPLES, n)
         names = [s.name for s in specs]
-        state = rundir.load_state(names)
+        streams = {**{s.name: s.units for s in specs}, **{g.key: g.units for g in self.groups}}
+        state = rundir.load_state(list(streams))
         if state is None:
-            state = ForwardState.fresh(
-                {s.name: s.units for s in specs}, self._reservoir(), n_sketch, samples=n
-            )
+            state = ForwardState.fresh(streams, self._reservoir(), n_sketch, samples=n)
         self.resumed_from = state.samples_done
         if state.samples_done >= n:
             return state
@@ -301,8 +409,13 @@ class IndexRun:
         )
         built.module.to(dev)
         tap = ActivationTap(
-            built.module, specs, self.opt.conv_aggregation, self.opt.token_aggregation
+            built.module,
+            specs,
+            self.opt.conv_aggregation,
+            self.opt.token_aggregation,
+            keep_raw=raw_layers(self.groups, self.opt.conv_aggregation),
         )
+        by_name = {s.name: s for s in specs}
         candidates = sorted(self.opt.class_map) if self.opt.class_map else None
         bar = tqdm(
             total=n,
@@ -311,6 +424,7 @@ class IndexRun:
             unit="img",
             disable=not self.opt.progress,
         )
+        self._report("forward", state.samples_done, n)
         try:
             with torch.inference_mode():
                 for i, (start, x) in enumerate(
@@ -332,10 +446,20 @@ class IndexRun:
                         if start < n_sketch:
                             m = min(b, n_sketch - start)
                             state.sketch[name][start : start + m] = acts[:m].numpy()
+                    for g, acts in projections(
+                        self.groups, pooled, tap.raw, by_name, self.opt.conv_aggregation
+                    ):  # components: the same streaming top-k and statistics as neurons
+                        state.topk[g.key].update(acts, start)
+                        state.stats[g.key].update(acts)
                     state.samples_done = start + b
                     bar.update(b)
                     if (i + 1) % self.opt.checkpoint_every == 0 and state.samples_done < n:
                         rundir.save_state(state)
+                    try:
+                        self._report("forward", state.samples_done, n)
+                    except (JobCancelled, JobInterrupted):
+                        rundir.save_state(state)  # stopped between batches: nothing is lost
+                        raise
         finally:
             tap.close()
             bar.close()
@@ -344,6 +468,131 @@ class IndexRun:
         rundir.save_record(rec)
         self.timings["forward_s"] = time.perf_counter() - t0
         return state
+
+    # -- components and class importance ----------------------------------------------------
+    def _device(self) -> torch.device:
+        if self.opt.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(self.opt.device)
+
+    def _fit_components(self, built: BuiltModel, rundir: RunDir) -> None:
+        """Fit the component directions on the probe subset (components.py), or reload those
+        of the interrupted attempt this run resumes."""
+        o = self.opt.components
+        if not o.kinds:
+            return
+        path = rundir.path / "components"
+        loaded = load_groups(path)
+        if loaded is not None:
+            self.groups, self.component_meta = loaded
+            return
+        t0 = time.perf_counter()
+        self._report("components", 0, len(self.component_specs))
+        dev = self._device()
+        built.module.to(dev)
+        self.groups, self.component_meta = fit_components(
+            built.module,
+            self.component_specs,
+            self.probe,
+            built.input.transform(),
+            o,
+            self.opt.conv_aggregation,
+            self.opt.token_aggregation,
+            self.opt.batch_size,
+            dev,
+        )
+        save_groups(path, self.groups, self.component_meta)
+        self.timings["components_s"] = time.perf_counter() - t0
+
+    def _class_importance(
+        self, built: BuiltModel, specs: list[LayerSpec], state: ForwardState, rundir: RunDir
+    ) -> None:
+        """Gradient x activation per class of every neuron and component (importance.py) on
+        the probe subset, or the reason it cannot be computed."""
+        o = self.opt.components
+        if not o.wants_importance:
+            return
+        path = rundir.path / "importance.npz"
+        self.importance = load_importance(path)
+        if self.importance is not None:
+            return
+        mapping = class_mapping(self.probe.files, state.outputs, self.opt.class_map)
+        if isinstance(mapping, str):
+            self.importance_reason = mapping
+            return
+        t0 = time.perf_counter()
+        self._report("importance")
+        idx = subset_indices(self.probe.files, o.images, o.seed)
+        dev = self._device()
+        built.module.to(dev)
+        try:
+            self.importance = class_importance(
+                built.module,
+                specs,
+                self.groups,
+                probe_subset(self.probe, idx),
+                mapping.y[idx],
+                mapping,
+                built.input.transform(),
+                self.opt.batch_size,
+                dev,
+            )
+        except (RuntimeError, ValueError) as e:  # e.g. a model autograd cannot differentiate
+            self.importance_reason = f"{type(e).__name__}: {e}"[:300]
+            log.warning("class importance of %s not computed: %s", self.model_id, e)
+            return
+        save_importance(path, self.importance)
+        self.timings["importance_s"] = time.perf_counter() - t0
+
+    def _streams(self, specs: list[LayerSpec]) -> list[_Stream]:
+        """Every layer's neurons, then every component group, in layer order."""
+        by_name = {s.name: s for s in specs}
+        out = [_Stream(s.name, s, s.units) for s in specs]
+        out += [
+            _Stream(g.key, by_name[g.layer], g.units, g.kind, g.extraction, g.info)
+            for g in sorted(self.groups, key=lambda g: (by_name[g.layer].index, g.kind))
+        ]
+        return out
+
+    @staticmethod
+    def _redundancy(streams: list[_Stream], vecs: dict[str, np.ndarray]) -> np.ndarray:
+        """Max cosine to another record of the same kind of the model, in stream order (the
+        neurons' redundancy is what it was before components existed)."""
+        out = np.zeros(sum(s.units for s in streams), np.float32)
+        offsets = np.cumsum([0] + [s.units for s in streams])
+        for kind in dict.fromkeys(s.kind for s in streams):
+            pos = [i for i, s in enumerate(streams) if s.kind == kind]
+            allv = np.concatenate([vecs[streams[i].name] for i in pos])
+            red = scores.redundancy(allv) if len(allv) > 1 else np.zeros(len(allv), np.float32)
+            at = 0
+            for i in pos:
+                n = streams[i].units
+                out[offsets[i] : offsets[i] + n] = red[at : at + n]
+                at += n
+        return out
+
+    def _top_classes(self, name: str, unit: int) -> list[ClassImportance]:
+        return self.importance.top_classes(name, unit) if self.importance is not None else []
+
+    def _component_extra(self) -> dict[str, Any]:
+        """``extra.components`` and ``extra.importance`` of the catalogue entry."""
+        out: dict[str, Any] = {}
+        if self.groups:
+            layers: dict[str, dict[str, int]] = {}
+            for g in self.groups:
+                layers.setdefault(g.layer, {})[g.kind] = g.units
+            out["components"] = {
+                **{k: v for k, v in self.component_meta.items() if k != "options"},
+                "count": sum(g.units for g in self.groups),
+                "per_layer_counts": layers,
+            }
+        if self.opt.components.wants_importance:
+            if self.importance is None:
+                out["importance"] = {"not_computed": self.importance_reason}
+            else:
+                streams = [(s.name, s.kind, s.layer, s.units) for s in self._streams(self._specs)]
+                out["importance"] = importance_summary(self.importance, streams)
+        return out
 
     # -- sample selection ------------------------------------------------------------------
     def _reservoir(self) -> int:
@@ -389,8 +638,12 @@ class IndexRun:
         rundir: RunDir,
         rec: RunRecord,
     ) -> list[LayerInfo]:
+        streams = self._streams(specs)
         per_layer = {}
-        for s in specs:
+        units = sum(s.units for s in streams)
+        scored = 0
+        self._report("scores", 0, units)
+        for s in streams:
             vals, idx = self._select(*state.topk[s.name].result())
             topk_emb = emb[idx]  # (units, k, d)
             poly, poly_sl = scores.polysemanticity_both(topk_emb)
@@ -402,13 +655,10 @@ class IndexRun:
                 np.asarray(poly),
                 np.asarray(poly_sl),
             )
-        all_vecs = np.concatenate([per_layer[s.name][2] for s in specs])
-        redundancy = (
-            np.asarray(scores.redundancy(all_vecs))
-            if len(all_vecs) > 1
-            else np.zeros(len(all_vecs))
-        )
-        offsets = np.cumsum([0] + [s.units for s in specs])
+            scored += s.units
+            self._report("scores", scored, units)
+        redundancy = self._redundancy(streams, {k: v[2] for k, v in per_layer.items()})
+        offsets = np.cumsum([0] + [s.units for s in streams])
         infos = []
         bar = tqdm(
             total=int(offsets[-1]),
@@ -416,8 +666,10 @@ class IndexRun:
             unit="neuron",
             disable=not self.opt.progress,
         )
-        for li, s in enumerate(specs):
-            infos.append(LayerInfo(s.name, s.index, s.depth, s.units, s.kind))
+        for li, s in enumerate(streams):
+            self._report("writing", int(offsets[li]), units)
+            if s.kind == NEURON_KIND:
+                infos.append(LayerInfo(s.layer, s.spec.index, s.spec.depth, s.units, s.spec.kind))
             if s.name in rec.written_layers:
                 bar.update(s.units)
                 continue
@@ -434,9 +686,9 @@ class IndexRun:
                 records.append(
                     NeuronRecord(
                         model_id=self.model_id,
-                        layer=s.name,
-                        layer_index=s.index,
-                        depth=s.depth,
+                        layer=s.layer,
+                        layer_index=s.spec.index,
+                        depth=s.spec.depth,
                         unit=u,
                         vector=vecs[u].astype(np.float32),
                         top_samples=[
@@ -451,6 +703,10 @@ class IndexRun:
                         redundancy=float(redundancy[offsets[li] + u]),
                         stats={k: float(v[u]) for k, v in stats.items()},
                         generation=rec.target_generation,
+                        kind=s.kind,
+                        extraction=s.extraction,
+                        component=dict(s.info[u]) if s.info else {},
+                        top_classes=self._top_classes(s.name, u),
                     )
                 )
             self.store.upsert_neurons(records)
@@ -458,6 +714,7 @@ class IndexRun:
             rundir.save_record(rec)
             bar.update(s.units)
         bar.close()
+        self._report("writing", units, units)
         return infos
 
     # -- the flip --------------------------------------------------------------------------
@@ -470,7 +727,8 @@ class IndexRun:
         infos: list[LayerInfo],
         wall_s: float,
     ) -> ModelEntry:
-        expected = sum(i.neurons for i in infos)
+        self._report("finishing")  # the last point a run can be stopped: before the flip
+        expected = sum(i.neurons for i in infos) + sum(g.units for g in self.groups)
         got = self.store.count(self.model_id, rec.target_generation)
         if got != expected:
             raise FailedPrecondition(
@@ -492,8 +750,9 @@ class IndexRun:
         entry.indexed_at = entry.updated_at = now
         entry.index_wall_s = wall_s
         extra = {k: v for k, v in entry.extra.items() if k != "reindex"}
-        opts = asdict(self.opt)
+        opts = asdict(replace(self.opt, on_progress=None))
         opts.pop("progress")
+        opts.pop("on_progress")
         opts["class_map"] = len(self.opt.class_map) if self.opt.class_map else None
         extra["index"] = {
             "options": opts,
@@ -506,6 +765,9 @@ class IndexRun:
         }
         if self.accuracy_reason:
             extra["index"]["accuracy_not_measured"] = self.accuracy_reason
+        extra.pop("components", None)  # a re-index without components drops the old ones
+        extra.pop("importance", None)
+        extra.update(self._component_extra())
         entry.extra = extra
         entry.transform = built.input.to_dict()
         entry.probe_accuracy = self.accuracy

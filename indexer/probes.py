@@ -32,6 +32,7 @@ from neuronatlas.core.embedder.base import Embedder
 from neuronatlas.core.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from neuronatlas.core.hashing import file_sha256
 from neuronatlas.core.records import EmbedderInfo
+from neuronatlas.core.validate import shown
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
@@ -127,14 +128,21 @@ def _readable(path: Path) -> bool:
         return False
 
 
+def check_probe_name(name: str, field: str = "probe") -> str:
+    """Probe-set names: 1-128 letters, digits, '.', '_' or '-' (not starting with '.')."""
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
+        raise InvalidArgument(
+            f"probe-set name {shown(name)} must be 1-128 letters, digits, '.', '_' or '-'",
+            field=field,
+        )
+    return name
+
+
 def scan_probe_folder(
     name: str, folder: str | Path, limit: int | None = None, progress: bool = False
 ) -> ProbeSet:
     """Scan, validate and hash a folder of images (does not register it)."""
-    if not _NAME_RE.fullmatch(name or ""):
-        raise InvalidArgument(
-            f"probe-set name {name!r} must be letters, digits, '.', '_' or '-'", field="probe"
-        )
+    check_probe_name(name)
     root = Path(folder).expanduser().resolve()
     if not root.is_dir():
         raise NotFound(f"probe folder {root} does not exist")
@@ -201,11 +209,41 @@ def open_probe_set(
 
 def load_probe_set(home: HomeLike, name: str) -> ProbeSet:
     home = Home.of(home)
+    check_probe_name(name)
     path = home.probe_file(name)
     if not path.is_file():
         known = sorted(p.stem for p in home.probes.glob("*.json"))
-        raise NotFound(f"no probe set named {name!r} (registered: {', '.join(known) or 'none'})")
+        listed = ", ".join(known[:20]) + (", ..." if len(known) > 20 else "")
+        raise NotFound(
+            f"no probe set named {shown(name)} (registered: {listed or 'none'})",
+            resource_type="probe set",
+            resource_name=name,
+        )
     return ProbeSet.from_dict(json.loads(path.read_text()))
+
+
+def list_probe_sets(home: HomeLike) -> list[ProbeSet]:
+    """Every registered probe set, by name (unreadable registrations left out)."""
+    home = Home.of(home)
+    out = []
+    paths = home.probes.glob("*.json") if home.probes.is_dir() else iter(())
+    for path in sorted(paths, key=lambda p: p.stem):
+        try:
+            out.append(ProbeSet.from_dict(json.loads(path.read_text())))
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return out
+
+
+def probe_set_of(home: HomeLike, probe_id: str) -> ProbeSet | None:
+    """The registered probe set a model was indexed with (``ModelEntry.probe_set``,
+    ``name@sha12``), or None when it is gone or was replaced by other images since."""
+    name, _, prefix = probe_id.partition("@")
+    try:
+        probe = load_probe_set(home, name)
+    except (NotFound, InvalidArgument, OSError, ValueError, KeyError, TypeError):
+        return None
+    return probe if prefix and probe.sha256.startswith(prefix) else None
 
 
 class ProbeImages(torch.utils.data.Dataset[torch.Tensor]):
@@ -265,8 +303,10 @@ def probe_embeddings(
     embedder: Embedder,
     batch_size: int = 256,
     progress: bool = True,
+    on_batch: Callable[[int], None] | None = None,
 ) -> np.ndarray:
-    """(n, dim) L2-normalised image embeddings of the probe set, computed once and cached."""
+    """(n, dim) L2-normalised image embeddings of the probe set, computed once and cached.
+    ``on_batch(images_done)`` is called after each batch computed (not for a cache hit)."""
     path = embedding_cache_path(home, probe, embedder.info)
     manifest = path.with_suffix(".json")
     if path.is_file() and manifest.is_file():
@@ -283,6 +323,8 @@ def probe_embeddings(
         for start, x in batches(probe, embedder.preprocess, batch_size):
             out[start : start + x.shape[0]] = embedder.encode_images(x, batch_size=batch_size)
             bar.update(x.shape[0])
+            if on_batch is not None:
+                on_batch(start + x.shape[0])
     bar.close()
     atomic_save_npy(path, out, durable=True)
     atomic_write_json(

@@ -38,14 +38,18 @@ from typing import Any
 import torch
 from torch import nn
 
+from neuronatlas.core.artifacts import ArtifactStore
+from neuronatlas.core.config import Home, HomeLike
 from neuronatlas.core.errors import (
     FailedPrecondition,
     InvalidArgument,
     NeuronAtlasError,
+    PermissionDenied,
     WeightsUnavailable,
 )
 from neuronatlas.core.hashing import file_sha256
 from neuronatlas.core.imports import load_object
+from neuronatlas.core.validate import shown
 
 from .cifar_resnet import CIFAR_MEAN, CIFAR_STD, load_cifar_resnet
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, TransformSpec, resolve_transform
@@ -314,16 +318,151 @@ BUILDERS: dict[str, Callable[[dict[str, Any]], BuiltModel]] = {
 }
 
 
-def build_model(source: dict[str, Any]) -> BuiltModel:
-    """Build the module a source dict describes (eval mode, CPU)."""
+#: source keys that name a file, and may name an uploaded artifact ("artifact:<sha256>")
+FILE_KEYS = ("weights", "path")
+ARTIFACT_PREFIX = "artifact:"
+
+
+def artifact_refs(source: dict[str, Any]) -> dict[str, str]:
+    """The file keys of a source that name an uploaded artifact (key -> "artifact:<sha256>")."""
+    return {
+        key: val
+        for key in FILE_KEYS
+        if isinstance(val := source.get(key), str) and val.startswith(ARTIFACT_PREFIX)
+    }
+
+
+#: every key a source may have (builders ignore the ones their kind does not use)
+SOURCE_KEYS = (
+    "kind",
+    "depth",
+    "name",
+    "weights",
+    "path",
+    "factory",
+    "kwargs",
+    "random_init",
+    "seed",
+    "architecture",
+    "training_data",
+    "input_size",
+    "resize",
+    "crop",
+    "mean",
+    "std",
+    "interpolation",
+)
+# Bounds for sources that come over the network (``check_untrusted_source``): building a model
+# allocates its weights and runs it once on an input of its size.
+MAX_REMOTE_DEPTH = 1202  # the deepest CIFAR ResNet of the paper
+MAX_REMOTE_SIDE = 1024  # input_size, resize, crop
+MAX_REMOTE_KWARG = 100_000
+
+
+def check_untrusted_source(
+    source: dict[str, Any], *, allow_python: bool = False, field: str = "source"
+) -> None:
+    """Refuse a source from a network caller that the server should not build: unknown keys
+    (a typo such as "weigths" would otherwise be ignored), an unknown kind, a ``python``
+    factory (code the server would run) unless ``allow_python``, and sizes that would make
+    building it exhaust the server (depth, input sides, ``kwargs`` other than small scalars).
+    Raises InvalidArgument (field ``source.<key>``) or PermissionDenied."""
+    for key in source:
+        if key not in SOURCE_KEYS:
+            raise InvalidArgument(
+                f"unknown source key {shown(key)}; known: {', '.join(SOURCE_KEYS)}",
+                field=f"{field}.{key}" if len(key) <= 64 else field,
+            )
+    kind = source.get("kind")
+    if not isinstance(kind, str) or kind not in BUILDERS:
+        raise InvalidArgument(
+            f"unknown model source kind {shown(kind)}; one of {', '.join(sorted(BUILDERS))}",
+            field=f"{field}.kind",
+        )
+    if kind == "python" and not allow_python:
+        raise PermissionDenied(
+            "python sources run a factory function on the server, which this server does not "
+            "allow (setting allow_python_sources); upload a TorchScript file instead"
+        )
+    for key, value in source.items():
+        if key in ("name", "weights", "path", "factory", "architecture", "training_data"):
+            if not isinstance(value, str) or len(value) > 4096:
+                raise InvalidArgument(
+                    f"source {key} must be text of at most 4096 characters",
+                    field=f"{field}.{key}",
+                )
+    depth = source.get("depth")
+    if depth is not None and (
+        not isinstance(depth, int | float)
+        or isinstance(depth, bool)
+        or not 1 <= depth <= MAX_REMOTE_DEPTH
+    ):
+        raise InvalidArgument(
+            f"depth must be a number in 1..{MAX_REMOTE_DEPTH}, not {shown(depth)}",
+            field=f"{field}.depth",
+        )
+    for key in ("input_size", "resize", "crop"):
+        value = source.get(key)
+        sides = value if isinstance(value, list) else [value]
+        for side in sides:
+            if (
+                isinstance(side, int | float)
+                and not isinstance(side, bool)
+                and (side > MAX_REMOTE_SIDE)
+            ):
+                raise InvalidArgument(
+                    f"{key} {shown(side)} is above this server's limit of {MAX_REMOTE_SIDE} pixels",
+                    field=f"{field}.{key}",
+                )
+    kwargs = source.get("kwargs", {})
+    if not isinstance(kwargs, dict):
+        raise InvalidArgument("kwargs must be an object", field=f"{field}.kwargs")
+    for name, value in kwargs.items():
+        ok = isinstance(value, bool | str) and len(str(value)) <= 256
+        ok = ok or (isinstance(value, int | float) and abs(value) <= MAX_REMOTE_KWARG)
+        if not ok:
+            raise InvalidArgument(
+                f"kwargs {shown(name)} must be a boolean, text or a number of at most "
+                f"{MAX_REMOTE_KWARG} in size",
+                field=f"{field}.kwargs.{name}" if len(name) <= 64 else f"{field}.kwargs",
+            )
+
+
+def artifact_resolver(home: HomeLike) -> Callable[[str], str]:
+    """``artifact:<sha256>`` -> the file uploaded into ``home`` (NOT_FOUND when it is not)."""
+    return ArtifactStore(Home.of(home).artifacts).resolve
+
+
+def resolve_files(
+    source: dict[str, Any], resolve: Callable[[str], str] | None = None
+) -> dict[str, Any]:
+    """A copy of ``source`` whose ``artifact:<sha256>`` file values are the stored files'
+    paths (``resolve``: e.g. ``ArtifactStore.resolve``). The catalogue keeps the reference
+    (portable between homes); only the copy a builder sees carries the path."""
+    refs = artifact_refs(source) if isinstance(source, dict) else {}
+    if not refs:
+        return source
+    if resolve is None:
+        key, ref = next(iter(refs.items()))
+        raise FailedPrecondition(
+            f"source key {key!r} names the uploaded artifact {ref[:20]}...: it can only be "
+            "built where the artifacts are kept (the server that received the upload)"
+        )
+    return {**source, **{key: resolve(ref) for key, ref in refs.items()}}
+
+
+def build_model(source: dict[str, Any], resolve: Callable[[str], str] | None = None) -> BuiltModel:
+    """Build the module a source dict describes (eval mode, CPU). ``resolve`` maps the
+    ``artifact:<sha256>`` file values of uploaded files to local paths (``resolve_files``)."""
     if not isinstance(source, dict) or "kind" not in source:
         raise InvalidArgument(
-            f"model source must be a dict with a 'kind', got {source!r}", field="source"
+            f"model source must be a dict with a 'kind', got {shown(source)}", field="source"
         )
     builder = BUILDERS.get(str(source["kind"]))
     if builder is None:
         raise InvalidArgument(
-            f"unknown model source kind {source['kind']!r}; one of {', '.join(sorted(BUILDERS))}",
+            f"unknown model source kind {shown(source['kind'])}; one of "
+            f"{', '.join(sorted(BUILDERS))}",
             field="source",
         )
-    return builder(source)
+    return builder(resolve_files(source, resolve))

@@ -1,8 +1,10 @@
 """The ``neuronatlas`` command. Each app contributes its own commands:
 
 - ``neuronatlas.indexer.cli``: register, probe, index, show
-- ``neuronatlas.service.cli``: serve, search, neuron, labels, models, stats, verify
+- ``neuronatlas.service.cli``: serve, search, neuron, labels, models (and models update), stats,
+  verify, delete
 - ``neuronatlas.service.compare_cli``: compare, audit
+- ``neuronatlas.service.jobs_cli``: jobs (indexing operations), worker
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import click
 from neuronatlas.core.errors import NeuronAtlasError
 from neuronatlas.indexer import cli as indexer_cli
 from neuronatlas.service import cli as service_cli
-from neuronatlas.service import compare_cli
+from neuronatlas.service import compare_cli, jobs_cli
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -101,7 +103,12 @@ def _one_line(text: str) -> str:
 
 
 # The apps' commands (their modules import ``settings_from`` back only when a command runs).
-for _cmd in (*indexer_cli.COMMANDS, *service_cli.COMMANDS, *compare_cli.COMMANDS):
+for _cmd in (
+    *indexer_cli.COMMANDS,
+    *service_cli.COMMANDS,
+    *compare_cli.COMMANDS,
+    *jobs_cli.COMMANDS,
+):
     cli.add_command(_cmd)
 
 

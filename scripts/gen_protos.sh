@@ -11,4 +11,4 @@ mkdir -p "$OUT/neuronatlas/v1"
 cd "$ROOT/protos"
 "$PY" -m grpc_tools.protoc -I . \
   --python_out="$OUT" --pyi_out="$OUT" --grpc_python_out="$OUT" \
-  neuronatlas/v1/neuronatlas.proto neuronatlas/v1/zoo.proto
+  neuronatlas/v1/neuronatlas.proto neuronatlas/v1/zoo.proto neuronatlas/v1/admin.proto

@@ -1,5 +1,7 @@
-"""Service commands: ``serve`` and the query commands ``search``, ``neuron``, ``labels``,
-``models``, ``stats``, ``verify`` (``compare`` and ``audit`` are in ``compare_cli.py``).
+"""Service commands: ``serve``, the query commands ``search``, ``neuron``, ``labels``,
+``models``, ``stats``, ``verify`` (``compare`` and ``audit`` are in ``compare_cli.py``) and the
+catalogue changes ``models update`` and ``delete``; ``client_options`` gives the indexer's
+``register`` and ``show`` their ``--server``.
 
 Every query command talks to one ``QueryBackend`` (``neuronatlas.core.backend``), chosen once:
 a server's typed client when ``--server HOST:PORT`` (or ``NEURONATLAS_SERVER``) is given,
@@ -13,6 +15,7 @@ import functools
 import json
 import logging
 import math
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,7 +25,7 @@ import click
 from neuronatlas.core import queries as Q
 from neuronatlas.core.backend import QueryBackend, all_models
 from neuronatlas.core.embedder.base import Embedder
-from neuronatlas.core.records import ModelEntry, NeuronRecord, parse_neuron_key
+from neuronatlas.core.records import KINDS, ModelEntry, NeuronRecord, parse_component_key
 from neuronatlas.core.store.base import Hit, LabelScope, SearchFilter
 
 
@@ -92,11 +95,71 @@ def backend_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         timeout: float,
         **kwargs: Any,
     ) -> Any:
+        if isinstance(ctx.command, click.Group) and ctx.invoked_subcommand is not None:
+            # a group (``models``) with a sub-command: the sub-command connects itself
+            given = [
+                name
+                for name in ("server", "token", "tls", "ca_cert", "timeout", *kwargs)
+                if ctx.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE
+            ]
+            if given:
+                raise click.UsageError(
+                    f"give {', '.join('--' + g.replace('_', '-') for g in given)} after "
+                    f"the sub-command ({ctx.invoked_subcommand})"
+                )
+            return None
         backend = open_backend(ctx, server, token, ca_cert or tls, timeout)
         try:
             return fn(backend=backend, **kwargs)
         finally:
             backend.close()
+
+    return wrapper
+
+
+def client_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """--server/--token/--tls/--ca-cert/--timeout for a command that works on a server when
+    given one (``register``, ``show``): it gets ``client``, the typed client or None, closed
+    when it returns."""
+
+    @click.option(
+        "--server",
+        envvar="NEURONATLAS_SERVER",
+        default=None,
+        metavar="HOST:PORT",
+        help="Work on this NeuronAtlas server (env NEURONATLAS_SERVER); default: the local store.",
+    )
+    @click.option(
+        "--token",
+        envvar="NEURONATLAS_TOKEN",
+        default=None,
+        help="Bearer token (env NEURONATLAS_TOKEN).",
+    )
+    @click.option("--tls", "tls", is_flag=True, help="Connect with TLS (system roots).")
+    @click.option(
+        "--ca-cert",
+        type=click.Path(dir_okay=False, exists=True),
+        default=None,
+        help="Connect with TLS trusting this PEM CA bundle.",
+    )
+    @click.option(
+        "--timeout", type=float, default=60.0, show_default=True, help="Deadline per call, seconds."
+    )
+    @functools.wraps(fn)
+    def wrapper(
+        server: str | None,
+        token: str | None,
+        tls: bool,
+        ca_cert: str | None,
+        timeout: float,
+        **kwargs: Any,
+    ) -> Any:
+        if not server:
+            return fn(client=None, **kwargs)
+        from neuronatlas.service.client import Client
+
+        with Client(server, token=token, tls=ca_cert or tls, timeout=timeout) as client:
+            return fn(client=client, **kwargs)
 
     return wrapper
 
@@ -138,6 +201,7 @@ def _hit_dict(h: Hit) -> dict[str, Any]:
         "model_id": r.model_id,
         "layer": r.layer,
         "unit": r.unit,
+        "kind": r.kind,
         "score": h.score,
         "depth": r.depth,
         "clarity": r.clarity,
@@ -169,6 +233,7 @@ def _filter(
     min_clarity: float | None,
     label: str | None = None,
     match: str | None = None,
+    kinds: tuple[str, ...] = (),
 ) -> SearchFilter | None:
     flt = SearchFilter(
         model_ids=tuple(models) or None,
@@ -178,8 +243,24 @@ def _filter(
         min_clarity=min_clarity,
         label=label,
         label_scope=LabelScope(match) if match else None,
+        kinds=kind_filter(kinds),
     )
     return None if flt == SearchFilter() else flt
+
+
+def kind_filter(kinds: tuple[str, ...]) -> tuple[str, ...] | None:
+    """``--kind`` values: none -> None (neurons only), ``all`` -> every kind."""
+    if not kinds:
+        return None
+    if "all" in kinds:
+        return KINDS
+    return tuple(dict.fromkeys(kinds))
+
+
+_KIND_HELP = (
+    "Only records of this kind (repeatable): neuron, nmf, cluster, cav, or all. "
+    "Default: neurons only."
+)
 
 
 _MATCH_HELP = (
@@ -202,6 +283,13 @@ def filter_options(fn: Callable[..., Any]) -> Callable[..., Any]:
                 "--depth-max", type=float, default=None, help="Highest relative depth (0-1)."
             ),
             click.option("--min-clarity", type=float, default=None, help="Lowest clarity score."),
+            click.option(
+                "--kind",
+                "kinds",
+                multiple=True,
+                type=click.Choice([*KINDS, "all"]),
+                help=_KIND_HELP,
+            ),
         ]
     ):
         fn = opt(fn)
@@ -221,7 +309,8 @@ def filter_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     "--tokens-file",
     type=click.Path(dir_okay=False),
     default=None,
-    help="File of 'scope:token' lines (scopes read, admin); also env NEURONATLAS_TOKENS(_FILE).",
+    help="File of 'scope:token' lines (scopes read, write, worker, admin); also env "
+    "NEURONATLAS_TOKENS(_FILE).",
 )
 @click.option(
     "--tls-cert",
@@ -251,6 +340,28 @@ def filter_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     show_default=True,
     help="On SIGTERM / Ctrl-C, seconds running calls get to finish before the server stops.",
 )
+@click.option(
+    "--index-workers",
+    type=click.IntRange(0, 64),
+    default=None,
+    help="Indexing threads running IndexModel operations (setting index_workers, env "
+    "NEURONATLAS_INDEX_WORKERS, default 1; 0: queue only, for `neuronatlas worker` processes "
+    "on a remote store).",
+)
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(0, 65535),
+    default=None,
+    help="Serve Prometheus metrics on http://<host of --address>:PORT/metrics (setting "
+    "metrics_port, env NEURONATLAS_METRICS_PORT; default 0: off).",
+)
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default=None,
+    help="Log lines as text or JSON objects, with each call's request id (setting log_format, "
+    "env NEURONATLAS_LOG_FORMAT; default text).",
+)
 @click.pass_context
 def serve(
     ctx: click.Context,
@@ -262,6 +373,9 @@ def serve(
     workers: int,
     no_embedder: bool,
     grace: float,
+    index_workers: int | None,
+    metrics_port: int | None,
+    log_format: str | None,
 ) -> None:
     """Run the gRPC service (health checking and reflection included) until SIGTERM/Ctrl-C."""
     from neuronatlas.cli import settings_from
@@ -269,12 +383,14 @@ def serve(
     from neuronatlas.core.errors import InvalidArgument
     from neuronatlas.core.store import open_store
     from neuronatlas.service.auth import TokenSet
+    from neuronatlas.service.logs import configure_logging
     from neuronatlas.service.server import TlsConfig, build_server, check_bindable
 
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
     settings = settings_from(ctx)
+    configure_logging(log_format or settings.log_format)
+    metrics_port = settings.metrics_port if metrics_port is None else metrics_port
+    if index_workers is None:
+        index_workers = settings.index_workers
     if bool(tls_cert) != bool(tls_key):
         raise InvalidArgument("--tls-cert and --tls-key go together", field="tls")
     if tls_client_ca and not tls_cert:
@@ -303,6 +419,11 @@ def serve(
             close_atlas=True,
             grace=grace,
             page_token_key=settings.page_token_key or None,
+            max_upload_bytes=settings.max_upload_bytes,
+            allow_python_sources=settings.allow_python_sources,
+            index_workers=0 if no_embedder else index_workers,
+            index_device=settings.device,
+            metrics_port=metrics_port,
         )
     except BaseException:
         atlas.close()
@@ -313,6 +434,10 @@ def serve(
             "no tokens configured: the service is open to anyone"
         )
     click.echo(f"neuronatlas serving on {server.address}", err=True)
+    if server.metrics is not None:
+        click.echo(
+            f"metrics on http://{server.metrics_host}:{server.metrics_port}/metrics", err=True
+        )
     server.wait()
 
 
@@ -353,6 +478,7 @@ def search(
     depth_min: float | None,
     depth_max: float | None,
     min_clarity: float | None,
+    kinds: tuple[str, ...],
     label: str | None,
     match: str | None,
     top_k: int,
@@ -369,8 +495,8 @@ def search(
     elif image:
         query = Q.ImageQuery(Path(image).read_bytes())
     else:
-        query = Q.NeuronQuery(*parse_neuron_key(str(like)))
-    flt = _filter(models, layers, depth_min, depth_max, min_clarity, label, match)
+        query = Q.NeuronQuery(*parse_component_key(str(like)))
+    flt = _filter(models, layers, depth_min, depth_max, min_clarity, label, match, kinds)
     _hits_out(backend.search_neurons(query, flt, top_k=top_k, per_model=per_model).items, as_json)
 
 
@@ -382,7 +508,8 @@ def search(
 @connection_options
 def neuron(backend: QueryBackend, as_json: bool, ref: str, with_vector: bool) -> None:
     """Everything stored about one neuron."""
-    rec = backend.get_neuron(*parse_neuron_key(ref), with_vector=with_vector)
+    model_id, layer, unit, kind = parse_component_key(ref)
+    rec = backend.get_neuron(model_id, layer, unit, with_vector=with_vector, kind=kind)
 
     def text() -> str:
         lines = [
@@ -393,6 +520,15 @@ def neuron(backend: QueryBackend, as_json: bool, ref: str, with_vector: bool) ->
             "stats       " + "  ".join(f"{k}={v:.3g}" for k, v in rec.stats.items()),
             "label set   " + ", ".join(rec.label_set),
         ]
+        if rec.component:
+            lines.append(
+                "component   " + "  ".join(f"{k}={_fmt(v)}" for k, v in rec.component.items())
+            )
+        if rec.top_classes:
+            lines.append(
+                "drives      "
+                + ", ".join(f"{c.class_name} ({c.importance:+.3g})" for c in rec.top_classes[:5])
+            )
         for vocab, labels in rec.labels.items():
             lines.append(f"{vocab:<11} " + ", ".join(f"{l.label} ({l.score:.3f})" for l in labels))
         lines += [
@@ -422,6 +558,11 @@ def neuron(backend: QueryBackend, as_json: bool, ref: str, with_vector: bool) ->
         "label_set": rec.label_set,
         "top_samples": [s.to_dict() for s in rec.top_samples],
         "generation": rec.generation,
+        "kind": rec.kind,
+        "component": rec.component,
+        "top_classes": [
+            {"class": c.class_name, "importance": c.importance} for c in rec.top_classes
+        ],
     }
     if with_vector:
         data["vector"] = [float(x) for x in rec.vector]
@@ -463,7 +604,8 @@ def labels_describe(
         from neuronatlas.core.labels import load_vocabulary
 
         names += load_vocabulary(labels_file)
-    d = backend.describe_neuron(*parse_neuron_key(ref), labels=names, top_n=top_n)
+    model_id, layer, unit, kind = parse_component_key(ref)
+    d = backend.describe_neuron(model_id, layer, unit, labels=names, top_n=top_n, kind=kind)
     rows = [
         [vocab, i + 1, l.label, l.score] for vocab, ls in d.labels.items() for i, l in enumerate(ls)
     ]
@@ -508,20 +650,17 @@ def labels_find(
     depth_min: float | None,
     depth_max: float | None,
     min_clarity: float | None,
+    kinds: tuple[str, ...],
     limit: int,
 ) -> None:
     """Neurons carrying LABEL across models (in their adaptive label set unless --match says
     otherwise), ranked by the label's score."""
-    flt = _filter(models, layers, depth_min, depth_max, min_clarity)
+    flt = _filter(models, layers, depth_min, depth_max, min_clarity, kinds=kinds)
     hits = backend.find_by_label(label, prefix=prefix, flt=flt, limit=limit, scope=match)
     _hits_out(hits.items, as_json)
 
 
-@click.command()
-@connection_options
-def models(backend: QueryBackend, as_json: bool) -> None:
-    """The model catalogue, with each model's input size and probe-set accuracy (flagged
-    "!" and a WARNING line when near chance)."""
+def _list_models(backend: QueryBackend, as_json: bool) -> None:
     entries = list(all_models(backend))
 
     def acc(m: ModelEntry) -> str:
@@ -569,6 +708,102 @@ def models(backend: QueryBackend, as_json: bool) -> None:
         return "\n".join([table(head, rows), *warnings])
 
     _emit(as_json, [{**m.to_payload(), "neuron_count": m.neuron_count} for m in entries], text)
+
+
+@click.group("models", invoke_without_command=True)
+@connection_options
+def models(backend: QueryBackend, as_json: bool) -> None:
+    """The model catalogue, with each model's input size and probe-set accuracy (flagged
+    "!" and a WARNING line when near chance). ``models update MODEL`` changes a model's
+    metadata."""
+    _list_models(backend, as_json)
+
+
+@models.command("update")
+@click.argument("model_id")
+@click.option("--display-name", default=None, help="Human-readable name ('' = the model id).")
+@click.option(
+    "--tag",
+    "tags",
+    multiple=True,
+    help="Catalogue tag (repeatable; replaces all tags). See --clear-tags.",
+)
+@click.option("--clear-tags", is_flag=True, help="Remove every tag.")
+@click.option("--notes", default=None, help="Free-form notes.")
+@click.option("--training-data", default=None, help="Training data / task, free text.")
+@connection_options
+def models_update(
+    backend: QueryBackend,
+    as_json: bool,
+    model_id: str,
+    display_name: str | None,
+    tags: tuple[str, ...],
+    clear_tags: bool,
+    notes: str | None,
+    training_data: str | None,
+) -> None:
+    """Change MODEL_ID's display name, tags, notes or training data (one catalogue write;
+    with --server: UpdateModel, which needs a write token)."""
+    if tags and clear_tags:
+        raise click.UsageError("--tag and --clear-tags exclude each other")
+    new_tags = [] if clear_tags else (list(tags) if tags else None)
+    if all(v is None for v in (display_name, new_tags, notes, training_data)):
+        raise click.UsageError(
+            "give at least one of --display-name, --tag, --clear-tags, --notes, --training-data"
+        )
+    update = getattr(backend, "update_model", None)
+    if update is None:  # pragma: no cover - both backends have it
+        raise click.UsageError("this backend cannot change models")
+    entry: ModelEntry = update(
+        model_id,
+        display_name=display_name,
+        tags=new_tags,
+        notes=notes,
+        training_data=training_data,
+    )
+    data = {
+        "model_id": entry.model_id,
+        "display_name": entry.display_name,
+        "tags": entry.tags,
+        "notes": entry.notes,
+        "training_data": entry.training_data,
+    }
+    _emit(
+        as_json,
+        data,
+        lambda: "\n".join(
+            [
+                f"{entry.model_id}: updated",
+                f"  display name   {entry.display_name}",
+                f"  tags           {', '.join(entry.tags) or '-'}",
+                f"  training data  {entry.training_data or '-'}",
+                f"  notes          {entry.notes or '-'}",
+            ]
+        ),
+    )
+
+
+@click.command("delete")
+@click.argument("model_id")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@connection_options
+def delete(backend: QueryBackend, as_json: bool, model_id: str, yes: bool) -> None:
+    """Delete MODEL_ID and its neurons from the atlas (atomic: queries see it whole or not at
+    all; with --server: DeleteModel, which needs an admin token). Asks first unless --yes."""
+    entry = backend.get_model(model_id)  # NOT_FOUND before asking
+    if not yes:
+        if not sys.stdin.isatty():
+            raise click.UsageError(f"deleting {model_id} needs confirmation: pass --yes")
+        click.confirm(
+            f"Delete model {model_id} ({entry.neuron_count} neurons, status {entry.status.value})?",
+            abort=True,
+        )
+    n = backend.delete_model(model_id)
+    _emit(
+        as_json,
+        {"model_id": model_id, "deleted_neurons": n},
+        lambda: f"deleted {model_id} ({n} neuron records)",
+    )
 
 
 @click.command()
@@ -682,4 +917,16 @@ def verify(backend: QueryBackend, as_json: bool) -> None:
         raise SystemExit(1)
 
 
-COMMANDS: list[click.Command] = [serve, search, neuron, labels, models, stats, verify]
+from neuronatlas.service import transfer_cli  # noqa: E402 - migrate, backup, restore
+
+COMMANDS: list[click.Command] = [
+    serve,
+    search,
+    neuron,
+    labels,
+    models,
+    stats,
+    verify,
+    delete,
+    *transfer_cli.COMMANDS,
+]

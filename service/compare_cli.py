@@ -1,6 +1,6 @@
-"""``neuronatlas compare`` and ``neuronatlas audit``: reports (text and PNG figures) from the
-configured store, or from a server with ``--server`` (same ``QueryBackend`` as the query
-commands)."""
+"""``neuronatlas compare``, ``neuronatlas audit`` and ``neuronatlas explain``: reports (text and
+PNG figures) from the configured store, or from a server with ``--server`` (same
+``QueryBackend`` as the query commands)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from pathlib import Path
 import click
 
 from neuronatlas.core.backend import QueryBackend
-from neuronatlas.service.cli import backend_options
+from neuronatlas.core.records import KINDS, NEURON_KIND
+from neuronatlas.service.cli import backend_options, kind_filter
 
 
 def _split(values: tuple[str, ...]) -> list[str]:
@@ -42,6 +43,13 @@ def _split(values: tuple[str, ...]) -> list[str]:
     is_flag=True,
     help="Recompute even if a cached result exists (local store only; a server keeps its cache).",
 )
+@click.option(
+    "--kind",
+    type=click.Choice(KINDS),
+    default=NEURON_KIND,
+    show_default=True,
+    help="Compare the models' neurons, or their components of this kind.",
+)
 @backend_options
 def compare_cmd(
     backend: QueryBackend,
@@ -53,6 +61,7 @@ def compare_cmd(
     semantic_only: bool,
     pairs: int,
     no_cache: bool,
+    kind: str,
 ) -> None:
     """Compare two indexed models: semantic view (neuron vectors) and CKA (activations)."""
     from neuronatlas.core.compare import comparison_summary
@@ -74,6 +83,7 @@ def compare_cmd(
         tau=tau,
         activation=not semantic_only,
         limit=None,  # every pair, for pairs.tsv
+        kind=kind,
     )
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
@@ -105,6 +115,21 @@ def compare_cmd(
     help="Alignment score threshold; default: calibrated per concept on the noise floor.",
 )
 @click.option("--out", type=click.Path(file_okay=False), required=True, help="Report folder.")
+@click.option(
+    "--kind",
+    type=click.Choice(KINDS),
+    default=NEURON_KIND,
+    show_default=True,
+    help="Audit the model's neurons, or its components of this kind.",
+)
+@click.option(
+    "--class",
+    "class_name",
+    default=None,
+    metavar="CLASS",
+    help="Also weigh every neuron / component by its importance for CLASS: how much of what "
+    "the model uses for it is valid or spurious (needs a model indexed with importance).",
+)
 @backend_options
 def audit_cmd(
     backend: QueryBackend,
@@ -113,12 +138,21 @@ def audit_cmd(
     spurious: tuple[str, ...],
     threshold: float | None,
     out: str,
+    kind: str,
+    class_name: str | None,
 ) -> None:
     """Audit a model: share of its neurons aligned with valid vs spurious concepts."""
     from neuronatlas.core.audit import audit_summary
     from neuronatlas.core.plots import audit_figure
 
-    result = backend.audit_model(model, _split(valid), _split(spurious), threshold=threshold)
+    result = backend.audit_model(
+        model,
+        _split(valid),
+        _split(spurious),
+        threshold=threshold,
+        kind=kind,
+        class_name=class_name,
+    )
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
     text = audit_summary(result)
@@ -128,4 +162,98 @@ def audit_cmd(
     click.echo(f"wrote {folder / 'audit.txt'}, {png}")
 
 
-COMMANDS: list[click.Command] = [compare_cmd, audit_cmd]
+@click.command("explain")
+@click.argument("model")
+@click.argument("class_name", metavar="CLASS")
+@click.option(
+    "--kind",
+    "kinds",
+    multiple=True,
+    type=click.Choice([*KINDS, "all"]),
+    help="Only these kinds (repeatable); default: every kind the model has.",
+)
+@click.option(
+    "--top",
+    "top_n",
+    type=click.IntRange(1, 100),
+    default=5,
+    show_default=True,
+    help="Neurons / components per kind.",
+)
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Also draw the concept summary PNG (a row per component: top images, label, importance).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+@backend_options
+def explain_cmd(
+    backend: QueryBackend,
+    model: str,
+    class_name: str,
+    kinds: tuple[str, ...],
+    top_n: int,
+    out: str | None,
+    as_json: bool,
+) -> None:
+    """What drives CLASS in MODEL: its most important neurons and components (gradient x
+    activation of the class logit), with labels, importance and top images."""
+    import json
+
+    from neuronatlas.core.explain import explanation_summary, render_explanation
+
+    e = backend.explain_class(model, class_name, kinds=kind_filter(kinds), top_n=top_n)
+    if as_json:
+        click.echo(
+            json.dumps(
+                {
+                    "model_id": e.model_id,
+                    "generation": e.generation,
+                    "class": e.class_name,
+                    "method": e.method,
+                    "images": e.images,
+                    "components": [
+                        {
+                            "ref": c.record.key,
+                            "kind": c.record.kind,
+                            "rank": c.rank,
+                            "importance": c.importance,
+                            "top_label": c.record.top_label.label if c.record.top_label else "",
+                            "clarity": c.record.clarity,
+                            "component": c.record.component,
+                            "top_samples": [s.sample_id for s in c.record.top_samples],
+                        }
+                        for c in e.components
+                    ],
+                },
+                indent=2,
+            )
+        )
+    else:
+        click.echo(explanation_summary(e), nl=False)
+    if out:
+        png = render_explanation(e, _probe_root(backend, model), Path(out))
+        click.echo(f"wrote {png}", err=as_json)
+
+
+def _probe_root(backend: QueryBackend, model: str) -> Path | None:
+    """The local folder of the probe set the model was indexed with, if this machine has it
+    registered (images of a server's model are drawn as grey tiles otherwise)."""
+    from neuronatlas.core.errors import NeuronAtlasError
+
+    try:
+        from neuronatlas.cli import settings_from
+        from neuronatlas.indexer.probes import load_probe_set
+
+        probe_set = backend.get_model(model).probe_set
+        if not probe_set:
+            return None
+        home = settings_from(click.get_current_context()).paths
+        root = load_probe_set(home, probe_set.split("@", 1)[0]).root
+        return root if root.is_dir() else None
+    except (NeuronAtlasError, OSError, ValueError):
+        return None
+
+
+COMMANDS: list[click.Command] = [compare_cmd, audit_cmd, explain_cmd]

@@ -27,6 +27,7 @@ from neuronatlas.core.compare import (
     SemanticView,
 )
 from neuronatlas.core.errors import InvalidArgument
+from neuronatlas.core.explain import ExplainedComponent, Explanation
 from neuronatlas.core.queries import (
     Description,
     ImageQuery,
@@ -39,6 +40,8 @@ from neuronatlas.core.queries import (
     top_labels_by_vocabulary,
 )
 from neuronatlas.core.records import (
+    NEURON_KIND,
+    ClassImportance,
     EmbedderInfo,
     Label,
     LayerInfo,
@@ -66,8 +69,17 @@ def ref_from_pb(ref: pb.NeuronRef) -> tuple[str, str, int]:
     return ref.model_id, ref.layer, int(ref.unit)
 
 
-def ref_to_pb(model_id: str, layer: str, unit: int) -> pb.NeuronRef:
-    return pb.NeuronRef(model_id=model_id, layer=layer, unit=int(unit))
+def ref_kind(ref: pb.NeuronRef) -> str:
+    """The kind a NeuronRef names ("" means a neuron; an unknown kind is refused by the query's
+    validation)."""
+    return ref.kind or NEURON_KIND
+
+
+def ref_to_pb(model_id: str, layer: str, unit: int, kind: str = NEURON_KIND) -> pb.NeuronRef:
+    """A NeuronRef; a neuron's kind stays empty on the wire (what older servers sent)."""
+    return pb.NeuronRef(
+        model_id=model_id, layer=layer, unit=int(unit), kind="" if kind == NEURON_KIND else kind
+    )
 
 
 def filter_from_pb(f: pb.NeuronFilter) -> SearchFilter | None:
@@ -79,6 +91,7 @@ def filter_from_pb(f: pb.NeuronFilter) -> SearchFilter | None:
         min_clarity=f.min_clarity if f.HasField("min_clarity") else None,
         label=f.label or None,
         label_scope=scope_from_pb(f.label_scope, "filter.label_scope"),
+        kinds=tuple(f.kinds) or None,
     )
     return None if flt == SearchFilter() else flt
 
@@ -118,6 +131,7 @@ def filter_to_pb(flt: SearchFilter | None) -> pb.NeuronFilter:
     if flt.label:
         out.label = flt.label
     out.label_scope = scope_to_pb(flt.label_scope)  # type: ignore[assignment]
+    out.kinds.extend(flt.kinds or ())
     return out
 
 
@@ -128,7 +142,7 @@ def query_from_pb(req: pb.SearchNeuronsRequest) -> Query:
     if which == "image":
         return ImageQuery(bytes(req.image))
     if which == "neuron":
-        return NeuronQuery(*ref_from_pb(req.neuron))
+        return NeuronQuery(*ref_from_pb(req.neuron), kind=ref_kind(req.neuron))
     if which == "vector":
         return VectorQuery(np.asarray(req.vector.values, dtype=np.float32))
     raise no_query()
@@ -140,7 +154,7 @@ def query_to_pb(query: Query, req: pb.SearchNeuronsRequest) -> None:
     elif isinstance(query, ImageQuery):
         req.image = query.data
     elif isinstance(query, NeuronQuery):
-        req.neuron.CopyFrom(ref_to_pb(query.model_id, query.layer, query.unit))
+        req.neuron.CopyFrom(ref_to_pb(query.model_id, query.layer, query.unit, query.kind))
     elif isinstance(query, VectorQuery):
         req.vector.values.extend(np.asarray(query.values, dtype=np.float32).ravel().tolist())
     else:
@@ -168,7 +182,7 @@ def _quality(rec: NeuronRecord) -> pb.QualityScores:
 def hit_to_pb(hit: Hit) -> pb.NeuronHit:
     r = hit.record
     return pb.NeuronHit(
-        neuron=ref_to_pb(r.model_id, r.layer, r.unit),
+        neuron=ref_to_pb(r.model_id, r.layer, r.unit, r.kind),
         key=r.key,
         score=float(hit.score),
         layer_index=int(r.layer_index),
@@ -199,13 +213,14 @@ def hit_from_pb(h: pb.NeuronHit) -> Hit:
         polysemanticity=h.quality.polysemanticity,
         polysemanticity_sl=h.quality.polysemanticity_sl,
         redundancy=h.quality.redundancy,
+        kind=ref_kind(h.neuron),
     )
     return Hit(record=rec, score=float(h.score))
 
 
 def neuron_to_pb(rec: NeuronRecord, include_vector: bool = False) -> pb.Neuron:
     out = pb.Neuron(
-        neuron=ref_to_pb(rec.model_id, rec.layer, rec.unit),
+        neuron=ref_to_pb(rec.model_id, rec.layer, rec.unit, rec.kind),
         key=rec.key,
         layer_index=int(rec.layer_index),
         depth=float(rec.depth),
@@ -222,6 +237,12 @@ def neuron_to_pb(rec: NeuronRecord, include_vector: bool = False) -> pb.Neuron:
         out.labels[vocab].labels.extend(_labels_to_pb(labels))
     if include_vector and rec.vector is not None and rec.vector.size:
         out.vector.extend(np.asarray(rec.vector, dtype=np.float32).tolist())
+    if rec.component:
+        out.component.CopyFrom(_struct(rec.component))
+    out.top_classes.extend(
+        pb.ClassImportance(class_name=c.class_name, importance=float(c.importance))
+        for c in rec.top_classes
+    )
     return out
 
 
@@ -242,12 +263,15 @@ def neuron_from_pb(n: pb.Neuron) -> NeuronRecord:
         redundancy=n.quality.redundancy,
         stats=dict(n.stats),
         generation=n.generation,
+        kind=ref_kind(n.neuron),
+        component=MessageToDict(n.component) if n.HasField("component") else {},
+        top_classes=[ClassImportance(c.class_name, c.importance) for c in n.top_classes],
     )
 
 
 def description_to_pb(d: Description) -> pb.DescribeNeuronResponse:
     out = pb.DescribeNeuronResponse(
-        neuron=ref_to_pb(d.model_id, d.layer, d.unit), label_set=list(d.label_set)
+        neuron=ref_to_pb(d.model_id, d.layer, d.unit, d.kind), label_set=list(d.label_set)
     )
     for vocab, labels in d.labels.items():
         out.labels[vocab].labels.extend(_labels_to_pb(labels))
@@ -261,6 +285,7 @@ def description_from_pb(r: pb.DescribeNeuronResponse) -> Description:
         r.neuron.unit,
         {v: _labels_from_pb(ls.labels) for v, ls in sorted(r.labels.items())},
         list(r.label_set),
+        ref_kind(r.neuron),
     )
 
 
@@ -549,6 +574,7 @@ class CompareArgs(TypedDict):
     layers: list[str] | None
     tau: float | None
     activation: bool
+    kind: str
 
 
 def compare_args_from_pb(req: pb.CompareModelsRequest) -> CompareArgs:
@@ -559,6 +585,7 @@ def compare_args_from_pb(req: pb.CompareModelsRequest) -> CompareArgs:
         "layers": list(req.layers) or None,
         "tau": float(req.tau) if req.HasField("tau") else None,
         "activation": not req.semantic_only,
+        "kind": req.kind or NEURON_KIND,
     }
 
 
@@ -568,9 +595,14 @@ def compare_request(
     layers: Sequence[str] | None,
     tau: float | None,
     activation: bool,
+    kind: str = NEURON_KIND,
 ) -> pb.CompareModelsRequest:
     req = pb.CompareModelsRequest(
-        model_a=model_a, model_b=model_b, layers=list(layers or []), semantic_only=not activation
+        model_a=model_a,
+        model_b=model_b,
+        layers=list(layers or []),
+        semantic_only=not activation,
+        kind="" if kind == NEURON_KIND else kind,
     )
     if tau is not None:
         req.tau = float(tau)
@@ -600,8 +632,8 @@ def comparison_to_pb(cmp: Comparison, next_page_token: str = "") -> pb.CompareMo
         unique_concepts_b=_concept_counts_to_pb(s.unique_b),
         pairs=[
             pb.MatchedPair(
-                a=ref_to_pb(a.model_id, p.a_layer, p.a_unit),
-                b=ref_to_pb(b.model_id, p.b_layer, p.b_unit),
+                a=ref_to_pb(a.model_id, p.a_layer, p.a_unit, cmp.kind),
+                b=ref_to_pb(b.model_id, p.b_layer, p.b_unit, cmp.kind),
                 similarity=float(p.similarity),
                 a_label=p.a_label,
                 b_label=p.b_label,
@@ -611,6 +643,7 @@ def comparison_to_pb(cmp: Comparison, next_page_token: str = "") -> pb.CompareMo
         total_pairs=int(cmp.pairs_total),
         next_page_token=next_page_token,
         cached=bool(cmp.cached),
+        kind="" if cmp.kind == NEURON_KIND else cmp.kind,
     )
     act = cmp.activation
     if act is not None:
@@ -627,6 +660,8 @@ class AuditArgs(TypedDict):
     valid: list[str]
     spurious: list[str]
     threshold: float | None
+    kind: str
+    class_name: str | None
 
 
 def audit_args_from_pb(req: pb.AuditModelRequest) -> AuditArgs:
@@ -636,13 +671,26 @@ def audit_args_from_pb(req: pb.AuditModelRequest) -> AuditArgs:
         "valid": list(req.valid),
         "spurious": list(req.spurious),
         "threshold": float(req.threshold) if req.HasField("threshold") else None,
+        "kind": req.kind or NEURON_KIND,
+        "class_name": req.class_name or None,
     }
 
 
 def audit_request(
-    model_id: str, valid: Sequence[str], spurious: Sequence[str], threshold: float | None
+    model_id: str,
+    valid: Sequence[str],
+    spurious: Sequence[str],
+    threshold: float | None,
+    kind: str = NEURON_KIND,
+    class_name: str | None = None,
 ) -> pb.AuditModelRequest:
-    req = pb.AuditModelRequest(model_id=model_id, valid=list(valid), spurious=list(spurious))
+    req = pb.AuditModelRequest(
+        model_id=model_id,
+        valid=list(valid),
+        spurious=list(spurious),
+        kind="" if kind == NEURON_KIND else kind,
+        class_name=class_name or "",
+    )
     if threshold is not None:
         req.threshold = float(threshold)
     return req
@@ -671,6 +719,9 @@ def audit_to_pb(a: Audit) -> pb.AuditModelResponse:
                 share=pb.ScoreWithFloor(value=float(c.share), noise_floor=float(c.share_baseline)),
                 layer_share=floats(c.layer_share),
                 best_score=float(c.best_score),
+                class_share=pb.ScoreWithFloor(
+                    value=float(c.class_share), noise_floor=float(c.class_share_baseline)
+                ),
             )
             for c in a.concepts
         ],
@@ -684,13 +735,23 @@ def audit_to_pb(a: Audit) -> pb.AuditModelResponse:
         layer_spurious_share=floats(a.layer_spurious_share),
         spurious_neurons=[
             pb.SpuriousNeuron(
-                neuron=ref_to_pb(a.model_id, n.layer, n.unit),
+                neuron=ref_to_pb(a.model_id, n.layer, n.unit, n.kind),
                 concept=n.concept,
                 score=float(n.score),
                 top_sample_ids=list(n.top_samples),
+                importance=float(n.importance),
             )
             for n in a.spurious_neurons
         ],
+        kind="" if a.kind == NEURON_KIND else a.kind,
+        class_name=a.class_name,
+        class_valid_share=pb.ScoreWithFloor(
+            value=float(a.class_valid_share), noise_floor=float(a.class_valid_share_baseline)
+        ),
+        class_spurious_share=pb.ScoreWithFloor(
+            value=float(a.class_spurious_share),
+            noise_floor=float(a.class_spurious_share_baseline),
+        ),
     )
 
 
@@ -713,6 +774,8 @@ def audit_from_pb(r: pb.AuditModelResponse) -> Audit:
                 share_baseline=c.share.noise_floor,
                 layer_share=np.asarray(c.layer_share, np.float64),
                 best_score=c.best_score,
+                class_share=c.class_share.value,
+                class_share_baseline=c.class_share.noise_floor,
             )
             for c in r.concepts
         ],
@@ -729,8 +792,74 @@ def audit_from_pb(r: pb.AuditModelResponse) -> Audit:
                 concept=n.concept,
                 score=n.score,
                 top_samples=list(n.top_sample_ids),
+                kind=ref_kind(n.neuron),
+                importance=n.importance,
             )
             for n in r.spurious_neurons
+        ],
+        kind=r.kind or NEURON_KIND,
+        class_name=r.class_name,
+        class_valid_share=r.class_valid_share.value,
+        class_spurious_share=r.class_spurious_share.value,
+        class_valid_share_baseline=r.class_valid_share.noise_floor,
+        class_spurious_share_baseline=r.class_spurious_share.noise_floor,
+    )
+
+
+# -- class explanations ------------------------------------------------------------------------
+class ExplainArgs(TypedDict):
+    model_id: str
+    class_name: str
+    kinds: list[str] | None
+    top_n: int
+
+
+def explain_args_from_pb(req: pb.ExplainClassRequest) -> ExplainArgs:
+    """Arguments of ``Atlas.explain_class`` from a request (top_n 0 means 5)."""
+    return {
+        "model_id": req.model_id,
+        "class_name": req.class_name,
+        "kinds": list(req.kinds) or None,
+        "top_n": req.top_n or 5,
+    }
+
+
+def explain_request(
+    model_id: str, class_name: str, kinds: Sequence[str] | None, top_n: int
+) -> pb.ExplainClassRequest:
+    return pb.ExplainClassRequest(
+        model_id=model_id, class_name=class_name, kinds=list(kinds or []), top_n=top_n
+    )
+
+
+def explanation_to_pb(e: Explanation) -> pb.ExplainClassResponse:
+    return pb.ExplainClassResponse(
+        model_id=e.model_id,
+        generation=int(e.generation),
+        class_name=e.class_name,
+        method=e.method,
+        images=int(e.images),
+        classes=list(e.classes),
+        components=[
+            pb.ExplainedComponent(
+                component=neuron_to_pb(c.record), importance=float(c.importance), rank=c.rank
+            )
+            for c in e.components
+        ],
+    )
+
+
+def explanation_from_pb(r: pb.ExplainClassResponse) -> Explanation:
+    return Explanation(
+        model_id=r.model_id,
+        generation=r.generation,
+        class_name=r.class_name,
+        method=r.method,
+        images=r.images,
+        classes=list(r.classes),
+        components=[
+            ExplainedComponent(neuron_from_pb(c.component), float(c.importance), int(c.rank))
+            for c in r.components
         ],
     )
 
@@ -821,7 +950,14 @@ def comparison_from_pb(
             alignment_b=_alignment_from_pb(r.cka_alignment_b),
             n_samples=int(r.cka_samples),
         )
-    cmp = Comparison(a=a, b=b, semantic=semantic, activation=activation, cached=bool(r.cached))
+    cmp = Comparison(
+        a=a,
+        b=b,
+        semantic=semantic,
+        activation=activation,
+        cached=bool(r.cached),
+        kind=r.kind or NEURON_KIND,
+    )
     cmp.pairs = [
         MatchedPair(
             a_layer=p.a.layer,

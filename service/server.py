@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import signal
 import socket
 import ssl
@@ -13,30 +14,42 @@ import threading
 from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from neuronatlas.core.artifacts import DEFAULT_MAX_BYTES as DEFAULT_MAX_UPLOAD_BYTES
+from neuronatlas.core.artifacts import ArtifactStore
 from neuronatlas.core.config import Home, HomeLike
 from neuronatlas.core.errors import InvalidArgument
+from neuronatlas.core.jobs import DEFAULT_LEASE_S, JobQueue
 from neuronatlas.core.queries import Atlas
 from neuronatlas.core.validate import shown
+from neuronatlas.service.admin import ADMIN_SERVICE_NAME, AdminServicer
 from neuronatlas.service.auth import AuthInterceptor, TokenSet
+from neuronatlas.service.metrics import CallInterceptor, Metrics
 from neuronatlas.service.paging import PageTokens
 from neuronatlas.service.servicer import MAX_REQUEST_BYTES, NeuronAtlasServicer
 from neuronatlas.service.wire import MalformedRequestInterceptor, UnknownMethod
+from neuronatlas.service.zoo import ZooContext, ZooServicer
+from neuronatlas.v1 import admin_pb2_grpc, zoo_pb2, zoo_pb2_grpc
 from neuronatlas.v1 import neuronatlas_pb2 as pb
 from neuronatlas.v1 import neuronatlas_pb2_grpc as pb_grpc
+
+if TYPE_CHECKING:
+    from neuronatlas.indexer.worker import IndexPool
 
 log = logging.getLogger("neuronatlas.service")
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["NeuronAtlasService"].full_name
+ZOO_SERVICE_NAME = zoo_pb2.DESCRIPTOR.services_by_name["ZooService"].full_name
 # Transport limits: requests a little above the servicer's own limit still reach it (and get
 # INVALID_ARGUMENT with a field violation); responses can hold 1000 hits with vectors.
 MAX_RECEIVE_BYTES = 2 * MAX_REQUEST_BYTES
 MAX_SEND_BYTES = 64 * 1024 * 1024
+POOL_STOP_S = 30.0  # how long stop() waits for the indexing threads after the RPCs
 
 
 @dataclass(frozen=True)
@@ -170,24 +183,58 @@ class Server:
         home: HomeLike | None = None,
         grace: float = 5.0,
         page_token_key: str | None = None,
+        zoo: bool = True,
+        max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
+        allow_python_sources: bool = False,
+        index_workers: int = 0,
+        lease_s: float = DEFAULT_LEASE_S,
+        heartbeat_s: float = 2.0,
+        index_device: str = "cpu",
+        metrics_port: int = 0,
+        metrics_host: str | None = None,
     ):
         """``home``: where comparisons and audits read sketches and keep caches (sets the
         Atlas's home; default: the Atlas's own). ``grace``: seconds running calls get to finish
         when the server stops (SIGTERM / SIGINT, or ``stop()`` without an argument).
         ``page_token_key``: secret the page tokens are signed with (else
         ``NEURONATLAS_PAGE_TOKEN_KEY``, else a key kept in the home, else one for this process;
-        see ``paging.py``)."""
+        see ``paging.py``). ``zoo``: also serve ``neuronatlas.v1.ZooService`` (needs a home:
+        probe sets and uploads live there) with uploads up to ``max_upload_bytes`` and, with
+        ``allow_python_sources``, RegisterModel of python factory sources.
+
+        ``index_workers``: indexing threads that run the IndexModel operations of the zoo's
+        job queue (kept in the store's catalogue; ``lease_s``: seconds a job's lease lasts
+        without a heartbeat, sent every ``heartbeat_s``). Over the embedded store the server
+        is the store's only writer: its threads are ``local:0..N-1`` and on start it gives
+        back every lease, so a job that was running when the server died resumes at once.
+        Over a remote store (shared with replicas and ``neuronatlas worker`` processes) the
+        threads are named by host and pid and leases of a dead server expire. ``stop()``
+        interrupts the running jobs between batches; they stay resumable.
+
+        ``metrics_port``: serve Prometheus metrics on ``http://<metrics_host>:<port>/metrics``
+        (0: off; ``metrics_host`` defaults to the host of ``address``; see ``metrics.py``)."""
         # Refused up front, in one line: a bad address, a busy port, TLS files gRPC cannot use.
         if not address.startswith(("unix:", "unix-abstract:")):
             check_bindable(address)
+        self.metrics_host = metrics_host or _metrics_host(address)
+        if metrics_port:
+            check_bindable(f"[{self.metrics_host}]:{int(metrics_port)}")
         credentials = tls.credentials() if tls is not None else None
         self.atlas = atlas
         self.grace = float(grace)
         self.tokens = tokens or TokenSet()
         self._close_atlas = close_atlas
         self._stopped = threading.Event()
-        # Outermost first: malformed request bytes get INVALID_ARGUMENT on every method.
-        interceptors: list[grpc.ServerInterceptor] = [MalformedRequestInterceptor()]
+        self.metrics_port = int(metrics_port)
+        self.metrics = (
+            Metrics(atlas, jobs=getattr(atlas.store, "all_jobs", None)) if metrics_port else None
+        )
+        # Outermost first: every call gets a request id, an access-log line and its metrics;
+        # malformed request bytes get INVALID_ARGUMENT on every method.
+        interceptors: list[grpc.ServerInterceptor] = [
+            CallInterceptor(self.metrics),
+            MalformedRequestInterceptor(),
+        ]
         if self.tokens:
             interceptors.append(AuthInterceptor(self.tokens))
         self.grpc_server = grpc.server(
@@ -207,11 +254,44 @@ class Server:
         pb_grpc.add_NeuronAtlasServiceServicer_to_server(
             NeuronAtlasServicer(atlas, self.page_tokens), self.grpc_server
         )
+        services = [SERVICE_NAME]
+        self.zoo: ZooContext | None = None
+        if zoo and atlas.home is not None:
+            self.zoo = ZooContext(
+                atlas=atlas,
+                home=atlas.home,
+                queue=JobQueue(atlas.store, lease_s=lease_s),
+                artifacts=ArtifactStore(atlas.home.artifacts, max_upload_bytes),
+                pages=self.page_tokens,
+                allow_python_sources=allow_python_sources,
+            )
+            zoo_pb2_grpc.add_ZooServiceServicer_to_server(ZooServicer(self.zoo), self.grpc_server)
+            services.append(ZOO_SERVICE_NAME)
+        admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(atlas), self.grpc_server)
+        services.append(ADMIN_SERVICE_NAME)
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc_server)
         reflection.enable_server_reflection(
-            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.grpc_server
+            (*services, health.SERVICE_NAME, reflection.SERVICE_NAME), self.grpc_server
         )
+        self.services = services
+        self.pool: IndexPool | None = None
+        if index_workers > 0 and self.zoo is not None:
+            from neuronatlas.indexer.worker import IndexPool
+
+            if atlas.store.exclusive:
+                names = [f"local:{i}" for i in range(index_workers)]
+            else:
+                names = [f"{socket.gethostname()}:{os.getpid()}:{i}" for i in range(index_workers)]
+            self.pool = IndexPool(
+                self.zoo.queue,
+                atlas.store,
+                atlas.embedder,
+                self.zoo.home,
+                names,
+                device=index_device,
+                heartbeat_s=heartbeat_s,
+            )
         self.grpc_server.add_generic_rpc_handlers((UnknownMethod(),))  # last: any other path
         try:
             if credentials is not None:
@@ -227,7 +307,15 @@ class Server:
 
     def start(self) -> Server:
         self.grpc_server.start()
-        for name in ("", SERVICE_NAME):
+        if self.metrics is not None:
+            self.metrics_port = self.metrics.serve(self.metrics_host, self.metrics_port)
+            log.info("metrics on http://%s:%d/metrics", self.metrics_host, self.metrics_port)
+        if self.pool is not None and self.zoo is not None:
+            if self.atlas.store.exclusive:  # the only runner: what was running resumes now
+                for job in self.zoo.queue.release_all():
+                    log.info("resuming operations/%s (%s)", job.job_id, job.model_id)
+            self.pool.start()
+        for name in ("", *self.services):
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info(
             "serving %s on %s (tls=%s, auth=%s)", SERVICE_NAME, self.address, self.tls, self.tokens
@@ -242,7 +330,13 @@ class Server:
             return
         self._stopped.set()
         self.health.enter_graceful_shutdown()
+        if self.pool is not None:
+            self.pool.interrupt()  # running jobs stop at their next batch, resumable
         self.grpc_server.stop(self.grace if grace is None else grace).wait()
+        if self.pool is not None and not self.pool.join(POOL_STOP_S):
+            log.warning("an indexing thread did not stop within %.0f s", POOL_STOP_S)
+        if self.metrics is not None:
+            self.metrics.close()
         if self._close_atlas:
             self.atlas.close()
         log.info("stopped")
@@ -261,6 +355,15 @@ class Server:
 
     def __exit__(self, *exc: object) -> None:
         self.stop(grace=1.0)
+
+
+def _metrics_host(address: str) -> str:
+    """The host the metrics endpoint listens on: that of the gRPC address (loopback for a
+    unix socket)."""
+    if address.startswith(("unix:", "unix-abstract:")):
+        return "127.0.0.1"
+    host = address.rpartition(":")[0]
+    return host[1:-1] if host.startswith("[") and host.endswith("]") else host
 
 
 def build_server(atlas: Atlas, address: str = "127.0.0.1:50051", **kwargs: Any) -> Server:

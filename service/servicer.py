@@ -15,7 +15,7 @@ from google.protobuf.message import Message
 from neuronatlas.core import validate as V
 from neuronatlas.core.errors import InvalidArgument
 from neuronatlas.core.queries import Atlas
-from neuronatlas.core.store.base import LabelScope
+from neuronatlas.core.store.base import Hit, LabelScope
 from neuronatlas.service import convert as C
 from neuronatlas.service import paging
 from neuronatlas.service.errors import DeadlineExceeded, to_rpc_status
@@ -35,7 +35,8 @@ PAIR_PAGE_DEFAULT, PAIR_PAGE_MAX = 50, 500
 
 Req = TypeVar("Req", bound=Message)
 Resp = TypeVar("Resp", bound=Message)
-Method = Callable[["NeuronAtlasServicer", Req, grpc.ServicerContext], Resp]
+Self_ = TypeVar("Self_")  # the servicer class (NeuronAtlasServicer, the zoo method groups)
+Method = Callable[[Self_, Req, grpc.ServicerContext], Resp]
 
 
 def _check_deadline(context: grpc.ServicerContext) -> None:
@@ -46,11 +47,11 @@ def _check_deadline(context: grpc.ServicerContext) -> None:
         )
 
 
-def rpc(method: Method[Req, Resp]) -> Method[Req, Resp]:
+def rpc(method: Method[Self_, Req, Resp]) -> Method[Self_, Req, Resp]:
     """Size check, deadline check and the error mapping around one RPC method."""
 
     @functools.wraps(method)
-    def wrapper(self: NeuronAtlasServicer, request: Req, context: grpc.ServicerContext) -> Resp:
+    def wrapper(self: Self_, request: Req, context: grpc.ServicerContext) -> Resp:
         _check_deadline(context)
         try:
             size = request.ByteSize()
@@ -94,21 +95,44 @@ class NeuronAtlasServicer(pb_grpc.NeuronAtlasServiceServicer):
             offset=self.pages.decode(request),
             limit=size,
         )
+        results = [C.hit_to_pb(h) for h in page.items]
+        if request.include_thumbnails:
+            self._hit_thumbnails(page.items, results)
         return pb.SearchNeuronsResponse(
-            results=[C.hit_to_pb(h) for h in page.items],
+            results=results,
             next_page_token=self.pages.encode(request, page.next_offset),
         )
+
+    def _hit_thumbnails(self, hits: list[Hit], results: list[pb.NeuronHit]) -> None:
+        """include_thumbnails: each hit's first top samples with thumbnails (bounded per hit
+        and per response, ``zoo_catalogue``)."""
+        from neuronatlas.service.zoo_catalogue import RESPONSE_THUMBNAILS, Thumbnails
+
+        thumbs, budget = Thumbnails(self.atlas.home, self.atlas.store), RESPONSE_THUMBNAILS
+        for hit, out in zip(hits, results, strict=True):
+            if budget <= 0:
+                break
+            samples = thumbs.hit_samples(hit.record, budget)
+            out.top_samples.extend(samples)
+            budget -= len(samples)
 
     @rpc
     def GetNeuron(
         self, request: pb.GetNeuronRequest, context: grpc.ServicerContext
     ) -> pb.GetNeuronResponse:
         rec = self.atlas.get_neuron(
-            *C.ref_from_pb(request.neuron), with_vector=request.include_vector
+            *C.ref_from_pb(request.neuron),
+            with_vector=request.include_vector,
+            kind=C.ref_kind(request.neuron),
         )
-        return pb.GetNeuronResponse(
-            neuron=C.neuron_to_pb(rec, include_vector=request.include_vector)
-        )
+        out = C.neuron_to_pb(rec, include_vector=request.include_vector)
+        if request.include_thumbnails:
+            from neuronatlas.service.zoo_catalogue import NEURON_THUMBNAILS, Thumbnails
+
+            Thumbnails(self.atlas.home, self.atlas.store).fill(
+                rec, out.top_samples, NEURON_THUMBNAILS
+            )
+        return pb.GetNeuronResponse(neuron=out)
 
     @rpc
     def DescribeNeuron(
@@ -118,6 +142,7 @@ class NeuronAtlasServicer(pb_grpc.NeuronAtlasServiceServicer):
             *C.ref_from_pb(request.neuron),
             labels=list(request.labels),
             top_n=request.top_n or V.DEFAULT_TOP_N,
+            kind=C.ref_kind(request.neuron),
         )
         return C.description_to_pb(desc)
 
@@ -196,3 +221,9 @@ class NeuronAtlasServicer(pb_grpc.NeuronAtlasServiceServicer):
         self, request: pb.AuditModelRequest, context: grpc.ServicerContext
     ) -> pb.AuditModelResponse:
         return C.audit_to_pb(self.atlas.audit_model(**C.audit_args_from_pb(request)))
+
+    @rpc
+    def ExplainClass(
+        self, request: pb.ExplainClassRequest, context: grpc.ServicerContext
+    ) -> pb.ExplainClassResponse:
+        return C.explanation_to_pb(self.atlas.explain_class(**C.explain_args_from_pb(request)))

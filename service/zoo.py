@@ -27,13 +27,17 @@ from neuronatlas.v1 import zoo_pb2_grpc
 @dataclass
 class ZooContext:
     """What the zoo methods share: the atlas (store + embedder), the home (probe sets, runs,
-    caches), the job queue, the uploaded artifacts and the page-token key."""
+    caches), the job queue, the uploaded artifacts (its ``max_bytes`` is the upload limit,
+    setting ``max_upload_bytes``) and the page-token key."""
 
     atlas: Atlas
     home: Home
     queue: JobQueue
     artifacts: ArtifactStore
     pages: PageTokens
+    # RegisterModel / IndexModel may register "python" sources (code the server runs): only
+    # when the operator says so (setting allow_python_sources)
+    allow_python_sources: bool = False
 
 
 class ZooServicer(CatalogueMethods, OperationMethods, zoo_pb2_grpc.ZooServiceServicer):

@@ -8,7 +8,14 @@ import os
 from pathlib import Path
 
 import pytest
-from helpers import ADMIN_TOKEN, READ_TOKEN, SERVICE_LAYERS, TINY_EMBEDDER
+from helpers import (
+    ADMIN_TOKEN,
+    READ_TOKEN,
+    SERVICE_LAYERS,
+    TINY_EMBEDDER,
+    WORKER_TOKEN,
+    WRITE_TOKEN,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("NEURONATLAS_SHARED_DATA", REPO.parent / "shared" / "data"))
@@ -133,15 +140,18 @@ def indexed_home(
 
 @pytest.fixture(scope="session")
 def server(indexed_home: Path, tiny_embedder):
-    """A started server on an ephemeral port over ``indexed_home``, with a read and an admin
-    token (``READ_TOKEN``, ``ADMIN_TOKEN``)."""
+    """A started server on an ephemeral port over ``indexed_home``, with a read, an admin, a
+    write and a worker token (``READ_TOKEN``, ``ADMIN_TOKEN``, ``WRITE_TOKEN``,
+    ``WORKER_TOKEN``)."""
     from neuronatlas.core.queries import Atlas
     from neuronatlas.core.store.edge import EdgeStore
     from neuronatlas.service.auth import TokenSet
     from neuronatlas.service.server import build_server
 
     atlas = Atlas(EdgeStore(indexed_home / "store"), tiny_embedder, backend="edge")
-    tokens = TokenSet({READ_TOKEN: "read", ADMIN_TOKEN: "admin"})
+    tokens = TokenSet(
+        {READ_TOKEN: "read", ADMIN_TOKEN: "admin", WRITE_TOKEN: "write", WORKER_TOKEN: "worker"}
+    )
     srv = build_server(
         atlas, "127.0.0.1:0", tokens=tokens, close_atlas=True, home=indexed_home
     ).start()

@@ -254,6 +254,7 @@ def run_report_cli(home: Path, store_path: Path, *args: str):
 # -- the gRPC service tests ----------------------------------------------------------------------
 SERVICE_LAYERS = ["layer1.0.conv1", "layer2.0.conv2", "layer3.0.conv2"]
 READ_TOKEN, ADMIN_TOKEN = "read-token-0123", "admin-token-4567"
+WRITE_TOKEN, WORKER_TOKEN = "write-token-89ab", "worker-token-cdef"
 AUTH = (("authorization", f"Bearer {READ_TOKEN}"),)
 
 
@@ -278,3 +279,44 @@ def call_fails(fn, request, metadata=AUTH) -> tuple[grpc.StatusCode, list[str], 
     with pytest.raises(grpc.RpcError) as e:
         fn(request, metadata=metadata, timeout=20)
     return rpc_failure(e.value)
+
+
+# -- comparing stores after a resumed / taken-over indexing run -----------------------------------
+#: catalogue fields that differ between two runs of the same indexing (times, where it resumed)
+RUN_DEPENDENT = ("created_at", "updated_at", "indexed_at", "index_wall_s")
+RUN_DEPENDENT_INDEX = ("timings", "resumed_from_sample")
+
+
+def model_snapshot(store, model_id: str) -> tuple[dict[str, tuple[np.ndarray, dict]], dict]:
+    """A model's live generation as ``{point id: (vector, payload)}`` and its catalogue entry
+    payload without ``RUN_DEPENDENT`` fields: what an interrupted-and-resumed run must
+    reproduce exactly."""
+    points = {
+        r.point_id: (np.asarray(r.vector, np.float32), r.to_payload())
+        for r in store.scroll_neurons(model_id)
+    }
+    entry = store.get_model(model_id).to_payload()
+    for key in RUN_DEPENDENT:
+        entry.pop(key, None)
+    index = dict(entry.get("extra", {}).get("index", {}))
+    for key in RUN_DEPENDENT_INDEX:
+        index.pop(key, None)
+    entry["extra"] = {**entry.get("extra", {}), "index": index}
+    return points, entry
+
+
+def assert_same_model(a: tuple[dict, dict], b: tuple[dict, dict]) -> None:
+    """Two ``model_snapshot``s are equal: ids, vectors (bitwise), payloads, catalogue."""
+    points_a, entry_a = a
+    points_b, entry_b = b
+    assert points_a.keys() == points_b.keys()
+    for pid, (vec, payload) in points_a.items():
+        np.testing.assert_array_equal(vec, points_b[pid][0])
+        other = points_b[pid][1]
+        diff = {
+            k: (payload.get(k), other.get(k))
+            for k in payload.keys() | other.keys()
+            if payload.get(k) != other.get(k)
+        }
+        assert not diff, f"point {pid}: {diff}"
+    assert entry_a == entry_b

@@ -416,6 +416,8 @@ FILTERS: dict[str, tuple[pb.NeuronFilter, Code, str | None]] = {
         "filter.min_clarity",
     ),
     "201-char label": (F(label="x" * 201), Code.INVALID_ARGUMENT, "filter.label"),
+    "unknown kind": (F(kinds=["pca"]), Code.INVALID_ARGUMENT, "filter.kinds[0]"),
+    "1001 kinds": (F(kinds=["nmf"] * 1001), Code.INVALID_ARGUMENT, "filter.kinds"),
 }
 for name, (flt, code, fld) in FILTERS.items():
     case(f"filter {name}", "SearchNeurons", S(text="dog", filter=flt), code, fld)
@@ -426,6 +428,10 @@ case("no neuron", "GetNeuron", G(), field="neuron.model_id")
 case("negative unit", "GetNeuron", G(neuron=ref(unit=-1)), field="neuron.unit")
 case("unit int32 min", "GetNeuron", G(neuron=ref(unit=-(2**31))), field="neuron.unit")
 case("unit int32 max", "GetNeuron", G(neuron=ref(unit=2**31 - 1)), Code.NOT_FOUND)
+case("unknown kind", "GetNeuron", G(neuron=pb.NeuronRef(model_id="resnet20", layer=LAYER,
+     kind="pca")), field="neuron.kind")  # fmt: skip
+case("component a model lacks", "GetNeuron", G(neuron=pb.NeuronRef(model_id="resnet20",
+     layer=LAYER, kind="nmf")), Code.NOT_FOUND)  # fmt: skip
 case("unknown layer", "GetNeuron", G(neuron=ref(layer="nope")), Code.NOT_FOUND)
 case("257-char layer", "GetNeuron", G(neuron=ref(layer="l" * 257)), field="neuron.layer")
 case("layer with NUL", "GetNeuron", G(neuron=ref(layer="layer1\x00")), Code.NOT_FOUND)
@@ -570,6 +576,9 @@ for name, tok in BAD_TOKENS.items():
         CM(model_a=A, model_b=B, semantic_only=True, page_token=tok),
         field="page_token",
     )
+case("unknown kind", "CompareModels", CM(model_a=A, model_b=B, kind="pca"), field="kind")
+case("kind the models lack", "CompareModels", CM(model_a=A, model_b=B, kind="nmf",
+     semantic_only=True), Code.FAILED_PRECONDITION)  # fmt: skip
 case(
     "token of the swapped pair",
     "CompareModels",
@@ -607,6 +616,34 @@ for name, (mid, code) in BAD_IDS.items():
         f"model id {name}",
         "AuditModel",
         AM(model_id=mid, valid=["dog"]),
+        code,
+        "model_id" if code is Code.INVALID_ARGUMENT else None,
+    )
+case("unknown kind", "AuditModel", AM(model_id=A, valid=["dog"], kind="pca"), field="kind")
+case("kind the model lacks", "AuditModel", AM(model_id=A, valid=["dog"], kind="cav"),
+     Code.FAILED_PRECONDITION)  # fmt: skip
+case("201-char class", "AuditModel", AM(model_id=A, valid=["dog"], class_name="c" * 201),
+     field="class_name")  # fmt: skip
+case("class without importance", "AuditModel", AM(model_id=A, valid=["dog"], class_name="cat"),
+     Code.FAILED_PRECONDITION)  # fmt: skip
+
+# ExplainClass -------------------------------------------------------------------------------
+EC = pb.ExplainClassRequest
+case("empty request", "ExplainClass", EC(), field="model_id")
+case("no class", "ExplainClass", EC(model_id=A), field="class_name")
+case("blank class", "ExplainClass", EC(model_id=A, class_name="  "), field="class_name")
+case("201-char class", "ExplainClass", EC(model_id=A, class_name="c" * 201), field="class_name")
+case("top_n -1", "ExplainClass", EC(model_id=A, class_name="cat", top_n=-1), field="top_n")
+case("top_n 101", "ExplainClass", EC(model_id=A, class_name="cat", top_n=101), field="top_n")
+case("unknown kind", "ExplainClass", EC(model_id=A, class_name="cat", kinds=["pca"]),
+     field="kinds[0]")  # fmt: skip
+case("model without importance", "ExplainClass", EC(model_id=A, class_name="cat"),
+     Code.FAILED_PRECONDITION)  # fmt: skip
+for name, (mid, code) in BAD_IDS.items():
+    case(
+        f"model id {name}",
+        "ExplainClass",
+        EC(model_id=mid, class_name="cat"),
         code,
         "model_id" if code is Code.INVALID_ARGUMENT else None,
     )

@@ -20,7 +20,7 @@ def _drop_json_names(message) -> None:
         _drop_json_names(nested)
 
 
-PROTO_FILES = ("neuronatlas", "zoo")
+PROTO_FILES = ("neuronatlas", "zoo", "admin")
 
 
 @pytest.mark.parametrize("stem", PROTO_FILES)
@@ -84,6 +84,7 @@ def test_generated_code_imports_as_package() -> None:
         "VerifyStore",
         "CompareModels",
         "AuditModel",
+        "ExplainClass",
     }
     assert hasattr(neuronatlas_pb2_grpc, "NeuronAtlasServiceStub")
 

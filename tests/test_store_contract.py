@@ -589,6 +589,34 @@ def test_catalogue(empty: KnowledgeStore):
         empty.get_model("")
 
 
+# -- job records (the queue of long-running operations) -------------------------------------------
+def test_job_records(store: KnowledgeStore, backend: str, tmp_path: Path):
+    """Jobs live in the catalogue shard as their own kind: never a model, untouched by model
+    deletes and by verify, persisted with the store."""
+    from neuronatlas.core.jobs import Job, JobQueue, JobState
+
+    assert store.all_jobs() == [] and store.get_job("nosuch") is None
+    record = Job("j1", "index", "alpha", {"nested": {"a": [1]}}, seq=1).to_dict()
+    store.put_job("j1", record)
+    assert store.get_job("j1") == record and store.all_jobs() == [record]
+    store.put_job("j1", {**record, "state": "running"})
+    assert store.get_job("j1")["state"] == "running" and len(store.all_jobs()) == 1
+    queue = JobQueue(store)  # the store is a JobTable
+    job = queue.submit("index", "beta", {"k": 5})
+    assert {j["job_id"] for j in store.all_jobs()} == {"j1", job.job_id}
+    assert [m.model_id for m in store.list_models()] == ["alpha", "beta", "gamma"]
+    store.delete_model("beta")
+    assert queue.get(job.job_id).state is JobState.QUEUED
+    assert store.verify().ok
+    if backend == "edge":  # persisted: a reopened store (e.g. after kill -9) has them
+        store.close()
+        from neuronatlas.core.store.edge import EdgeStore
+
+        with EdgeStore(tmp_path / "store") as again:
+            assert JobQueue(again).get(job.job_id).request == {"k": 5}
+            assert again.get_job("j1")["request"] == {"nested": {"a": [1]}}
+
+
 # -- maintenance ----------------------------------------------------------------------------------
 def test_optimize_size_and_close(store: KnowledgeStore, backend: str):
     store.optimize()

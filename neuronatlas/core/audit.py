@@ -11,6 +11,16 @@ Noise floor: the same shares for the model's vectors randomly rotated about thei
 (``compare.rotation_null``). With ``threshold=None`` each concept's threshold is the 99th
 percentile of its scores on those rotated vectors, so about 1 % of a random model aligns by chance.
 
+**Kinds and class weighting.** An audit covers one record kind (``kind``: neurons by default,
+or the model's ``nmf`` / ``cluster`` / ``cav`` components). With ``class_name`` it also weighs
+every record by its importance for that class (``indexer/importance.py``: the mean gradient x
+activation of the class logit along the record's direction, its positive part; the payload's
+``top_classes``, a record without the class there weighs 0): the *class shares* are
+sum(weight x aligned) / sum(weight), i.e. how much of what the model uses for the class is
+aligned with valid or spurious concepts, each beside the same weighted share of the rotated
+vectors (the noise floor). The spurious records are then listed by their importance for the
+class.
+
 Example, the ABCDE melanoma audit (dermatology classifiers are known to key on rulers and
 markers rather than lesion features)::
 
@@ -25,13 +35,21 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from neuronatlas.core.compare import _rng, indexed_entry, rotation_null
 from neuronatlas.core.embedder.base import Embedder
-from neuronatlas.core.errors import EmbedderMismatch, InvalidArgument, NotIndexed
+from neuronatlas.core.errors import (
+    EmbedderMismatch,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    NotIndexed,
+)
 from neuronatlas.core.labels import LabelScorer
+from neuronatlas.core.records import NEURON_KIND, NeuronRecord, neuron_key
 from neuronatlas.core.store.base import KnowledgeStore
 from neuronatlas.core.validate import check_embedder, shown
 
@@ -48,6 +66,9 @@ class ConceptAudit:
     share_baseline: float  # the same share for the rotated (random) vectors
     layer_share: np.ndarray  # (L,) aligned share of each layer
     best_score: float
+    # with a class: importance-weighted aligned share and its noise floor (0 without)
+    class_share: float = 0.0
+    class_share_baseline: float = 0.0
 
 
 @dataclass
@@ -57,6 +78,8 @@ class SpuriousNeuron:
     concept: str
     score: float
     top_samples: list[str] = field(default_factory=list)
+    kind: str = NEURON_KIND
+    importance: float = 0.0  # for the audited class (0 without one)
 
 
 @dataclass
@@ -74,7 +97,14 @@ class Audit:
     spurious_share_baseline: float
     layer_valid_share: np.ndarray  # (L,)
     layer_spurious_share: np.ndarray  # (L,)
-    spurious_neurons: list[SpuriousNeuron]  # most spurious-aligned first
+    spurious_neurons: list[SpuriousNeuron]  # most spurious-aligned first (with a class:
+    # the most important for it first)
+    kind: str = NEURON_KIND  # the record kind audited
+    class_name: str = ""  # the class the class shares are weighted for ("" : none)
+    class_valid_share: float = 0.0  # importance-weighted, see the module docstring
+    class_spurious_share: float = 0.0
+    class_valid_share_baseline: float = 0.0
+    class_spurious_share_baseline: float = 0.0
 
 
 def _concept_list(items: Iterable[str] | None, what: str) -> list[str]:
@@ -99,6 +129,8 @@ def audit_model(
     top_images: int = 6,
     seed: int = 0,
     cache_dir: Path | None = None,
+    kind: str = NEURON_KIND,
+    class_name: str | None = None,
 ) -> Audit:
     """Audit an indexed model against valid and spurious concepts (see module docstring).
 
@@ -120,11 +152,15 @@ def audit_model(
     check_embedder(store.embedder, info)
 
     recs = sorted(
-        store.scroll_neurons(model, generation=entry.generation, with_vectors=True),
+        store.scroll_neurons(
+            model, generation=entry.generation, with_vectors=True, kinds=[kind or NEURON_KIND]
+        ),
         key=lambda r: (r.layer_index, r.layer, r.unit),
     )
     if not recs:
-        raise NotIndexed(f"model {model!r} has no stored neurons")
+        what = "neurons" if kind in ("", NEURON_KIND) else f"{kind} components"
+        raise NotIndexed(f"model {model!r} has no stored {what}")
+    weights = _class_weights(entry.extra, model, recs, class_name) if class_name else None
     layers = list(dict.fromkeys(r.layer for r in recs))
     layer_pos = {n: i for i, n in enumerate(layers)}
     layer_of = np.array([layer_pos[r.layer] for r in recs])
@@ -147,6 +183,9 @@ def audit_model(
     )
     aligned, aligned0 = s >= thr, s0 >= thr
 
+    def wshare(mask: Any) -> float:
+        return float((weights * mask).sum() / weights.sum()) if weights is not None else 0.0
+
     per_concept = []
     for c, name in enumerate(concepts):
         per_layer = np.bincount(layer_of, weights=aligned[:, c], minlength=len(layers)) / sizes
@@ -160,6 +199,8 @@ def audit_model(
                 share_baseline=float(aligned0[:, c].mean()),
                 layer_share=per_layer,
                 best_score=float(s[:, c].max()),
+                class_share=wshare(aligned[:, c]),
+                class_share_baseline=wshare(aligned0[:, c]),
             )
         )
 
@@ -174,9 +215,17 @@ def audit_model(
         margin = s[:, nv:] - thr[nv:]  # how far above its concept's threshold
         best_c = margin.argmax(axis=1)
         best_m = margin[np.arange(len(x)), best_c]
-        for i in np.argsort(-best_m, kind="stable")[:top_neurons]:
-            if best_m[i] < 0:
+        if weights is None:
+            order = np.argsort(-best_m, kind="stable")
+        else:  # the most important aligned records for the class first
+            order = np.lexsort((-best_m, -weights))
+        shown_n = 0
+        for i in order:
+            if shown_n >= top_neurons:
                 break
+            if best_m[i] < 0 or (weights is not None and weights[i] <= 0):
+                continue
+            shown_n += 1
             r = recs[i]
             worst.append(
                 SpuriousNeuron(
@@ -185,6 +234,8 @@ def audit_model(
                     concept=spurious[best_c[i]],
                     score=float(s[i, nv + best_c[i]]),
                     top_samples=[t.sample_id for t in r.top_samples[:top_images]],
+                    kind=r.kind,
+                    importance=float(weights[i]) if weights is not None else 0.0,
                 )
             )
     return Audit(
@@ -202,27 +253,76 @@ def audit_model(
         layer_valid_share=np.bincount(layer_of, weights=any_v, minlength=len(layers)) / sizes,
         layer_spurious_share=np.bincount(layer_of, weights=any_s, minlength=len(layers)) / sizes,
         spurious_neurons=worst,
+        kind=kind or NEURON_KIND,
+        class_name=class_name or "",
+        class_valid_share=wshare(any_v),
+        class_spurious_share=wshare(any_s),
+        class_valid_share_baseline=wshare(any_v0),
+        class_spurious_share_baseline=wshare(any_s0),
     )
+
+
+def _class_weights(
+    extra: dict[str, Any], model: str, recs: list[NeuronRecord], class_name: str
+) -> np.ndarray:
+    """Each record's importance for ``class_name`` (positive part; 0 when the class is not
+    among its stored top classes)."""
+    from neuronatlas.core.explain import importance_record
+
+    imp = importance_record(extra, model)
+    if class_name not in imp.get("classes", []):
+        raise NotFound(
+            f"model {model!r} has no class {shown(class_name)} (classes: "
+            f"{', '.join(list(imp.get('classes', []))[:20])})",
+            resource_type="class",
+            resource_name=class_name,
+        )
+    w = np.array(
+        [
+            max(0.0, next((c.importance for c in r.top_classes if c.class_name == class_name), 0.0))
+            for r in recs
+        ],
+        np.float64,
+    )
+    if w.sum() <= 0:
+        raise FailedPrecondition(
+            f"no {recs[0].kind} of model {model!r} has a positive importance for class "
+            f"{shown(class_name)}"
+        )
+    return w
 
 
 def audit_summary(a: Audit) -> str:
     """A plain-text report of an audit."""
+    what = "neurons" if a.kind == NEURON_KIND else f"{a.kind} components"
     lines = [
-        f"Concept audit of {a.model_id} (generation {a.generation}, {a.n_neurons} neurons, "
+        f"Concept audit of {a.model_id} (generation {a.generation}, {a.n_neurons} {what}, "
         f"{len(a.layers)} layers)",
         "",
         f"aligned with a valid concept:    {a.valid_share:6.1%}   "
         f"(noise floor {a.valid_share_baseline:6.1%})",
         f"aligned with a spurious concept: {a.spurious_share:6.1%}   "
         f"(noise floor {a.spurious_share_baseline:6.1%})",
+    ]
+    if a.class_name:
+        lines += [
+            "",
+            f"weighted by importance for class {a.class_name!r} (what the model uses for it):",
+            f"  valid:    {a.class_valid_share:6.1%}   (noise floor "
+            f"{a.class_valid_share_baseline:6.1%})",
+            f"  spurious: {a.class_spurious_share:6.1%}   (noise floor "
+            f"{a.class_spurious_share_baseline:6.1%})",
+        ]
+    lines += [
         "",
         f"{'concept':28s} {'kind':9s} {'threshold':>9s} {'neurons':>8s} {'share':>7s} "
-        f"{'floor':>7s}",
+        f"{'floor':>7s}" + (f" {'class':>7s} {'floor':>7s}" if a.class_name else ""),
     ]
     for c in a.concepts:
         lines.append(
             f"{c.concept[:28]:28s} {c.kind:9s} {c.threshold:9.4f} {c.aligned:8d} "
             f"{c.share:7.1%} {c.share_baseline:7.1%}"
+            + (f" {c.class_share:7.1%} {c.class_share_baseline:7.1%}" if a.class_name else "")
         )
     lines += ["", "per layer (valid / spurious share):"]
     for i, name in enumerate(a.layers):
@@ -231,10 +331,12 @@ def audit_summary(a: Audit) -> str:
             f"{a.layer_spurious_share[i]:6.1%}"
         )
     if a.spurious_neurons:
-        lines += ["", "most spurious-aligned neurons (top probe images):"]
+        head = f"most spurious-aligned {what}"
+        if a.class_name:
+            head += f", most important for {a.class_name!r} first"
+        lines += ["", head + " (top probe images):"]
         for n in a.spurious_neurons:
-            lines.append(
-                f"  {a.model_id}/{n.layer}/{n.unit}  {n.concept} ({n.score:+.4f}): "
-                + ", ".join(n.top_samples)
-            )
+            ref = neuron_key(a.model_id, n.layer, n.unit, n.kind)
+            imp = f" importance {n.importance:.4g}" if a.class_name else ""
+            lines.append(f"  {ref}  {n.concept} ({n.score:+.4f}){imp}: " + ", ".join(n.top_samples))
     return "\n".join(lines) + "\n"

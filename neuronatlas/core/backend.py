@@ -20,13 +20,14 @@ from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from neuronatlas.core import validate as V
-from neuronatlas.core.records import ModelEntry, NeuronRecord
+from neuronatlas.core.records import NEURON_KIND, ModelEntry, NeuronRecord
 from neuronatlas.core.store.base import Hit, LabelScope, SearchFilter
 from neuronatlas.core.store.integrity import StoreReport
 
 if TYPE_CHECKING:
     from neuronatlas.core.audit import Audit
     from neuronatlas.core.compare import Comparison
+    from neuronatlas.core.explain import Explanation
     from neuronatlas.core.queries import Description, Page, Query, StoreStats
 
 
@@ -49,7 +50,13 @@ class QueryBackend(Protocol):
         ...
 
     def get_neuron(
-        self, model_id: str, layer: str, unit: int, *, with_vector: bool = False
+        self,
+        model_id: str,
+        layer: str,
+        unit: int,
+        *,
+        with_vector: bool = False,
+        kind: str = NEURON_KIND,
     ) -> NeuronRecord: ...
 
     def describe_neuron(
@@ -60,6 +67,7 @@ class QueryBackend(Protocol):
         *,
         labels: Sequence[str] | None = None,
         top_n: int = V.DEFAULT_TOP_N,
+        kind: str = NEURON_KIND,
     ) -> Description: ...
 
     def find_by_label(
@@ -97,6 +105,7 @@ class QueryBackend(Protocol):
         activation: bool = True,
         offset: int = 0,
         limit: int | None = 50,
+        kind: str = NEURON_KIND,
     ) -> Comparison: ...
 
     def audit_model(
@@ -106,7 +115,20 @@ class QueryBackend(Protocol):
         spurious: Sequence[str] = (),
         *,
         threshold: float | None = None,
+        kind: str = NEURON_KIND,
+        class_name: str | None = None,
     ) -> Audit: ...
+
+    def explain_class(
+        self,
+        model_id: str,
+        class_name: str,
+        *,
+        kinds: Sequence[str] | None = None,
+        top_n: int = 5,
+    ) -> Explanation:
+        """What drives a class: the most important neurons / components of each kind."""
+        ...
 
     def close(self) -> None: ...
 

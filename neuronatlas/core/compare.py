@@ -37,7 +37,7 @@ import numpy as np
 from neuronatlas.core.atomic import atomic_save_npz
 from neuronatlas.core.config import Home, HomeLike
 from neuronatlas.core.errors import FailedPrecondition, InvalidArgument, NotFound, NotIndexed
-from neuronatlas.core.records import ModelEntry, ModelStatus
+from neuronatlas.core.records import NEURON_KIND, ModelEntry, ModelStatus
 from neuronatlas.core.sketches import load_sketch
 from neuronatlas.core.store.base import KnowledgeStore
 
@@ -147,6 +147,7 @@ class Comparison:
     # one page of matched pairs (best first), see compare_models(offset, limit)
     pairs: list[MatchedPair] = field(default_factory=list)
     pairs_total: int = 0
+    kind: str = NEURON_KIND  # the record kind compared (neurons, or one component kind)
 
     def page(self, offset: int = 0, limit: int = 50) -> list[MatchedPair]:
         """Matched pairs ``offset .. offset+limit`` (best first)."""
@@ -194,13 +195,16 @@ def indexed_entry(store: KnowledgeStore, model_id: str) -> ModelEntry:
 
 
 def load_model_vectors(
-    store: KnowledgeStore, model_id: str, layers: list[str] | None = None
+    store: KnowledgeStore, model_id: str, layers: list[str] | None = None, kind: str = NEURON_KIND
 ) -> ModelVectors:
-    """Read a model's live neuron vectors, grouped by layer in depth order."""
+    """Read a model's live neuron vectors (or its components of ``kind``), grouped by layer in
+    depth order."""
     entry = indexed_entry(store, model_id)
     by_layer: dict[str, list[tuple[int, np.ndarray, str]]] = {}
     meta: dict[str, tuple[int, float]] = {}
-    for rec in store.scroll_neurons(model_id, generation=entry.generation, with_vectors=True):
+    for rec in store.scroll_neurons(
+        model_id, generation=entry.generation, with_vectors=True, kinds=[kind]
+    ):
         if layers is not None and rec.layer not in layers:
             continue
         top = rec.top_label
@@ -208,7 +212,8 @@ def load_model_vectors(
         meta[rec.layer] = (rec.layer_index, rec.depth)
     if not by_layer:
         what = f" in layers {layers}" if layers is not None else ""
-        raise NotIndexed(f"model {model_id!r} has no stored neurons{what}")
+        records = "neurons" if kind == NEURON_KIND else f"{kind} components"
+        raise NotIndexed(f"model {model_id!r} has no stored {records}{what}")
     names = sorted(by_layer, key=lambda n: (meta[n][0], n))
     vecs, layer_of, units, labels, sizes = [], [], [], [], []
     for li, name in enumerate(names):
@@ -647,6 +652,7 @@ def compare_models(
     null_samples: int = 512,
     seed: int = 0,
     use_cache: bool = True,
+    kind: str = NEURON_KIND,
 ) -> Comparison:
     """Compare two indexed models (semantic view, and activation view unless ``activation=False``).
 
@@ -668,19 +674,19 @@ def compare_models(
             raise InvalidArgument(
                 f"unknown layers {missing} (neither model has them)", field="layers"
             )
-    key = _cache_key(ea, eb, layers, tau, activation, null_samples, seed)
+    key = _cache_key(ea, eb, layers, tau, activation, null_samples, seed, kind)
     home = Home.of(home)
     path = home.compare_dir(model_a, model_b) / f"{key}.npz"
     if use_cache and path.exists():
         try:
             cmp = _load(path)
-            cmp.cached = True
+            cmp.cached, cmp.kind = True, kind
             cmp.timings = {"load_cache_s": time.perf_counter() - t0}
             return _paged(cmp, offset, limit)
         except (OSError, KeyError, ValueError, TypeError):
             path.unlink(missing_ok=True)  # unreadable cache entry: recompute
-    va = load_model_vectors(store, model_a, layers)
-    vb = load_model_vectors(store, model_b, layers)
+    va = load_model_vectors(store, model_a, layers, kind)
+    vb = load_model_vectors(store, model_b, layers, kind)
     t1 = time.perf_counter()
     sem = semantic_view(va, vb, tau=tau, null_samples=null_samples, seed=seed)
     t2 = time.perf_counter()
@@ -692,6 +698,7 @@ def compare_models(
         semantic=sem,
         activation=act,
         timings={"load_s": t1 - t0, "semantic_s": t2 - t1, "activation_s": t3 - t2},
+        kind=kind,
     )
     if use_cache:
         _save(path, cmp)
@@ -712,8 +719,9 @@ def _cache_key(
     activation: bool,
     null_samples: int,
     seed: int,
+    kind: str = NEURON_KIND,
 ) -> str:
-    ident = [
+    ident: list[Any] = [
         COMPARE_VERSION,
         [ea.model_id, ea.generation, ea.indexed_at, ea.embedder],
         [eb.model_id, eb.generation, eb.indexed_at, eb.embedder],
@@ -723,6 +731,8 @@ def _cache_key(
         null_samples,
         seed,
     ]
+    if kind != NEURON_KIND:  # neuron comparisons keep the cache keys they had
+        ident.append(kind)
     return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
 
@@ -811,10 +821,11 @@ def comparison_summary(cmp: Comparison, pairs: int = 15) -> str:
     """A plain-text report of a comparison (scores beside their noise floors)."""
     s = cmp.semantic
     al = s.alignment
+    what = "neurons" if cmp.kind == NEURON_KIND else f"{cmp.kind} components"
     lines = [
-        f"Comparison {cmp.a.model_id} (gen {cmp.a.generation}, {len(cmp.a.layer_of)} neurons, "
+        f"Comparison {cmp.a.model_id} (gen {cmp.a.generation}, {len(cmp.a.layer_of)} {what}, "
         f"{len(cmp.a.layers)} layers) vs {cmp.b.model_id} (gen {cmp.b.generation}, "
-        f"{len(cmp.b.layer_of)} neurons, {len(cmp.b.layers)} layers)",
+        f"{len(cmp.b.layer_of)} {what}, {len(cmp.b.layers)} layers)",
         "",
         "Semantic view (neuron vectors in embedding space)",
         _score("depth alignment rho (A->B)", al.rho) + f"   permutation p {al.p_value:.4f}",

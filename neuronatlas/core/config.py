@@ -42,6 +42,7 @@ class Home:
     <root>/artifacts/<sha256>[.json|.d/]    uploaded files (content-addressed), unpacked archives
     <root>/sketches/<model_id>/gen<N>.npz   activation sketches
     <root>/page_token.key                   the server's page-token key (unless set)
+    <root>/transfers/migrate-<key>.json     checkpoint of an unfinished `migrate`
     """
 
     root: Path
@@ -108,6 +109,10 @@ class Home:
     def page_token_key(self) -> Path:
         return self.root / "page_token.key"
 
+    @property
+    def transfers(self) -> Path:
+        return self.root / "transfers"
+
 
 HomeLike = Home | str | os.PathLike[str]
 
@@ -129,6 +134,18 @@ class Settings:
     # secret the server derives its page-token key from (share it between replicas); unset:
     # a key kept in <home>/page_token.key (neuronatlas.service.paging)
     page_token_key: str = ""
+    # indexing threads of `serve` (IndexModel operations); 0: queue only (remote workers,
+    # `neuronatlas worker`, run the jobs; they need the remote backend)
+    index_workers: int = 1
+    # largest file a client may upload to the server (UploadArtifact), in bytes
+    max_upload_bytes: int = 2 << 30
+    # let RegisterModel / IndexModel callers register "python" sources (a factory is code the
+    # server runs: only for servers whose write tokens are trusted like admins)
+    allow_python_sources: bool = False
+    # `serve`: Prometheus metrics on http://<host of --address>:<port>/metrics; 0: off
+    metrics_port: int = 0
+    # `serve`: log lines as "text" or "json" (one object per line, with the call's request id)
+    log_format: str = "text"
 
     @property
     def paths(self) -> Home:
@@ -172,7 +189,11 @@ def _coerce(name: str, value: Any) -> Any:
             raise ValueError(text)
         if kind == "int":
             number = int(value)
-            if name in {"shard_number", "replication_factor"} and number < 1:
+            if name == "metrics_port" and not 0 <= number <= 65535:
+                raise ValueError(number)
+            if name in {"shard_number", "replication_factor", "max_upload_bytes"} and number < 1:
+                raise ValueError(number)
+            if name == "index_workers" and not 0 <= number <= 64:
                 raise ValueError(number)
             return number
     except ValueError:
@@ -217,6 +238,10 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
         if v is not None:
             values[k] = _coerce(k, v)
     settings = replace(Settings(), **values)
+    if settings.log_format not in {"text", "json"}:
+        raise InvalidArgument(
+            f"log_format must be 'text' or 'json', not {settings.log_format!r}", field="log_format"
+        )
     if settings.backend not in {"edge", "remote"}:
         raise InvalidArgument(
             f"backend must be 'edge' or 'remote', not {settings.backend!r}", field="backend"

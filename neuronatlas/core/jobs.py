@@ -17,11 +17,16 @@ Consistency: all mutations of one queue object are serialised by a lock, and eac
 single record write. With the embedded store the server process is the only writer, so that
 is the whole story. With several replicas sharing a remote Qdrant, two replicas could hand the
 same expired job to two workers at once; the second write wins, and the loser learns it at its
-next heartbeat (``LeaseLost``) and stops, so a job is never *finished* twice.
+next heartbeat (``LeaseLost``) and stops, so a job is never *finished* twice. Jobs of one
+model never run at the same time: a job waits while an earlier one of its model holds a lease.
+
+Clients see a job as an :class:`Operation` (``operations/<job_id>``), the view the service's
+GetOperation and the CLI's ``jobs`` commands show.
 """
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 import uuid
@@ -31,9 +36,12 @@ from enum import StrEnum
 from typing import Any, Protocol
 
 from neuronatlas.core.errors import FailedPrecondition, InvalidArgument, NotFound
+from neuronatlas.core.records import ModelEntry
 from neuronatlas.core.validate import shown
 
 DEFAULT_LEASE_S = 60.0
+OPERATION_PREFIX = "operations/"
+_JOB_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 class JobState(StrEnum):
@@ -52,6 +60,20 @@ class LeaseLost(FailedPrecondition):
     """The caller no longer holds the job's lease (it expired and another runner took it)."""
 
     reason = "LEASE_LOST"
+
+
+class JobCancelled(Exception):
+    """A runner stops its job because cancellation was asked. A signal between the worker and
+    the pipeline, not an error a call returns (so no NeuronAtlasError: a bare CANCELLED status
+    of the transport must not map to it); ``code`` / ``reason`` are those of the operation's
+    error."""
+
+    code = "CANCELLED"
+    reason = "CANCELLED"
+
+
+class JobInterrupted(Exception):
+    """A runner stops its job because it is shutting down; the job stays resumable."""
 
 
 @dataclass
@@ -122,9 +144,88 @@ class MemoryJobTable:
 
 
 def _check_job_id(job_id: str) -> str:
-    if not isinstance(job_id, str) or not job_id or len(job_id) > 64:
+    if not isinstance(job_id, str) or not _JOB_ID.fullmatch(job_id):
         raise InvalidArgument(f"{shown(job_id)} is not an operation id", field="name")
     return job_id
+
+
+def operation_name(job_id: str) -> str:
+    return OPERATION_PREFIX + job_id
+
+
+def parse_operation_name(name: str, bare_ok: bool = False) -> str:
+    """The job id of ``operations/<id>`` (``bare_ok``: a bare id too); INVALID_ARGUMENT on
+    ``name`` for anything else."""
+    if isinstance(name, str) and name.startswith(OPERATION_PREFIX):
+        job_id = name[len(OPERATION_PREFIX) :]
+    elif bare_ok and isinstance(name, str):
+        job_id = name
+    else:
+        raise InvalidArgument(
+            f"{shown(name)} is not an operation name (operations/<id>)", field="name"
+        )
+    return _check_job_id(job_id)
+
+
+@dataclass
+class Operation:
+    """What a client sees of a job (AIP-151): its state, progress, and result or error."""
+
+    job_id: str
+    model_id: str
+    state: JobState
+    stage: str = ""
+    images_done: int = 0  # items of the current stage (probe images; neurons when writing)
+    images_total: int = 0
+    layers: list[str] = field(default_factory=list)
+    elapsed_s: float = 0.0  # since the job first started running
+    eta_s: float = 0.0  # left in the current stage (0: unknown)
+    created_at: float = 0.0
+    updated_at: float = 0.0
+    attempts: int = 0
+    worker: str = ""  # who holds the lease (empty when none does)
+    cancel_requested: bool = False
+    error: dict[str, str] = field(default_factory=dict)  # {"code", "reason", "message"}
+    model: ModelEntry | None = None  # the indexed model (succeeded)
+
+    @property
+    def name(self) -> str:
+        return operation_name(self.job_id)
+
+    @property
+    def done(self) -> bool:
+        return self.state.done
+
+    @classmethod
+    def from_job(cls, job: Job, now: float | None = None) -> Operation:
+        now = time.time() if now is None else now
+        p = job.progress
+        if job.state is JobState.QUEUED:
+            stage = "queued"
+        elif job.state is JobState.SUCCEEDED:
+            stage = "done"
+        else:
+            stage = str(p.get("stage", "") or "starting")
+        end = job.finished_at if job.done else now
+        model = job.result.get("model") if isinstance(job.result, dict) else None
+        return cls(
+            job_id=job.job_id,
+            model_id=job.model_id,
+            state=job.state,
+            stage=stage,
+            images_done=int(p.get("images_done", 0) or 0),
+            images_total=int(p.get("images_total", 0) or 0),
+            layers=[str(x) for x in p.get("layers", []) or []],
+            elapsed_s=max(0.0, end - job.started_at) if job.started_at else 0.0,
+            eta_s=0.0 if job.done else float(p.get("eta_seconds", 0.0) or 0.0),
+            created_at=job.created_at,
+            updated_at=job.updated_at,
+            attempts=job.attempts,
+            worker=job.lease_owner,
+            cancel_requested=job.cancel_requested,
+            error=dict(job.error),
+            model=ModelEntry.from_payload(model) if isinstance(model, dict) else None,
+        )
 
 
 class JobQueue:
@@ -149,8 +250,18 @@ class JobQueue:
     def get(self, job_id: str) -> Job:
         row = self.table.get_job(_check_job_id(job_id))
         if row is None:
-            raise NotFound(f"no operation {shown(job_id)}")
+            raise NotFound(
+                f"no operation {shown(job_id)}",
+                resource_type="operation",
+                resource_name=operation_name(job_id),
+            )
         return Job.from_dict(row)
+
+    def find_request(self, request_id: str) -> Job | None:
+        """The job a submission with ``request_id`` created, if any."""
+        if not request_id:
+            return None
+        return next((j for j in self.list_jobs() if j.request_id == request_id), None)
 
     def list_jobs(self, states: Iterable[JobState] | None = None, model_id: str = "") -> list[Job]:
         """Jobs in submission order, optionally only some states / one model."""
@@ -165,6 +276,17 @@ class JobQueue:
             ),
             key=lambda j: j.seq,
         )
+
+    def wait_for_change(self, timeout: float) -> None:
+        """Block until a job of this queue object changes, or ``timeout`` seconds pass (idle
+        runners sleep here instead of polling the table)."""
+        with self._changed:
+            self._changed.wait(max(0.0, timeout))
+
+    def wake(self) -> None:
+        """Wake everyone blocked in ``wait_for_change`` / ``wait`` (e.g. runners stopping)."""
+        with self._changed:
+            self._changed.notify_all()
 
     def wait(self, job_id: str, timeout: float) -> Job:
         """The job once done, or as it is when ``timeout`` seconds have passed."""
@@ -218,10 +340,16 @@ class JobQueue:
         wanted = set(kinds) if kinds is not None else None
         with self._lock:
             now = self.clock()
-            for job in self.list_jobs([JobState.QUEUED, JobState.RUNNING]):
+            pending = self.list_jobs([JobState.QUEUED, JobState.RUNNING])
+            busy = {  # models with a job under a live lease: their next job waits for it
+                j.model_id for j in pending if j.state is JobState.RUNNING and j.lease_expires > now
+            }
+            for job in pending:
                 if wanted is not None and job.kind not in wanted:
                     continue
                 if job.state is JobState.RUNNING and job.lease_expires > now:
+                    continue
+                if job.model_id in busy:
                     continue
                 if job.cancel_requested:  # its runner died before it could stop
                     self._end(job, JobState.CANCELLED)
@@ -291,8 +419,26 @@ class JobQueue:
                     out.append(self._save(job))
             return out
 
+    def release_all(self) -> list[Job]:
+        """Give back every lease (a server that is the only runner, over the embedded store,
+        starting up: whatever was running when it stopped is resumable at once)."""
+        with self._lock:
+            out = []
+            for job in self.list_jobs([JobState.RUNNING]):
+                if job.lease_expires:
+                    job.lease_expires = 0.0
+                    out.append(self._save(job))
+            return out
+
     def _end(self, job: Job, state: JobState) -> Job:
         job.state = state
+        if state is JobState.CANCELLED and not job.error:
+            job.error = {
+                "code": JobCancelled.code,
+                "reason": JobCancelled.reason,
+                "message": "cancelled"
+                + (" before it started" if not job.started_at else " while it ran"),
+            }
         job.finished_at = self.clock()
         job.lease_owner, job.lease_expires = "", 0.0
         return self._save(job)

@@ -26,6 +26,7 @@ from neuronatlas.core.embedder.base import Embedder
 from neuronatlas.core.embedder.text_cache import TextCache
 from neuronatlas.core.errors import FailedPrecondition, NotIndexed
 from neuronatlas.core.records import (
+    NEURON_KIND,
     EmbedderInfo,
     Label,
     ModelEntry,
@@ -40,6 +41,7 @@ if TYPE_CHECKING:
     from neuronatlas.core.audit import Audit
     from neuronatlas.core.backend import QueryBackend
     from neuronatlas.core.compare import Comparison
+    from neuronatlas.core.explain import Explanation
     from neuronatlas.core.labels import LabelScorer
 
 __all__ = [
@@ -78,6 +80,7 @@ class NeuronQuery:
     model_id: str
     layer: str
     unit: int
+    kind: str = NEURON_KIND  # a component kind: search with that component's vector
 
 
 @dataclass(frozen=True, eq=False)
@@ -104,6 +107,7 @@ class Description:
     unit: int
     labels: dict[str, list[Label]]  # vocabulary (or "custom") -> top labels
     label_set: list[str]
+    kind: str = NEURON_KIND
 
 
 @dataclass
@@ -141,7 +145,7 @@ def _check_query(query: object) -> None:
     elif isinstance(query, ImageQuery):
         V.check_image_bytes(query.data)
     elif isinstance(query, NeuronQuery):
-        V.check_ref(query.model_id, query.layer, query.unit)
+        V.check_ref(query.model_id, query.layer, query.unit, kind=query.kind)
     elif isinstance(query, VectorQuery):
         V.check_vector_size(np.asarray(query.values).size)
     else:
@@ -257,7 +261,11 @@ class Atlas:
             return self.embed_image(query.data)
         if isinstance(query, NeuronQuery):
             return self.store.get_neuron(
-                query.model_id, query.layer, query.unit, with_vector=True
+                query.model_id,
+                query.layer,
+                query.unit,
+                with_vector=True,
+                kind=V.check_kind(query.kind),
             ).vector
         info = self.store.embedder
         if info is None:
@@ -308,10 +316,19 @@ class Atlas:
         return Page(hits[: end - offset], end if more else None)
 
     def get_neuron(
-        self, model_id: str, layer: str, unit: int, *, with_vector: bool = False
+        self,
+        model_id: str,
+        layer: str,
+        unit: int,
+        *,
+        with_vector: bool = False,
+        kind: str = NEURON_KIND,
     ) -> NeuronRecord:
-        V.check_ref(model_id, layer, unit)
-        return self.store.get_neuron(model_id, layer, unit, with_vector=with_vector)
+        """One neuron (or the component ``kind:unit`` of the layer)."""
+        V.check_ref(model_id, layer, unit, kind=kind)
+        return self.store.get_neuron(
+            model_id, layer, unit, with_vector=with_vector, kind=V.check_kind(kind)
+        )
 
     def describe_neuron(
         self,
@@ -321,13 +338,15 @@ class Atlas:
         *,
         labels: Sequence[str] | None = None,
         top_n: int = V.DEFAULT_TOP_N,
+        kind: str = NEURON_KIND,
     ) -> Description:
-        """Stored labels of a neuron, or ``labels`` scored against its vector (vocabulary
-        "custom")."""
+        """Stored labels of a neuron (or component), or ``labels`` scored against its vector
+        (vocabulary "custom")."""
         V.check_range(top_n, 1, V.MAX_TOP_N, "top_n")
         custom = V.check_labels(labels or ())
-        V.check_ref(model_id, layer, unit)
-        rec = self.store.get_neuron(model_id, layer, unit, with_vector=bool(custom))
+        V.check_ref(model_id, layer, unit, kind=kind)
+        kind = V.check_kind(kind)
+        rec = self.store.get_neuron(model_id, layer, unit, with_vector=bool(custom), kind=kind)
         if not custom:
             return Description(
                 model_id,
@@ -335,11 +354,14 @@ class Atlas:
                 unit,
                 {v: ls[:top_n] for v, ls in rec.labels.items()},
                 list(rec.label_set),
+                kind,
             )
         scorer = self.scorer(tuple(dict.fromkeys(custom)))
         x = rec.vector[None, :]
         top = [Label(lab.label, float(lab.score)) for lab in scorer.top(x, n=top_n)[0]]
-        return Description(model_id, layer, unit, {"custom": top}, list(scorer.label_sets(x)[0]))
+        return Description(
+            model_id, layer, unit, {"custom": top}, list(scorer.label_sets(x)[0]), kind
+        )
 
     def find_by_label(
         self,
@@ -380,6 +402,29 @@ class Atlas:
         V.check_model_id(model_id)
         return self.store.delete_model(model_id)
 
+    def update_model(
+        self,
+        model_id: str,
+        *,
+        display_name: str | None = None,
+        tags: Sequence[str] | None = None,
+        notes: str | None = None,
+        training_data: str | None = None,
+    ) -> ModelEntry:
+        """Change a model's metadata (the arguments that are not None) in one catalogue write
+        (``core/catalogue.py``); the same signature as ``Client.update_model``."""
+        from neuronatlas.core.catalogue import update_metadata
+
+        given = {
+            "display_name": display_name,
+            "tags": tags,
+            "notes": notes,
+            "training_data": training_data,
+        }
+        return update_metadata(
+            self.store, model_id, {k: v for k, v in given.items() if v is not None}
+        )
+
     def verify_store(self) -> StoreReport:
         """The full integrity check of the store (admin): every point read back, counts and
         content digests per model against what was recorded at indexing time."""
@@ -410,12 +455,14 @@ class Atlas:
         activation: bool = True,
         offset: int = 0,
         limit: int | None = 50,
+        kind: str = NEURON_KIND,
     ) -> Comparison:
         """Compare two indexed models (``core.compare``); ``Comparison.pairs`` holds matched
-        pairs ``offset..offset+limit`` (every pair from ``offset`` on with ``limit=None``)."""
+        pairs ``offset..offset+limit`` (every pair from ``offset`` on with ``limit=None``).
+        ``kind``: compare their neurons (default) or their components of that kind."""
         from neuronatlas.core.compare import compare_models
 
-        V.check_compare(model_a, model_b, layers, tau)
+        V.check_compare(model_a, model_b, layers, tau, kind)
         V.check_page(offset, sys.maxsize if limit is None else limit)
         if self.home is None:
             raise FailedPrecondition(
@@ -433,6 +480,7 @@ class Atlas:
             offset=offset,
             limit=sys.maxsize if limit is None else limit,
             use_cache=self.compare_cache,
+            kind=V.check_kind(kind),
         )
 
     def audit_model(
@@ -442,11 +490,15 @@ class Atlas:
         spurious: Sequence[str] = (),
         *,
         threshold: float | None = None,
+        kind: str = NEURON_KIND,
+        class_name: str | None = None,
     ) -> Audit:
-        """Audit a model against valid and spurious concepts (``core.audit``)."""
+        """Audit a model's neurons (or components of ``kind``) against valid and spurious
+        concepts (``core.audit``); with ``class_name`` also weighted by their importance for
+        that class."""
         from neuronatlas.core.audit import audit_model
 
-        V.check_audit(model_id, valid, spurious, threshold)
+        V.check_audit(model_id, valid, spurious, threshold, kind, class_name)
         return audit_model(
             self.store,
             self.embedder(),
@@ -455,7 +507,24 @@ class Atlas:
             list(spurious),
             threshold=threshold,
             cache_dir=self.home.labels_cache if self.home is not None else None,
+            kind=V.check_kind(kind),
+            class_name=class_name,
         )
+
+    def explain_class(
+        self,
+        model_id: str,
+        class_name: str,
+        *,
+        kinds: Sequence[str] | None = None,
+        top_n: int = 5,
+    ) -> Explanation:
+        """The neurons and components that drive ``class_name`` most (``core.explain``): the
+        ``top_n`` most important of each kind (``kinds``: only those; None: every kind)."""
+        from neuronatlas.core.explain import explain_class
+
+        V.check_explain(model_id, class_name, kinds, top_n)
+        return explain_class(self.store, model_id, class_name, kinds, top_n)
 
     def close(self) -> None:
         self.store.close()

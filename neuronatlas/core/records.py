@@ -16,29 +16,55 @@ import numpy as np
 
 from neuronatlas.core.errors import InvalidArgument
 
-# Namespace for deterministic point ids: uuid5(NAMESPACE, "model/layer/unit#generation").
+# Namespace for deterministic point ids: uuid5(NAMESPACE, "model/layer/unit#generation") for a
+# neuron, uuid5(NAMESPACE, "model/layer/kind:unit@extraction#generation") for a component.
 _ID_NAMESPACE = uuid.UUID("8d5b8a52-6a1e-4c1e-9a55-2f1f7f0f6a11")
 
+# What a stored record describes (payload ``kind``, keyword-indexed): a single unit (channel) of
+# a layer, or a concept component of a layer's activations (indexer/components.py): an NMF
+# factor, a spherical k-means centroid, or a concept activation vector (CAV) probe.
+NEURON_KIND = "neuron"
+COMPONENT_KINDS = ("nmf", "cluster", "cav")
+KINDS = (NEURON_KIND, *COMPONENT_KINDS)
 
-def neuron_point_id(model_id: str, layer: str, unit: int, generation: int = 0) -> str:
-    """The store id of one neuron. The same neuron always gets the same id.
 
-    ``generation`` separates the two slots used for atomic re-indexing (see README).
+def neuron_point_id(
+    model_id: str,
+    layer: str,
+    unit: int,
+    generation: int = 0,
+    kind: str = NEURON_KIND,
+    extraction: str = "",
+) -> str:
+    """The store id of one neuron or component. The same record always gets the same id.
+
+    ``generation`` separates the two slots used for atomic re-indexing (see README). A
+    component's id also names its ``kind`` and ``extraction`` (the fingerprint of the
+    extraction settings), so components extracted differently never share an id; a neuron's id
+    is unchanged from before components existed.
     """
-    return str(uuid.uuid5(_ID_NAMESPACE, f"{model_id}/{layer}/{unit}#{generation}"))
+    if kind == NEURON_KIND:
+        name = f"{model_id}/{layer}/{unit}#{generation}"
+    else:
+        name = f"{model_id}/{layer}/{kind}:{unit}@{extraction}#{generation}"
+    return str(uuid.uuid5(_ID_NAMESPACE, name))
 
 
 def model_point_id(model_id: str) -> str:
     return str(uuid.uuid5(_ID_NAMESPACE, f"model:{model_id}"))
 
 
-def neuron_key(model_id: str, layer: str, unit: int) -> str:
-    """Human-readable neuron reference ``model/layer/unit`` (as used by the CLI)."""
-    return f"{model_id}/{layer}/{unit}"
+def neuron_key(model_id: str, layer: str, unit: int, kind: str = NEURON_KIND) -> str:
+    """Human-readable reference ``model/layer/unit`` (as used by the CLI); a component's is
+    ``model/layer/kind:unit`` (e.g. ``resnet20/layer3.2/nmf:3``)."""
+    if kind == NEURON_KIND:
+        return f"{model_id}/{layer}/{unit}"
+    return f"{model_id}/{layer}/{kind}:{unit}"
 
 
-def parse_neuron_key(key: str) -> tuple[str, str, int]:
-    """Inverse of :func:`neuron_key`. Model ids may not contain '/', layer names may."""
+def parse_component_key(key: str) -> tuple[str, str, int, str]:
+    """Inverse of :func:`neuron_key`: ``(model_id, layer, unit, kind)``. Model ids may not
+    contain '/', layer names may; the last part is ``unit`` or ``kind:unit``."""
     from neuronatlas.core.validate import shown  # validate imports this module
 
     parts = key.split("/")
@@ -47,6 +73,14 @@ def parse_neuron_key(key: str) -> tuple[str, str, int]:
             f"neuron reference {shown(key)} is not MODEL/LAYER/UNIT", field="neuron"
         )
     model_id, layer, unit_s = parts[0], "/".join(parts[1:-1]), parts[-1]
+    kind = NEURON_KIND
+    if ":" in unit_s:
+        kind, unit_s = unit_s.split(":", 1)
+        if kind not in KINDS:
+            raise InvalidArgument(
+                f"unknown kind {shown(kind)} in {shown(key)} (kinds: {', '.join(KINDS)})",
+                field="neuron.kind",
+            )
     try:
         unit = int(unit_s)
     except ValueError:
@@ -56,6 +90,19 @@ def parse_neuron_key(key: str) -> tuple[str, str, int]:
     if unit < 0 or not model_id or not layer:
         raise InvalidArgument(
             f"neuron reference {shown(key)} is not MODEL/LAYER/UNIT", field="neuron"
+        )
+    return model_id, layer, unit, kind
+
+
+def parse_neuron_key(key: str) -> tuple[str, str, int]:
+    """``(model_id, layer, unit)`` of a neuron reference ``model/layer/unit``; a component
+    reference (``model/layer/kind:unit``) is refused: use :func:`parse_component_key`."""
+    from neuronatlas.core.validate import shown  # validate imports this module
+
+    model_id, layer, unit, kind = parse_component_key(key)
+    if kind != NEURON_KIND:
+        raise InvalidArgument(
+            f"{shown(key)} names a {kind} component, not a neuron", field="neuron.kind"
         )
     return model_id, layer, unit
 
@@ -116,6 +163,16 @@ class Label:
 
 
 @dataclass
+class ClassImportance:
+    """How much a neuron or component drives one output class: the mean over the probe images
+    of that class of gradient x activation of the class logit, projected on the component's
+    direction (indexer/importance.py); first-order logit units, > 0 = evidence for the class."""
+
+    class_name: str
+    importance: float
+
+
+@dataclass
 class NeuronRecord:
     model_id: str
     layer: str
@@ -132,14 +189,24 @@ class NeuronRecord:
     stats: dict[str, float] = field(default_factory=dict)  # mean, std, max, min, frac_active
     generation: int = 0
     polysemanticity_sl: float = 0.0  # SemanticLens' 1 - cos of the 2-means centres
+    kind: str = NEURON_KIND  # neuron, or a component kind (nmf, cluster, cav)
+    extraction: str = ""  # components: fingerprint of the extraction settings (part of the id)
+    # components: how it was extracted (method, rank, explained share, CAV concept and held-out
+    # accuracy...); empty for neurons
+    component: dict[str, Any] = field(default_factory=dict)
+    # the classes it drives most, most important first (indexer/importance.py); empty when
+    # importance was not computed
+    top_classes: list[ClassImportance] = field(default_factory=list)
 
     @property
     def key(self) -> str:
-        return neuron_key(self.model_id, self.layer, self.unit)
+        return neuron_key(self.model_id, self.layer, self.unit, self.kind)
 
     @property
     def point_id(self) -> str:
-        return neuron_point_id(self.model_id, self.layer, self.unit, self.generation)
+        return neuron_point_id(
+            self.model_id, self.layer, self.unit, self.generation, self.kind, self.extraction
+        )
 
     @property
     def top_label(self) -> Label | None:
@@ -152,8 +219,8 @@ class NeuronRecord:
 
     def to_payload(self) -> dict[str, Any]:
         top = self.top_label
-        return {
-            "kind": "neuron",
+        payload = {
+            "kind": self.kind,
             "model_id": self.model_id,
             "slot": slot_key(self.model_id, self.generation),
             "generation": int(self.generation),
@@ -179,6 +246,16 @@ class NeuronRecord:
             "redundancy": float(self.redundancy),
             "stats": {k: float(v) for k, v in self.stats.items()},
         }
+        # Only what a record has: a neuron indexed without importance keeps the payload (and
+        # so the content digest) it had before components existed.
+        if self.kind != NEURON_KIND:
+            payload["extraction"] = self.extraction
+            payload["component"] = dict(self.component)
+        if self.top_classes:
+            payload["top_classes"] = [
+                {"class": c.class_name, "importance": float(c.importance)} for c in self.top_classes
+            ]
+        return payload
 
     @classmethod
     def from_payload(cls, payload: dict[str, Any], vector: Any = None) -> NeuronRecord:
@@ -207,6 +284,13 @@ class NeuronRecord:
             redundancy=float(payload.get("redundancy", 0.0)),
             stats={k: float(v) for k, v in payload.get("stats", {}).items()},
             generation=int(payload.get("generation", 0)),
+            kind=str(payload.get("kind", NEURON_KIND)),
+            extraction=str(payload.get("extraction", "")),
+            component=dict(payload.get("component", {})),
+            top_classes=[
+                ClassImportance(str(c["class"]), float(c["importance"]))
+                for c in payload.get("top_classes", [])
+            ],
         )
 
 

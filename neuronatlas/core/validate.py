@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from neuronatlas.core.errors import EmbedderMismatch, InvalidArgument
-from neuronatlas.core.records import EmbedderInfo, validate_model_id
+from neuronatlas.core.records import KINDS, NEURON_KIND, EmbedderInfo, validate_model_id
 from neuronatlas.core.store.base import LabelScope, SearchFilter
 
 if TYPE_CHECKING:
@@ -40,6 +40,14 @@ MAX_TOP_N = 100
 DEFAULT_TOP_N = 5
 MAX_FILTER_ITEMS = 1000
 MAX_AUDIT_CONCEPTS = 100
+MAX_EXPLAIN_TOP = 100
+# catalogue metadata (RegisterModel, UpdateModel, `models update`)
+MAX_DISPLAY_NAME_CHARS = 200
+MAX_TAGS = 64
+MAX_TAG_CHARS = 64
+MAX_NOTES_CHARS = 4000
+MAX_TRAINING_DATA_CHARS = 1000
+MAX_REQUEST_ID_CHARS = 64
 
 
 SHOWN_CHARS = 80  # characters of a caller's value that an error message echoes
@@ -77,12 +85,45 @@ def check_layer(layer: str, field: str = "layer") -> str:
     return layer
 
 
-def check_ref(model_id: str, layer: str, unit: int, field: str = "neuron") -> None:
-    """A neuron reference ``model_id/layer/unit``."""
+def check_ref(
+    model_id: str, layer: str, unit: int, field: str = "neuron", kind: str = NEURON_KIND
+) -> None:
+    """A neuron reference ``model_id/layer/unit`` (of a component: and its kind)."""
     check_model_id(model_id, f"{field}.model_id")
     check_layer(layer, f"{field}.layer")
     if int(unit) < 0:
         raise InvalidArgument(f"unit must be >= 0, not {shown(unit)}", field=f"{field}.unit")
+    check_kind(kind, f"{field}.kind")
+
+
+def check_kind(kind: str, field: str = "kind") -> str:
+    """A record kind (``records.KINDS``); empty means neuron."""
+    if not kind:
+        return NEURON_KIND
+    if kind not in KINDS:
+        raise InvalidArgument(
+            f"kind must be one of {', '.join(KINDS)}, not {shown(kind)}", field=field
+        )
+    return kind
+
+
+def check_kinds(kinds: Sequence[str] | None, field: str = "kinds") -> tuple[str, ...] | None:
+    """A kind filter: None (neurons only) or a non-empty list of known kinds."""
+    if kinds is None:
+        return None
+    if isinstance(kinds, str) or len(kinds) == 0:
+        raise InvalidArgument(
+            f"{field} must be a non-empty list of kinds (leave it out for neurons only)",
+            field=field,
+        )
+    if len(kinds) > MAX_FILTER_ITEMS:
+        raise InvalidArgument(f"at most {MAX_FILTER_ITEMS} kinds", field=field)
+    for i, k in enumerate(kinds):
+        if not isinstance(k, str) or k not in KINDS:
+            raise InvalidArgument(
+                f"kind must be one of {', '.join(KINDS)}, not {shown(k)}", field=f"{field}[{i}]"
+            )
+    return tuple(dict.fromkeys(kinds))
 
 
 def check_label(label: str, field: str = "label") -> str:
@@ -184,6 +225,7 @@ def check_filter(flt: SearchFilter | None, field: str = "filter") -> SearchFilte
         _finite(flt.min_clarity, f"{field}.min_clarity")
     if flt.label is not None:
         check_label(flt.label, f"{field}.label")
+    check_kinds(flt.kinds, f"{field}.kinds")
     if flt.label_scope is not None:
         check_label_scope(flt.label_scope, f"{field}.label_scope")
         if flt.label is None:
@@ -258,9 +300,14 @@ def no_query(field: str = "query") -> InvalidArgument:
 
 # -- comparison and audit ----------------------------------------------------------------------
 def check_compare(
-    model_a: str, model_b: str, layers: Sequence[str] | None, tau: float | None
+    model_a: str,
+    model_b: str,
+    layers: Sequence[str] | None,
+    tau: float | None,
+    kind: str = NEURON_KIND,
 ) -> None:
     check_model_id(model_a, "model_a")
+    check_kind(kind)
     check_model_id(model_b, "model_b")
     if layers is not None:
         if len(layers) > MAX_FILTER_ITEMS:
@@ -271,10 +318,38 @@ def check_compare(
         raise InvalidArgument(f"tau must be a cosine in [-1, 1], not {shown(tau)}", field="tau")
 
 
+def check_class_name(class_name: str, field: str = "class_name") -> str:
+    if not isinstance(class_name, str) or not class_name.strip():
+        raise InvalidArgument("class name must not be empty", field=field)
+    if len(class_name) > MAX_LABEL_CHARS:
+        raise InvalidArgument(
+            f"class name is longer than {MAX_LABEL_CHARS} characters", field=field
+        )
+    return class_name
+
+
+def check_explain(
+    model_id: str, class_name: str, kinds: Sequence[str] | None, top_n: int
+) -> tuple[str, ...] | None:
+    """ExplainClass arguments; returns the kind filter (None: every kind)."""
+    check_model_id(model_id, "model_id")
+    check_class_name(class_name)
+    check_range(top_n, 1, MAX_EXPLAIN_TOP, "top_n")
+    return check_kinds(kinds)
+
+
 def check_audit(
-    model_id: str, valid: Sequence[str], spurious: Sequence[str], threshold: float | None
+    model_id: str,
+    valid: Sequence[str],
+    spurious: Sequence[str],
+    threshold: float | None,
+    kind: str = NEURON_KIND,
+    class_name: str | None = None,
 ) -> None:
     check_model_id(model_id, "model_id")
+    check_kind(kind)
+    if class_name is not None:
+        check_class_name(class_name)
     if not valid and not spurious:
         raise InvalidArgument("give at least one valid or spurious concept", field="valid")
     if len(valid) + len(spurious) > MAX_AUDIT_CONCEPTS:
@@ -287,6 +362,68 @@ def check_audit(
                 )
     if threshold is not None:
         _finite(threshold, "threshold")
+
+
+# -- catalogue metadata ------------------------------------------------------------------------
+def _check_text_field(value: object, limit: int, field: str, what: str) -> str:
+    if not isinstance(value, str):
+        raise InvalidArgument(f"{what} must be text, not {shown(value)}", field=field)
+    if len(value) > limit:
+        raise InvalidArgument(
+            f"{what} is longer than {limit} characters ({len(value)})", field=field
+        )
+    if "\x00" in value:
+        raise InvalidArgument(f"{what} contains a NUL character", field=field)
+    return value
+
+
+def check_metadata(
+    *,
+    display_name: str | None = None,
+    tags: Sequence[str] | None = None,
+    notes: str | None = None,
+    training_data: str | None = None,
+    prefix: str = "",
+) -> None:
+    """A model's people-facing metadata (each argument that is not None): ``display_name`` at
+    most 200 characters, at most 64 ``tags`` of 1-64 characters without whitespace at their
+    ends, ``notes`` at most 4,000 and ``training_data`` at most 1,000 characters. ``prefix``
+    goes in front of the field names (``model.``)."""
+    if display_name is not None:
+        _check_text_field(
+            display_name, MAX_DISPLAY_NAME_CHARS, f"{prefix}display_name", "display_name"
+        )
+    if tags is not None:
+        if len(tags) > MAX_TAGS:
+            raise InvalidArgument(
+                f"at most {MAX_TAGS} tags, not {len(tags)}", field=f"{prefix}tags"
+            )
+        for i, tag in enumerate(tags):
+            field = f"{prefix}tags[{i}]"
+            _check_text_field(tag, MAX_TAG_CHARS, field, "a tag")
+            if not tag.strip() or tag != tag.strip():
+                raise InvalidArgument(
+                    f"tag {shown(tag)} is empty or starts or ends with whitespace", field=field
+                )
+    if notes is not None:
+        _check_text_field(notes, MAX_NOTES_CHARS, f"{prefix}notes", "notes")
+    if training_data is not None:
+        _check_text_field(
+            training_data, MAX_TRAINING_DATA_CHARS, f"{prefix}training_data", "training_data"
+        )
+
+
+def check_request_id(request_id: str, field: str = "request_id") -> str:
+    """A client's idempotency key (AIP-155): empty (none) or 1-64 printable ASCII characters."""
+    if not isinstance(request_id, str):
+        raise InvalidArgument("request_id must be text", field=field)
+    if len(request_id) > MAX_REQUEST_ID_CHARS or not all(" " < c <= "~" for c in request_id):
+        raise InvalidArgument(
+            f"request_id {shown(request_id)} must be at most {MAX_REQUEST_ID_CHARS} printable "
+            "ASCII characters without spaces (e.g. a UUID)",
+            field=field,
+        )
+    return request_id
 
 
 # -- embedder identity -------------------------------------------------------------------------

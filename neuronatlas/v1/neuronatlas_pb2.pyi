@@ -45,14 +45,16 @@ MODEL_STATUS_INDEXED: ModelStatus
 MODEL_STATUS_FAILED: ModelStatus
 
 class NeuronRef(_message.Message):
-    __slots__ = ("model_id", "layer", "unit")
+    __slots__ = ("model_id", "layer", "unit", "kind")
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     LAYER_FIELD_NUMBER: _ClassVar[int]
     UNIT_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
     model_id: str
     layer: str
     unit: int
-    def __init__(self, model_id: _Optional[str] = ..., layer: _Optional[str] = ..., unit: _Optional[int] = ...) -> None: ...
+    kind: str
+    def __init__(self, model_id: _Optional[str] = ..., layer: _Optional[str] = ..., unit: _Optional[int] = ..., kind: _Optional[str] = ...) -> None: ...
 
 class Vector(_message.Message):
     __slots__ = ("values",)
@@ -77,14 +79,16 @@ class LabelList(_message.Message):
     def __init__(self, labels: _Optional[_Iterable[_Union[Label, _Mapping]]] = ...) -> None: ...
 
 class TopSample(_message.Message):
-    __slots__ = ("sample_id", "index", "activation")
+    __slots__ = ("sample_id", "index", "activation", "thumbnail")
     SAMPLE_ID_FIELD_NUMBER: _ClassVar[int]
     INDEX_FIELD_NUMBER: _ClassVar[int]
     ACTIVATION_FIELD_NUMBER: _ClassVar[int]
+    THUMBNAIL_FIELD_NUMBER: _ClassVar[int]
     sample_id: str
     index: int
     activation: float
-    def __init__(self, sample_id: _Optional[str] = ..., index: _Optional[int] = ..., activation: _Optional[float] = ...) -> None: ...
+    thumbnail: bytes
+    def __init__(self, sample_id: _Optional[str] = ..., index: _Optional[int] = ..., activation: _Optional[float] = ..., thumbnail: _Optional[bytes] = ...) -> None: ...
 
 class QualityScores(_message.Message):
     __slots__ = ("clarity", "polysemanticity", "redundancy", "polysemanticity_sl")
@@ -99,7 +103,7 @@ class QualityScores(_message.Message):
     def __init__(self, clarity: _Optional[float] = ..., polysemanticity: _Optional[float] = ..., redundancy: _Optional[float] = ..., polysemanticity_sl: _Optional[float] = ...) -> None: ...
 
 class NeuronHit(_message.Message):
-    __slots__ = ("neuron", "key", "score", "layer_index", "depth", "top_labels", "quality")
+    __slots__ = ("neuron", "key", "score", "layer_index", "depth", "top_labels", "quality", "top_samples")
     NEURON_FIELD_NUMBER: _ClassVar[int]
     KEY_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
@@ -107,6 +111,7 @@ class NeuronHit(_message.Message):
     DEPTH_FIELD_NUMBER: _ClassVar[int]
     TOP_LABELS_FIELD_NUMBER: _ClassVar[int]
     QUALITY_FIELD_NUMBER: _ClassVar[int]
+    TOP_SAMPLES_FIELD_NUMBER: _ClassVar[int]
     neuron: NeuronRef
     key: str
     score: float
@@ -114,10 +119,11 @@ class NeuronHit(_message.Message):
     depth: float
     top_labels: _containers.RepeatedCompositeFieldContainer[Label]
     quality: QualityScores
-    def __init__(self, neuron: _Optional[_Union[NeuronRef, _Mapping]] = ..., key: _Optional[str] = ..., score: _Optional[float] = ..., layer_index: _Optional[int] = ..., depth: _Optional[float] = ..., top_labels: _Optional[_Iterable[_Union[Label, _Mapping]]] = ..., quality: _Optional[_Union[QualityScores, _Mapping]] = ...) -> None: ...
+    top_samples: _containers.RepeatedCompositeFieldContainer[TopSample]
+    def __init__(self, neuron: _Optional[_Union[NeuronRef, _Mapping]] = ..., key: _Optional[str] = ..., score: _Optional[float] = ..., layer_index: _Optional[int] = ..., depth: _Optional[float] = ..., top_labels: _Optional[_Iterable[_Union[Label, _Mapping]]] = ..., quality: _Optional[_Union[QualityScores, _Mapping]] = ..., top_samples: _Optional[_Iterable[_Union[TopSample, _Mapping]]] = ...) -> None: ...
 
 class Neuron(_message.Message):
-    __slots__ = ("neuron", "key", "layer_index", "depth", "labels", "label_set", "top_samples", "quality", "stats", "generation", "vector")
+    __slots__ = ("neuron", "key", "layer_index", "depth", "labels", "label_set", "top_samples", "quality", "stats", "generation", "vector", "component", "top_classes")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -143,6 +149,8 @@ class Neuron(_message.Message):
     STATS_FIELD_NUMBER: _ClassVar[int]
     GENERATION_FIELD_NUMBER: _ClassVar[int]
     VECTOR_FIELD_NUMBER: _ClassVar[int]
+    COMPONENT_FIELD_NUMBER: _ClassVar[int]
+    TOP_CLASSES_FIELD_NUMBER: _ClassVar[int]
     neuron: NeuronRef
     key: str
     layer_index: int
@@ -154,10 +162,20 @@ class Neuron(_message.Message):
     stats: _containers.ScalarMap[str, float]
     generation: int
     vector: _containers.RepeatedScalarFieldContainer[float]
-    def __init__(self, neuron: _Optional[_Union[NeuronRef, _Mapping]] = ..., key: _Optional[str] = ..., layer_index: _Optional[int] = ..., depth: _Optional[float] = ..., labels: _Optional[_Mapping[str, LabelList]] = ..., label_set: _Optional[_Iterable[str]] = ..., top_samples: _Optional[_Iterable[_Union[TopSample, _Mapping]]] = ..., quality: _Optional[_Union[QualityScores, _Mapping]] = ..., stats: _Optional[_Mapping[str, float]] = ..., generation: _Optional[int] = ..., vector: _Optional[_Iterable[float]] = ...) -> None: ...
+    component: _struct_pb2.Struct
+    top_classes: _containers.RepeatedCompositeFieldContainer[ClassImportance]
+    def __init__(self, neuron: _Optional[_Union[NeuronRef, _Mapping]] = ..., key: _Optional[str] = ..., layer_index: _Optional[int] = ..., depth: _Optional[float] = ..., labels: _Optional[_Mapping[str, LabelList]] = ..., label_set: _Optional[_Iterable[str]] = ..., top_samples: _Optional[_Iterable[_Union[TopSample, _Mapping]]] = ..., quality: _Optional[_Union[QualityScores, _Mapping]] = ..., stats: _Optional[_Mapping[str, float]] = ..., generation: _Optional[int] = ..., vector: _Optional[_Iterable[float]] = ..., component: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., top_classes: _Optional[_Iterable[_Union[ClassImportance, _Mapping]]] = ...) -> None: ...
+
+class ClassImportance(_message.Message):
+    __slots__ = ("class_name", "importance")
+    CLASS_NAME_FIELD_NUMBER: _ClassVar[int]
+    IMPORTANCE_FIELD_NUMBER: _ClassVar[int]
+    class_name: str
+    importance: float
+    def __init__(self, class_name: _Optional[str] = ..., importance: _Optional[float] = ...) -> None: ...
 
 class NeuronFilter(_message.Message):
-    __slots__ = ("model_ids", "layers", "depth_min", "depth_max", "min_clarity", "label", "label_scope")
+    __slots__ = ("model_ids", "layers", "depth_min", "depth_max", "min_clarity", "label", "label_scope", "kinds")
     MODEL_IDS_FIELD_NUMBER: _ClassVar[int]
     LAYERS_FIELD_NUMBER: _ClassVar[int]
     DEPTH_MIN_FIELD_NUMBER: _ClassVar[int]
@@ -165,6 +183,7 @@ class NeuronFilter(_message.Message):
     MIN_CLARITY_FIELD_NUMBER: _ClassVar[int]
     LABEL_FIELD_NUMBER: _ClassVar[int]
     LABEL_SCOPE_FIELD_NUMBER: _ClassVar[int]
+    KINDS_FIELD_NUMBER: _ClassVar[int]
     model_ids: _containers.RepeatedScalarFieldContainer[str]
     layers: _containers.RepeatedScalarFieldContainer[str]
     depth_min: float
@@ -172,10 +191,11 @@ class NeuronFilter(_message.Message):
     min_clarity: float
     label: str
     label_scope: LabelScope
-    def __init__(self, model_ids: _Optional[_Iterable[str]] = ..., layers: _Optional[_Iterable[str]] = ..., depth_min: _Optional[float] = ..., depth_max: _Optional[float] = ..., min_clarity: _Optional[float] = ..., label: _Optional[str] = ..., label_scope: _Optional[_Union[LabelScope, str]] = ...) -> None: ...
+    kinds: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, model_ids: _Optional[_Iterable[str]] = ..., layers: _Optional[_Iterable[str]] = ..., depth_min: _Optional[float] = ..., depth_max: _Optional[float] = ..., min_clarity: _Optional[float] = ..., label: _Optional[str] = ..., label_scope: _Optional[_Union[LabelScope, str]] = ..., kinds: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class SearchNeuronsRequest(_message.Message):
-    __slots__ = ("text", "image", "neuron", "vector", "filter", "top_k", "per_model", "page_size", "page_token")
+    __slots__ = ("text", "image", "neuron", "vector", "filter", "top_k", "per_model", "page_size", "page_token", "include_thumbnails")
     TEXT_FIELD_NUMBER: _ClassVar[int]
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     NEURON_FIELD_NUMBER: _ClassVar[int]
@@ -185,6 +205,7 @@ class SearchNeuronsRequest(_message.Message):
     PER_MODEL_FIELD_NUMBER: _ClassVar[int]
     PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
     PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_THUMBNAILS_FIELD_NUMBER: _ClassVar[int]
     text: str
     image: bytes
     neuron: NeuronRef
@@ -194,7 +215,8 @@ class SearchNeuronsRequest(_message.Message):
     per_model: int
     page_size: int
     page_token: str
-    def __init__(self, text: _Optional[str] = ..., image: _Optional[bytes] = ..., neuron: _Optional[_Union[NeuronRef, _Mapping]] = ..., vector: _Optional[_Union[Vector, _Mapping]] = ..., filter: _Optional[_Union[NeuronFilter, _Mapping]] = ..., top_k: _Optional[int] = ..., per_model: _Optional[int] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+    include_thumbnails: bool
+    def __init__(self, text: _Optional[str] = ..., image: _Optional[bytes] = ..., neuron: _Optional[_Union[NeuronRef, _Mapping]] = ..., vector: _Optional[_Union[Vector, _Mapping]] = ..., filter: _Optional[_Union[NeuronFilter, _Mapping]] = ..., top_k: _Optional[int] = ..., per_model: _Optional[int] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., include_thumbnails: _Optional[bool] = ...) -> None: ...
 
 class SearchNeuronsResponse(_message.Message):
     __slots__ = ("results", "next_page_token")
@@ -205,12 +227,14 @@ class SearchNeuronsResponse(_message.Message):
     def __init__(self, results: _Optional[_Iterable[_Union[NeuronHit, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class GetNeuronRequest(_message.Message):
-    __slots__ = ("neuron", "include_vector")
+    __slots__ = ("neuron", "include_vector", "include_thumbnails")
     NEURON_FIELD_NUMBER: _ClassVar[int]
     INCLUDE_VECTOR_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_THUMBNAILS_FIELD_NUMBER: _ClassVar[int]
     neuron: NeuronRef
     include_vector: bool
-    def __init__(self, neuron: _Optional[_Union[NeuronRef, _Mapping]] = ..., include_vector: _Optional[bool] = ...) -> None: ...
+    include_thumbnails: bool
+    def __init__(self, neuron: _Optional[_Union[NeuronRef, _Mapping]] = ..., include_vector: _Optional[bool] = ..., include_thumbnails: _Optional[bool] = ...) -> None: ...
 
 class GetNeuronResponse(_message.Message):
     __slots__ = ("neuron",)
@@ -571,7 +595,7 @@ class ComparedModel(_message.Message):
     def __init__(self, model_id: _Optional[str] = ..., generation: _Optional[int] = ..., layers: _Optional[_Iterable[str]] = ..., layer_sizes: _Optional[_Iterable[int]] = ..., neuron_count: _Optional[int] = ...) -> None: ...
 
 class CompareModelsRequest(_message.Message):
-    __slots__ = ("model_a", "model_b", "layers", "tau", "semantic_only", "page_size", "page_token")
+    __slots__ = ("model_a", "model_b", "layers", "tau", "semantic_only", "page_size", "page_token", "kind")
     MODEL_A_FIELD_NUMBER: _ClassVar[int]
     MODEL_B_FIELD_NUMBER: _ClassVar[int]
     LAYERS_FIELD_NUMBER: _ClassVar[int]
@@ -579,6 +603,7 @@ class CompareModelsRequest(_message.Message):
     SEMANTIC_ONLY_FIELD_NUMBER: _ClassVar[int]
     PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
     PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
     model_a: str
     model_b: str
     layers: _containers.RepeatedScalarFieldContainer[str]
@@ -586,10 +611,11 @@ class CompareModelsRequest(_message.Message):
     semantic_only: bool
     page_size: int
     page_token: str
-    def __init__(self, model_a: _Optional[str] = ..., model_b: _Optional[str] = ..., layers: _Optional[_Iterable[str]] = ..., tau: _Optional[float] = ..., semantic_only: _Optional[bool] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+    kind: str
+    def __init__(self, model_a: _Optional[str] = ..., model_b: _Optional[str] = ..., layers: _Optional[_Iterable[str]] = ..., tau: _Optional[float] = ..., semantic_only: _Optional[bool] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., kind: _Optional[str] = ...) -> None: ...
 
 class CompareModelsResponse(_message.Message):
-    __slots__ = ("model_a", "model_b", "layer_similarity", "layer_similarity_floor", "alignment", "alignment_b", "best_match", "matching", "matching_method", "coverage_a_to_b", "coverage_b_to_a", "tau", "floor_exact", "has_activation", "cka", "cka_floor", "cka_alignment", "cka_samples", "shared_concepts", "unique_concepts_a", "unique_concepts_b", "pairs", "total_pairs", "next_page_token", "cached", "cka_alignment_b")
+    __slots__ = ("model_a", "model_b", "layer_similarity", "layer_similarity_floor", "alignment", "alignment_b", "best_match", "matching", "matching_method", "coverage_a_to_b", "coverage_b_to_a", "tau", "floor_exact", "has_activation", "cka", "cka_floor", "cka_alignment", "cka_samples", "shared_concepts", "unique_concepts_a", "unique_concepts_b", "pairs", "total_pairs", "next_page_token", "cached", "cka_alignment_b", "kind")
     MODEL_A_FIELD_NUMBER: _ClassVar[int]
     MODEL_B_FIELD_NUMBER: _ClassVar[int]
     LAYER_SIMILARITY_FIELD_NUMBER: _ClassVar[int]
@@ -616,6 +642,7 @@ class CompareModelsResponse(_message.Message):
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     CACHED_FIELD_NUMBER: _ClassVar[int]
     CKA_ALIGNMENT_B_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
     model_a: ComparedModel
     model_b: ComparedModel
     layer_similarity: Matrix
@@ -642,22 +669,27 @@ class CompareModelsResponse(_message.Message):
     next_page_token: str
     cached: bool
     cka_alignment_b: DepthAlignment
-    def __init__(self, model_a: _Optional[_Union[ComparedModel, _Mapping]] = ..., model_b: _Optional[_Union[ComparedModel, _Mapping]] = ..., layer_similarity: _Optional[_Union[Matrix, _Mapping]] = ..., layer_similarity_floor: _Optional[_Union[Matrix, _Mapping]] = ..., alignment: _Optional[_Union[DepthAlignment, _Mapping]] = ..., alignment_b: _Optional[_Union[DepthAlignment, _Mapping]] = ..., best_match: _Optional[_Union[ScoreWithFloor, _Mapping]] = ..., matching: _Optional[_Union[ScoreWithFloor, _Mapping]] = ..., matching_method: _Optional[str] = ..., coverage_a_to_b: _Optional[_Union[ScoreWithFloor, _Mapping]] = ..., coverage_b_to_a: _Optional[_Union[ScoreWithFloor, _Mapping]] = ..., tau: _Optional[float] = ..., floor_exact: _Optional[bool] = ..., has_activation: _Optional[bool] = ..., cka: _Optional[_Union[Matrix, _Mapping]] = ..., cka_floor: _Optional[_Union[Matrix, _Mapping]] = ..., cka_alignment: _Optional[_Union[DepthAlignment, _Mapping]] = ..., cka_samples: _Optional[int] = ..., shared_concepts: _Optional[_Iterable[_Union[ConceptCount, _Mapping]]] = ..., unique_concepts_a: _Optional[_Iterable[_Union[ConceptCount, _Mapping]]] = ..., unique_concepts_b: _Optional[_Iterable[_Union[ConceptCount, _Mapping]]] = ..., pairs: _Optional[_Iterable[_Union[MatchedPair, _Mapping]]] = ..., total_pairs: _Optional[int] = ..., next_page_token: _Optional[str] = ..., cached: _Optional[bool] = ..., cka_alignment_b: _Optional[_Union[DepthAlignment, _Mapping]] = ...) -> None: ...
+    kind: str
+    def __init__(self, model_a: _Optional[_Union[ComparedModel, _Mapping]] = ..., model_b: _Optional[_Union[ComparedModel, _Mapping]] = ..., layer_similarity: _Optional[_Union[Matrix, _Mapping]] = ..., layer_similarity_floor: _Optional[_Union[Matrix, _Mapping]] = ..., alignment: _Optional[_Union[DepthAlignment, _Mapping]] = ..., alignment_b: _Optional[_Union[DepthAlignment, _Mapping]] = ..., best_match: _Optional[_Union[ScoreWithFloor, _Mapping]] = ..., matching: _Optional[_Union[ScoreWithFloor, _Mapping]] = ..., matching_method: _Optional[str] = ..., coverage_a_to_b: _Optional[_Union[ScoreWithFloor, _Mapping]] = ..., coverage_b_to_a: _Optional[_Union[ScoreWithFloor, _Mapping]] = ..., tau: _Optional[float] = ..., floor_exact: _Optional[bool] = ..., has_activation: _Optional[bool] = ..., cka: _Optional[_Union[Matrix, _Mapping]] = ..., cka_floor: _Optional[_Union[Matrix, _Mapping]] = ..., cka_alignment: _Optional[_Union[DepthAlignment, _Mapping]] = ..., cka_samples: _Optional[int] = ..., shared_concepts: _Optional[_Iterable[_Union[ConceptCount, _Mapping]]] = ..., unique_concepts_a: _Optional[_Iterable[_Union[ConceptCount, _Mapping]]] = ..., unique_concepts_b: _Optional[_Iterable[_Union[ConceptCount, _Mapping]]] = ..., pairs: _Optional[_Iterable[_Union[MatchedPair, _Mapping]]] = ..., total_pairs: _Optional[int] = ..., next_page_token: _Optional[str] = ..., cached: _Optional[bool] = ..., cka_alignment_b: _Optional[_Union[DepthAlignment, _Mapping]] = ..., kind: _Optional[str] = ...) -> None: ...
 
 class AuditModelRequest(_message.Message):
-    __slots__ = ("model_id", "valid", "spurious", "threshold")
+    __slots__ = ("model_id", "valid", "spurious", "threshold", "kind", "class_name")
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     VALID_FIELD_NUMBER: _ClassVar[int]
     SPURIOUS_FIELD_NUMBER: _ClassVar[int]
     THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    CLASS_NAME_FIELD_NUMBER: _ClassVar[int]
     model_id: str
     valid: _containers.RepeatedScalarFieldContainer[str]
     spurious: _containers.RepeatedScalarFieldContainer[str]
     threshold: float
-    def __init__(self, model_id: _Optional[str] = ..., valid: _Optional[_Iterable[str]] = ..., spurious: _Optional[_Iterable[str]] = ..., threshold: _Optional[float] = ...) -> None: ...
+    kind: str
+    class_name: str
+    def __init__(self, model_id: _Optional[str] = ..., valid: _Optional[_Iterable[str]] = ..., spurious: _Optional[_Iterable[str]] = ..., threshold: _Optional[float] = ..., kind: _Optional[str] = ..., class_name: _Optional[str] = ...) -> None: ...
 
 class ConceptAudit(_message.Message):
-    __slots__ = ("concept", "kind", "threshold", "aligned_neurons", "share", "layer_share", "best_score")
+    __slots__ = ("concept", "kind", "threshold", "aligned_neurons", "share", "layer_share", "best_score", "class_share")
     CONCEPT_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     THRESHOLD_FIELD_NUMBER: _ClassVar[int]
@@ -665,6 +697,7 @@ class ConceptAudit(_message.Message):
     SHARE_FIELD_NUMBER: _ClassVar[int]
     LAYER_SHARE_FIELD_NUMBER: _ClassVar[int]
     BEST_SCORE_FIELD_NUMBER: _ClassVar[int]
+    CLASS_SHARE_FIELD_NUMBER: _ClassVar[int]
     concept: str
     kind: str
     threshold: float
@@ -672,22 +705,25 @@ class ConceptAudit(_message.Message):
     share: ScoreWithFloor
     layer_share: _containers.RepeatedScalarFieldContainer[float]
     best_score: float
-    def __init__(self, concept: _Optional[str] = ..., kind: _Optional[str] = ..., threshold: _Optional[float] = ..., aligned_neurons: _Optional[int] = ..., share: _Optional[_Union[ScoreWithFloor, _Mapping]] = ..., layer_share: _Optional[_Iterable[float]] = ..., best_score: _Optional[float] = ...) -> None: ...
+    class_share: ScoreWithFloor
+    def __init__(self, concept: _Optional[str] = ..., kind: _Optional[str] = ..., threshold: _Optional[float] = ..., aligned_neurons: _Optional[int] = ..., share: _Optional[_Union[ScoreWithFloor, _Mapping]] = ..., layer_share: _Optional[_Iterable[float]] = ..., best_score: _Optional[float] = ..., class_share: _Optional[_Union[ScoreWithFloor, _Mapping]] = ...) -> None: ...
 
 class SpuriousNeuron(_message.Message):
-    __slots__ = ("neuron", "concept", "score", "top_sample_ids")
+    __slots__ = ("neuron", "concept", "score", "top_sample_ids", "importance")
     NEURON_FIELD_NUMBER: _ClassVar[int]
     CONCEPT_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
     TOP_SAMPLE_IDS_FIELD_NUMBER: _ClassVar[int]
+    IMPORTANCE_FIELD_NUMBER: _ClassVar[int]
     neuron: NeuronRef
     concept: str
     score: float
     top_sample_ids: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, neuron: _Optional[_Union[NeuronRef, _Mapping]] = ..., concept: _Optional[str] = ..., score: _Optional[float] = ..., top_sample_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+    importance: float
+    def __init__(self, neuron: _Optional[_Union[NeuronRef, _Mapping]] = ..., concept: _Optional[str] = ..., score: _Optional[float] = ..., top_sample_ids: _Optional[_Iterable[str]] = ..., importance: _Optional[float] = ...) -> None: ...
 
 class AuditModelResponse(_message.Message):
-    __slots__ = ("model_id", "generation", "neuron_count", "layers", "layer_depths", "layer_sizes", "concepts", "valid_share", "spurious_share", "layer_valid_share", "layer_spurious_share", "spurious_neurons")
+    __slots__ = ("model_id", "generation", "neuron_count", "layers", "layer_depths", "layer_sizes", "concepts", "valid_share", "spurious_share", "layer_valid_share", "layer_spurious_share", "spurious_neurons", "kind", "class_name", "class_valid_share", "class_spurious_share")
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     GENERATION_FIELD_NUMBER: _ClassVar[int]
     NEURON_COUNT_FIELD_NUMBER: _ClassVar[int]
@@ -700,6 +736,10 @@ class AuditModelResponse(_message.Message):
     LAYER_VALID_SHARE_FIELD_NUMBER: _ClassVar[int]
     LAYER_SPURIOUS_SHARE_FIELD_NUMBER: _ClassVar[int]
     SPURIOUS_NEURONS_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    CLASS_NAME_FIELD_NUMBER: _ClassVar[int]
+    CLASS_VALID_SHARE_FIELD_NUMBER: _ClassVar[int]
+    CLASS_SPURIOUS_SHARE_FIELD_NUMBER: _ClassVar[int]
     model_id: str
     generation: int
     neuron_count: int
@@ -712,4 +752,48 @@ class AuditModelResponse(_message.Message):
     layer_valid_share: _containers.RepeatedScalarFieldContainer[float]
     layer_spurious_share: _containers.RepeatedScalarFieldContainer[float]
     spurious_neurons: _containers.RepeatedCompositeFieldContainer[SpuriousNeuron]
-    def __init__(self, model_id: _Optional[str] = ..., generation: _Optional[int] = ..., neuron_count: _Optional[int] = ..., layers: _Optional[_Iterable[str]] = ..., layer_depths: _Optional[_Iterable[float]] = ..., layer_sizes: _Optional[_Iterable[int]] = ..., concepts: _Optional[_Iterable[_Union[ConceptAudit, _Mapping]]] = ..., valid_share: _Optional[_Union[ScoreWithFloor, _Mapping]] = ..., spurious_share: _Optional[_Union[ScoreWithFloor, _Mapping]] = ..., layer_valid_share: _Optional[_Iterable[float]] = ..., layer_spurious_share: _Optional[_Iterable[float]] = ..., spurious_neurons: _Optional[_Iterable[_Union[SpuriousNeuron, _Mapping]]] = ...) -> None: ...
+    kind: str
+    class_name: str
+    class_valid_share: ScoreWithFloor
+    class_spurious_share: ScoreWithFloor
+    def __init__(self, model_id: _Optional[str] = ..., generation: _Optional[int] = ..., neuron_count: _Optional[int] = ..., layers: _Optional[_Iterable[str]] = ..., layer_depths: _Optional[_Iterable[float]] = ..., layer_sizes: _Optional[_Iterable[int]] = ..., concepts: _Optional[_Iterable[_Union[ConceptAudit, _Mapping]]] = ..., valid_share: _Optional[_Union[ScoreWithFloor, _Mapping]] = ..., spurious_share: _Optional[_Union[ScoreWithFloor, _Mapping]] = ..., layer_valid_share: _Optional[_Iterable[float]] = ..., layer_spurious_share: _Optional[_Iterable[float]] = ..., spurious_neurons: _Optional[_Iterable[_Union[SpuriousNeuron, _Mapping]]] = ..., kind: _Optional[str] = ..., class_name: _Optional[str] = ..., class_valid_share: _Optional[_Union[ScoreWithFloor, _Mapping]] = ..., class_spurious_share: _Optional[_Union[ScoreWithFloor, _Mapping]] = ...) -> None: ...
+
+class ExplainClassRequest(_message.Message):
+    __slots__ = ("model_id", "class_name", "kinds", "top_n")
+    MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    CLASS_NAME_FIELD_NUMBER: _ClassVar[int]
+    KINDS_FIELD_NUMBER: _ClassVar[int]
+    TOP_N_FIELD_NUMBER: _ClassVar[int]
+    model_id: str
+    class_name: str
+    kinds: _containers.RepeatedScalarFieldContainer[str]
+    top_n: int
+    def __init__(self, model_id: _Optional[str] = ..., class_name: _Optional[str] = ..., kinds: _Optional[_Iterable[str]] = ..., top_n: _Optional[int] = ...) -> None: ...
+
+class ExplainedComponent(_message.Message):
+    __slots__ = ("component", "importance", "rank")
+    COMPONENT_FIELD_NUMBER: _ClassVar[int]
+    IMPORTANCE_FIELD_NUMBER: _ClassVar[int]
+    RANK_FIELD_NUMBER: _ClassVar[int]
+    component: Neuron
+    importance: float
+    rank: int
+    def __init__(self, component: _Optional[_Union[Neuron, _Mapping]] = ..., importance: _Optional[float] = ..., rank: _Optional[int] = ...) -> None: ...
+
+class ExplainClassResponse(_message.Message):
+    __slots__ = ("model_id", "generation", "class_name", "method", "images", "classes", "components")
+    MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    CLASS_NAME_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    IMAGES_FIELD_NUMBER: _ClassVar[int]
+    CLASSES_FIELD_NUMBER: _ClassVar[int]
+    COMPONENTS_FIELD_NUMBER: _ClassVar[int]
+    model_id: str
+    generation: int
+    class_name: str
+    method: str
+    images: int
+    classes: _containers.RepeatedScalarFieldContainer[str]
+    components: _containers.RepeatedCompositeFieldContainer[ExplainedComponent]
+    def __init__(self, model_id: _Optional[str] = ..., generation: _Optional[int] = ..., class_name: _Optional[str] = ..., method: _Optional[str] = ..., images: _Optional[int] = ..., classes: _Optional[_Iterable[str]] = ..., components: _Optional[_Iterable[_Union[ExplainedComponent, _Mapping]]] = ...) -> None: ...

@@ -90,6 +90,11 @@ class NeuronAtlasServiceStub:
                 request_serializer=neuronatlas_dot_v1_dot_neuronatlas__pb2.AuditModelRequest.SerializeToString,
                 response_deserializer=neuronatlas_dot_v1_dot_neuronatlas__pb2.AuditModelResponse.FromString,
                 _registered_method=True)
+        self.ExplainClass = channel.unary_unary(
+                '/neuronatlas.v1.NeuronAtlasService/ExplainClass',
+                request_serializer=neuronatlas_dot_v1_dot_neuronatlas__pb2.ExplainClassRequest.SerializeToString,
+                response_deserializer=neuronatlas_dot_v1_dot_neuronatlas__pb2.ExplainClassResponse.FromString,
+                _registered_method=True)
 
 
 class NeuronAtlasServiceServicer:
@@ -179,6 +184,17 @@ class NeuronAtlasServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ExplainClass(self, request, context):
+        """The neurons and components that drive one output class most: for each kind the most
+        important (mean gradient x activation of the class logit along their direction, over the
+        probe images of the class), with labels, quality scores and top images.
+        FAILED_PRECONDITION for a model indexed without class importance; NOT_FOUND for an
+        unknown model or class.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NeuronAtlasServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -236,6 +252,11 @@ def add_NeuronAtlasServiceServicer_to_server(servicer, server):
                     servicer.AuditModel,
                     request_deserializer=neuronatlas_dot_v1_dot_neuronatlas__pb2.AuditModelRequest.FromString,
                     response_serializer=neuronatlas_dot_v1_dot_neuronatlas__pb2.AuditModelResponse.SerializeToString,
+            ),
+            'ExplainClass': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExplainClass,
+                    request_deserializer=neuronatlas_dot_v1_dot_neuronatlas__pb2.ExplainClassRequest.FromString,
+                    response_serializer=neuronatlas_dot_v1_dot_neuronatlas__pb2.ExplainClassResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -536,6 +557,33 @@ class NeuronAtlasService:
             '/neuronatlas.v1.NeuronAtlasService/AuditModel',
             neuronatlas_dot_v1_dot_neuronatlas__pb2.AuditModelRequest.SerializeToString,
             neuronatlas_dot_v1_dot_neuronatlas__pb2.AuditModelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExplainClass(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/neuronatlas.v1.NeuronAtlasService/ExplainClass',
+            neuronatlas_dot_v1_dot_neuronatlas__pb2.ExplainClassRequest.SerializeToString,
+            neuronatlas_dot_v1_dot_neuronatlas__pb2.ExplainClassResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -8,14 +8,17 @@ Edge, ``remote.py`` to qdrant-client). Filters travel as backend-neutral ``Cond`
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import math
 import threading
 import time
+import uuid
 from abc import abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -28,12 +31,15 @@ from neuronatlas.core.errors import (
     StoreError,
 )
 from neuronatlas.core.records import (
+    KINDS,
+    NEURON_KIND,
     EmbedderInfo,
     ModelEntry,
     ModelStatus,
     NeuronRecord,
     check_vectors,
     model_point_id,
+    neuron_key,
     neuron_point_id,
     slot_key,
     validate_model_id,
@@ -51,6 +57,7 @@ from neuronatlas.core.store.integrity import (
 from neuronatlas.core.validate import (
     check_embedder,
     check_filter,
+    check_kinds,
     check_label,
     check_label_scope,
     check_page,
@@ -72,18 +79,28 @@ KEYWORD_FIELDS = ("kind", "model_id", "slot", "layer", "label_all", "label_set",
 HNSW_KEYWORD_FIELDS = ("slot",)
 FLOAT_FIELDS = ("depth", "clarity")
 
+# Job records (``neuronatlas.core.jobs``) are catalogue points of this kind, ids in their own
+# uuid5 namespace (never a model's point id).
+JOB_KIND = "job"
+_JOB_NAMESPACE = uuid.UUID("5f0c6f55-0b7e-4f4e-8a53-4a6f2b9c7d21")
+
+
+def job_point_id(job_id: str) -> str:
+    return str(uuid.uuid5(_JOB_NAMESPACE, job_id))
+
+
 WRITE_BATCH = 256  # points per write request
 VERIFY_BATCH = 512  # points per read when sealing or verifying (with vectors and payloads)
 FACET_LIMIT = 1_000_000  # "all values" for facet counts
 # Fields read when ranking label matches (full payloads only for the returned page).
-LABEL_RANK_FIELDS = ["model_id", "layer", "unit", "labels"]
+LABEL_RANK_FIELDS = ["model_id", "layer", "unit", "kind", "labels"]
 # search_per_model: the first, unrestricted search fetches per_model * models * OVERFETCH
 # hits (models: max_models when given; at least MIN, at most MAX); models it may leave
 # incomplete get their own query.
 PER_MODEL_OVERFETCH = 4
 PER_MODEL_MIN_FETCH = 100
 PER_MODEL_MAX_FETCH = 4096
-PER_MODEL_RANK_FIELDS = ["slot", "model_id", "layer", "unit"]
+PER_MODEL_RANK_FIELDS = ["slot", "model_id", "layer", "unit", "kind"]
 
 
 @dataclass(frozen=True)
@@ -131,6 +148,7 @@ class _Visibility:
     known: set[str] = field(default_factory=set)
     at: float = 0.0
     stored_slots: frozenset[str] | None = None  # slots present in the neuron store (lazy)
+    stored_kinds: frozenset[str] | None = None  # record kinds present in the store (lazy)
 
 
 def records_to_points(records: Sequence[NeuronRecord], dim: int) -> list[Point]:
@@ -152,6 +170,10 @@ def records_to_points(records: Sequence[NeuronRecord], dim: int) -> list[Point]:
         validate_model_id(r.model_id)
         if not isinstance(r.layer, str) or not r.layer:
             raise InvalidArgument(f"neuron of {r.model_id} has an empty layer name", field="layer")
+        if r.kind not in KINDS:
+            raise InvalidArgument(
+                f"neuron {r.key}: kind must be one of {', '.join(KINDS)}", field="kind"
+            )
         if int(r.unit) < 0 or int(r.generation) < 0:
             raise InvalidArgument(f"neuron {r.key}: unit and generation must be >= 0", field="unit")
         for name in ("depth", "clarity", "polysemanticity", "polysemanticity_sl", "redundancy"):
@@ -183,16 +205,88 @@ def label_score(payload: dict[str, Any], labels: set[str]) -> float:
     return best if best is not None else 0.0
 
 
-_Rank = tuple[float, str, str, int]  # (-score, model_id, layer, unit)
+_Rank = tuple[float, str, str, int, str]  # (-score, model_id, layer, unit, kind)
 
 
 def _hit_order(h: Hit) -> _Rank:
-    return (-h.score, h.record.model_id, h.record.layer, h.record.unit)
+    return (-h.score, h.record.model_id, h.record.layer, h.record.unit, h.record.kind)
 
 
 def _point_order(p: Point) -> _Rank:
     """``_hit_order`` of a point read with (at least) PER_MODEL_RANK_FIELDS."""
-    return (-p.score, p.payload["model_id"], p.payload["layer"], int(p.payload["unit"]))
+    return (
+        -p.score,
+        p.payload["model_id"],
+        p.payload["layer"],
+        int(p.payload["unit"]),
+        str(p.payload.get("kind", NEURON_KIND)),
+    )
+
+
+class _ReadGate:
+    """Keeps reads that leave out the visibility filters (``_slot_conds``, ``_kind_conds``:
+    "every stored slot / kind is visible anyway") apart from neuron writes, which may add a
+    slot or kind readers must not see (a model being indexed while the store serves). A read
+    may skip the filters only while no write is in flight, and a write waits for the reads
+    that skip them to finish; the cached stored slots / kinds are computed by such reads, so
+    they are never older than the last write."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._readers = 0
+        self._writers = 0
+        self._local = threading.local()
+
+    @property
+    def may_skip(self) -> bool:
+        """Whether this thread's current read may leave the visibility filters out."""
+        return bool(getattr(self._local, "skip", False))
+
+    @contextlib.contextmanager
+    def read(self) -> Iterator[None]:
+        if getattr(self._local, "skip", None) is not None:  # nested: the outer read decides
+            yield
+            return
+        with self._cond:
+            skip = self._writers == 0
+            if skip:
+                self._readers += 1
+        self._local.skip = skip
+        try:
+            yield
+        finally:
+            self._local.skip = None
+            if skip:
+                with self._cond:
+                    self._readers -= 1
+                    if not self._readers:
+                        self._cond.notify_all()
+
+    @contextlib.contextmanager
+    def write(self) -> Iterator[None]:
+        with self._cond:
+            self._writers += 1
+            while self._readers:
+                self._cond.wait()
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._writers -= 1
+
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _gated_read(method: _F) -> _F:
+    """A read that may leave the visibility filters out (see ``_ReadGate``)."""
+
+    @functools.wraps(method)
+    def wrapper(self: QdrantStoreBase, *args: Any, **kwargs: Any) -> Any:
+        with self._gate.read():
+            return method(self, *args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
 
 
 class QdrantStoreBase(KnowledgeStore):
@@ -211,6 +305,7 @@ class QdrantStoreBase(KnowledgeStore):
     def __init__(self) -> None:
         self._vis: _Visibility | None = None
         self._mutex = threading.RLock()
+        self._gate = _ReadGate()
 
     # -- backend primitives ----------------------------------------------------------------
     @abstractmethod
@@ -347,22 +442,25 @@ class QdrantStoreBase(KnowledgeStore):
         live = self._live_models(flt)
         self._bound_dim(for_write=False)
         vis = self._visibility()
-        if self.skip_full_visibility_filter and (flt is None or flt.model_ids is None):
+        if (
+            self.skip_full_visibility_filter
+            and (flt is None or flt.model_ids is None)
+            and self._gate.may_skip
+        ):
             if vis.stored_slots is None:
                 vis.stored_slots = frozenset(str(v) for v in self._n_facet("slot", []))
             if vis.stored_slots <= set(live.values()):
                 return []
         return [Cond("slot", any=tuple(sorted(live.values())))]
 
-    @staticmethod
-    def _filter_conds(flt: SearchFilter | None) -> list[Cond]:
+    def _filter_conds(self, flt: SearchFilter | None) -> list[Cond]:
         """Conditions of a SearchFilter other than the model restriction. The filter is checked
         by the one request validator (``core.validate``) first, so a bad one gets the same
         refusal here as through the queries and the service."""
         flt = check_filter(flt)
+        conds = self._kind_conds(flt.kinds if flt is not None else None)
         if flt is None:
-            return []
-        conds = []
+            return conds
         if flt.layers is not None:
             conds.append(Cond("layer", any=tuple(flt.layers)))
         if flt.depth_min is not None or flt.depth_max is not None:
@@ -373,6 +471,23 @@ class QdrantStoreBase(KnowledgeStore):
             scope = flt.label_scope or LabelScope.SET
             conds.append(Cond(scope.payload_field, any=(flt.label,)))
         return conds
+
+    def _kind_conds(self, kinds: Sequence[str] | None) -> list[Cond]:
+        """The kind restriction (None: neurons only). Left out when it keeps every stored kind
+        (a store without components), on a store no other process writes to, like the slot
+        condition in ``_slot_conds``."""
+        wanted = tuple(sorted(set(kinds))) if kinds else (NEURON_KIND,)
+        if (
+            self.skip_full_visibility_filter
+            and self._gate.may_skip
+            and self._load_embedder() is not None
+        ):
+            vis = self._visibility()
+            if vis.stored_kinds is None:
+                vis.stored_kinds = frozenset(str(v) for v in self._n_facet("kind", []))
+            if vis.stored_kinds <= set(wanted):
+                return []
+        return [Cond("kind", any=wanted)]
 
     @staticmethod
     def _check_page(limit: int, offset: int = 0) -> None:
@@ -392,12 +507,18 @@ class QdrantStoreBase(KnowledgeStore):
     def upsert_neurons(self, records: Sequence[NeuronRecord]) -> int:
         points = records_to_points(records, self._bound_dim(for_write=True))
         self._reserve_space(points)  # a batch that cannot fit is refused before any write
-        vis = self._vis
         new_slots = {p.payload["slot"] for p in points}
-        if vis is not None and vis.stored_slots is not None and not new_slots <= vis.stored_slots:
-            vis.stored_slots = None
-        for i in range(0, len(points), WRITE_BATCH):
-            self._n_upsert(points[i : i + WRITE_BATCH])
+        new_kinds = {p.payload["kind"] for p in points}
+        with self._gate.write():  # no read leaves the filters out while points land
+            vis = self._vis
+            if vis is not None and vis.stored_slots is not None:
+                if not new_slots <= vis.stored_slots:
+                    vis.stored_slots = None
+            if vis is not None and vis.stored_kinds is not None:
+                if not new_kinds <= vis.stored_kinds:
+                    vis.stored_kinds = None
+            for i in range(0, len(points), WRITE_BATCH):
+                self._n_upsert(points[i : i + WRITE_BATCH])
         # Writing into a live generation bypasses the flip (the indexer never does): its seal
         # is recomputed so that the next open does not take the change for damage.
         live = self._visibility().live
@@ -410,22 +531,38 @@ class QdrantStoreBase(KnowledgeStore):
         """Backends that write to local disk refuse a batch that would not fit (no-op here)."""
 
     def get_neuron(
-        self, model_id: str, layer: str, unit: int, with_vector: bool = True
+        self,
+        model_id: str,
+        layer: str,
+        unit: int,
+        with_vector: bool = True,
+        kind: str = NEURON_KIND,
     ) -> NeuronRecord:
         slot = self._live_slot(model_id)
         generation = int(slot.rsplit("#", 1)[1])
-        found = self._n_retrieve(
-            [neuron_point_id(model_id, layer, int(unit), generation)], with_vector
-        )
+        if kind == NEURON_KIND:
+            found = self._n_retrieve(
+                [neuron_point_id(model_id, layer, int(unit), generation)], with_vector
+            )
+        else:  # a component's id names its extraction settings: looked up by its fields
+            conds = [
+                Cond("slot", any=(slot,)),
+                Cond("kind", any=(kind,)),
+                Cond("layer", any=(layer,)),
+                Cond("unit", any=(int(unit),)),
+            ]
+            found = self._n_scroll(conds, 1, None, True, with_vector)[0]
         if not found:
+            key = neuron_key(model_id, layer, unit, kind)
             raise NotFound(
-                f"no neuron {model_id}/{layer}/{unit}",
+                f"no {'neuron' if kind == NEURON_KIND else kind + ' component'} {key}",
                 resource_type="neuron",
-                resource_name=f"{model_id}/{layer}/{unit}",
+                resource_name=key,
             )
         p = found[0]
         return NeuronRecord.from_payload(p.payload, _vector(p, with_vector))
 
+    @_gated_read
     def search(
         self,
         vector: np.ndarray,
@@ -441,6 +578,7 @@ class QdrantStoreBase(KnowledgeStore):
         spec = QuerySpec(q, conds, int(limit), int(offset), with_vectors, exact, self.search_ef)
         return [self._hit(p, with_vectors) for p in self._n_query([spec])[0]]
 
+    @_gated_read
     def search_per_model(
         self,
         vector: np.ndarray,
@@ -526,6 +664,7 @@ class QdrantStoreBase(KnowledgeStore):
             if p.id in full
         ]
 
+    @_gated_read
     def find_by_label(
         self,
         label: str,
@@ -551,9 +690,14 @@ class QdrantStoreBase(KnowledgeStore):
         ranked: list[tuple[_Rank, str]] = []
         for p in self._scroll_all(conds, with_payload=LABEL_RANK_FIELDS, with_vector=False):
             s = label_score(p.payload, values)
-            ranked.append(
-                ((-s, p.payload["model_id"], p.payload["layer"], int(p.payload["unit"])), p.id)
+            rank = (
+                -s,
+                p.payload["model_id"],
+                p.payload["layer"],
+                int(p.payload["unit"]),
+                str(p.payload.get("kind", NEURON_KIND)),
             )
+            ranked.append((rank, p.id))
         ranked.sort()
         page = ranked[offset : offset + limit]
         full = {p.id: p for p in self._n_retrieve([pid for _, pid in page], with_vector=False)}
@@ -583,6 +727,7 @@ class QdrantStoreBase(KnowledgeStore):
         generation: int | None = None,
         with_vectors: bool = True,
         batch_size: int = 1024,
+        kinds: Sequence[str] | None = None,
     ) -> Iterator[NeuronRecord]:
         self._check_page(batch_size)
         if generation is None:
@@ -592,6 +737,8 @@ class QdrantStoreBase(KnowledgeStore):
         if self._load_embedder() is None:
             return iter(())
         conds = [Cond("slot", any=(slot_key(model_id, int(generation)),))]
+        if kinds is not None:
+            conds.append(Cond("kind", any=tuple(check_kinds(kinds) or ())))
         return (
             NeuronRecord.from_payload(p.payload, p.vector if with_vectors else None)
             for p in self._scroll_all(conds, True, with_vectors, int(batch_size))
@@ -614,7 +761,9 @@ class QdrantStoreBase(KnowledgeStore):
             return {}
         out = {}
         for model_id, slot in sorted(self._visibility().live.items()):
-            facet = self._n_facet("layer", [Cond("slot", any=(slot,))])
+            # neurons only: a model's components are counted in its catalogue entry
+            conds = [Cond("slot", any=(slot,)), *self._kind_conds(None)]
+            facet = self._n_facet("layer", conds)
             out[model_id] = {str(k): int(v) for k, v in sorted(facet.items())}
         return out
 
@@ -627,7 +776,7 @@ class QdrantStoreBase(KnowledgeStore):
         else:
             self._n_delete([Cond("slot", any=(slot_key(model_id, int(generation)),))])
         if self._vis is not None:
-            self._vis.stored_slots = None
+            self._vis.stored_slots = self._vis.stored_kinds = None
         with self._mutex:
             pid = model_point_id(model_id)
             payload = self._m_get(pid)
@@ -708,10 +857,28 @@ class QdrantStoreBase(KnowledgeStore):
             if n:
                 self._n_delete(conds)
             if self._vis is not None:
-                self._vis.stored_slots = None
+                self._vis.stored_slots = self._vis.stored_kinds = None
         self._m_delete(model_point_id(model_id))
         self._refresh_visibility()
         return n
+
+    def refresh(self) -> None:
+        with self._mutex:
+            self._refresh_visibility()  # a new snapshot: its stored slots are read again
+
+    # -- jobs: catalogue points of kind JOB_KIND ---------------------------------------------
+    def put_job(self, job_id: str, record: dict[str, Any]) -> None:
+        self._m_put(job_point_id(job_id), {"kind": JOB_KIND, "job_id": job_id, "job": record})
+
+    def get_job(self, job_id: str) -> dict[str, Any] | None:
+        payload = self._m_get(job_point_id(job_id))
+        if payload is None or payload.get("kind") != JOB_KIND:
+            return None
+        record = payload.get("job")
+        return dict(record) if isinstance(record, dict) else None
+
+    def all_jobs(self) -> list[dict[str, Any]]:
+        return [dict(p["job"]) for p in self._m_all(JOB_KIND) if isinstance(p.get("job"), dict)]
 
     # -- integrity: seals, recovery on open, the open-time check, verify ------------------------
     def _tally_slot(self, model_id: str, generation: int) -> SlotTally:

@@ -22,10 +22,11 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
 import numpy as np
 
-from neuronatlas.core.records import EmbedderInfo, ModelEntry, NeuronRecord
+from neuronatlas.core.records import NEURON_KIND, EmbedderInfo, ModelEntry, NeuronRecord
 from neuronatlas.core.store.integrity import StoreReport
 
 
@@ -60,6 +61,9 @@ class SearchFilter:
     min_clarity: float | None = None
     label: str | None = None  # exact match against the neuron's labels in ``label_scope``
     label_scope: LabelScope | None = None  # where ``label`` must be; None: LabelScope.SET
+    # which record kinds (records.KINDS: neuron, nmf, cluster, cav); None: neurons only, so a
+    # caller that does not know about components gets what it got before they existed
+    kinds: tuple[str, ...] | None = None
 
 
 @dataclass
@@ -70,6 +74,10 @@ class Hit:
 
 class KnowledgeStore(ABC):
     """Neuron records + model catalogue + the embedder identity of the vectors."""
+
+    #: True when this process is the store's only writer (the embedded store holds an
+    #: exclusive lock); False when other processes may write too (a remote Qdrant)
+    exclusive: bool = False
 
     # -- embedder identity ---------------------------------------------------------------
     @property
@@ -88,9 +96,14 @@ class KnowledgeStore(ABC):
 
     @abstractmethod
     def get_neuron(
-        self, model_id: str, layer: str, unit: int, with_vector: bool = True
+        self,
+        model_id: str,
+        layer: str,
+        unit: int,
+        with_vector: bool = True,
+        kind: str = NEURON_KIND,
     ) -> NeuronRecord:
-        """The live record of one neuron, or NotFound."""
+        """The live record of one neuron (or component of ``kind``), or NotFound."""
 
     @abstractmethod
     def search(
@@ -135,8 +148,10 @@ class KnowledgeStore(ABC):
         generation: int | None = None,
         with_vectors: bool = True,
         batch_size: int = 1024,
+        kinds: Sequence[str] | None = None,
     ) -> Iterator[NeuronRecord]:
-        """All neurons of a model (the live generation unless one is named), in id order."""
+        """All records of a model (the live generation unless one is named), in id order: every
+        kind, or only ``kinds``."""
 
     @abstractmethod
     def count(self, model_id: str | None = None, generation: int | None = None) -> int:
@@ -168,6 +183,27 @@ class KnowledgeStore(ABC):
         """Remove a model's records and its catalogue entry (NotFound if unknown); returns the
         neuron records removed. Atomic: a crash at any moment leaves the model either fully
         present or (after the next open) fully gone."""
+
+    @abstractmethod
+    def refresh(self) -> None:
+        """Re-read the catalogue snapshot reads are filtered by, now (another process, e.g. a
+        remote indexing worker, flipped or added a model)."""
+
+    # -- jobs (the queue of long-running operations, ``neuronatlas.core.jobs``) -----------
+    # Job records live in the catalogue shard / collection as points of kind "job": they
+    # persist with the data they produce and are shared by every process of a remote store.
+    # They never show up as models.
+    @abstractmethod
+    def put_job(self, job_id: str, record: dict[str, Any]) -> None:
+        """Create or replace a job record (one atomic point write, flushed)."""
+
+    @abstractmethod
+    def get_job(self, job_id: str) -> dict[str, Any] | None:
+        """The job record, or None."""
+
+    @abstractmethod
+    def all_jobs(self) -> list[dict[str, Any]]:
+        """Every job record (unordered)."""
 
     # -- maintenance ---------------------------------------------------------------------
     @abstractmethod

@@ -120,6 +120,7 @@ class EdgeStore(QdrantStoreBase):
     """A store directory opened by one process at a time (``StoreLocked`` otherwise)."""
 
     skip_full_visibility_filter = True  # we hold the only writer lock
+    exclusive = True
     #: segment size (KiB of vectors) from which ``optimize()`` builds an HNSW segment for a new
     #: neuron shard; None: the engine's default (~10 MB). Tests set a small one so that a few
     #: thousand points get real optimised segments.

@@ -21,8 +21,9 @@ count of their layers). A mismatch marks the model ``failed`` in the catalogue w
 (``integrity.failure`` keeps it for ``verify``): it is never served partially and
 ``neuronatlas index`` rebuilds it (the mark is persistent: restoring the files later does not
 lift it, re-indexing does). **verify** re-reads every point: counts, digests, vectors
-(finite, unit norm), ids (``uuid5(model/layer/unit#generation)`` of the payload) and points no
-catalogue entry accounts for.
+(finite, unit norm), ids (``uuid5(model/layer/unit#generation)`` of the payload; components
+also name kind and extraction, ``records.neuron_point_id``) and points no catalogue entry
+accounts for.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from neuronatlas.core.records import ModelStatus, neuron_point_id
+from neuronatlas.core.records import NEURON_KIND, ModelStatus, neuron_point_id
 
 INTEGRITY_KEY = "integrity"  # catalogue payload: the seal of the live generation
 RETIRE_KEY = "retire"  # catalogue payload: generation left behind by a flip, deleted next
@@ -90,6 +91,8 @@ class SlotTally:
                 str(payload["layer"]),
                 int(payload["unit"]),
                 int(payload["generation"]),
+                str(payload.get("kind", NEURON_KIND)),
+                str(payload.get("extraction", "")),
             )
         except (KeyError, TypeError, ValueError):
             expected_id = ""
