@@ -38,10 +38,10 @@ import platform
 import subprocess
 import time
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 import torch
+from _common import DATA, REPO, oracle_embeddings, weights
 
 from neuronatlas.core import scores
 from neuronatlas.core.embedder import load_embedder
@@ -53,8 +53,6 @@ from neuronatlas.indexer.probes import batches, open_probe_set, probe_embeddings
 from neuronatlas.indexer.sources import build_model
 from neuronatlas.indexer.topk import class_ids
 
-REPO = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get("NEURONATLAS_SHARED_DATA", REPO.parent / "shared" / "data"))
 WORK = REPO / "bench" / "_work" / "components"
 RESULTS = REPO / "bench" / "results" / "components.md"
 TINY = "open_clip:na-tiny:random:0"
@@ -66,18 +64,6 @@ def uptime() -> str:
         return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     except OSError:
         return "load average " + " / ".join(f"{x:.2f}" for x in os.getloadavg())
-
-
-def weights(depth: int) -> Path:
-    return sorted((DATA / "models").glob(f"cifar10-resnet{depth}-*.th"))[0]
-
-
-def oracle_embeddings(classes: np.ndarray, dim: int = 32, noise: float = 0.05) -> np.ndarray:
-    rng = np.random.default_rng(0)
-    e = np.zeros((len(classes), dim), np.float32)
-    e[np.arange(len(classes)), classes] = 1.0
-    e += noise * rng.standard_normal(e.shape).astype(np.float32)
-    return e / np.linalg.norm(e, axis=1, keepdims=True)
 
 
 def layers_of(depth: int) -> list[str]:

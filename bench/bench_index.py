@@ -23,15 +23,11 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get("NEURONATLAS_SHARED_DATA", REPO.parent / "shared" / "data"))
+from _common import DATA, REPO, weights
+
 WORK = REPO / "bench" / "_work"
 RESULTS = REPO / "bench" / "results"
 VOCAB = DATA / "concepts" / "broden_labels_clean.txt"
-
-
-def _weights(depth: int) -> Path:
-    return sorted((DATA / "models").glob(f"cifar10-resnet{depth}-*.th"))[0]
 
 
 def _probe(home: Path, limit: int | None):
@@ -64,7 +60,7 @@ def stage_bare(home: Path, depth: int, limit: int | None, batch: int) -> dict:
     from neuronatlas.indexer.sources import build_model
 
     probe = _probe(home, limit)
-    built = build_model({"kind": "cifar_resnet", "depth": depth, "weights": str(_weights(depth))})
+    built = build_model({"kind": "cifar_resnet", "depth": depth, "weights": str(weights(depth))})
     t = time.perf_counter()
     with torch.inference_mode():
         for _, x in batches(probe, built.input.transform(), batch):
@@ -84,7 +80,7 @@ def stage_index(home: Path, embedder_spec: str, depth: int, limit: int | None, b
         register_model(
             store,
             f"resnet{depth}",
-            {"kind": "cifar_resnet", "depth": depth, "weights": str(_weights(depth))},
+            {"kind": "cifar_resnet", "depth": depth, "weights": str(weights(depth))},
         )
         t = time.perf_counter()
         entry = index_model(
@@ -134,23 +130,16 @@ def overhead(args) -> None:
     emb = _child(
         "embed", home=str(home), embedder_spec=args.embedder, limit=args.limit, batch=args.batch
     )
-    warm = _child(
-        "index",
-        home=str(home),
-        embedder_spec=args.embedder,
-        depth=args.depth,
-        limit=args.limit,
-        batch=args.batch,
-    )
+    index_args = {
+        "home": str(home),
+        "embedder_spec": args.embedder,
+        "depth": args.depth,
+        "limit": args.limit,
+        "batch": args.batch,
+    }
+    warm = _child("index", **index_args)
     bare = _child("bare", home=str(home), depth=args.depth, limit=args.limit, batch=args.batch)
-    idx = _child(
-        "index",
-        home=str(home),
-        embedder_spec=args.embedder,
-        depth=args.depth,
-        limit=args.limit,
-        batch=args.batch,
-    )
+    idx = _child("index", **index_args)
     t = idx["timings"]
     rows = [
         ("bare forward pass (loader + model, no hooks)", bare["wall_s"], 1.0, bare["rss_mb"]),

@@ -32,10 +32,10 @@ import argparse
 import os
 import platform
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
+from _common import DATA, REPO, find_weights, oracle_embeddings, publish
 from scipy.stats import spearmanr
 
 from neuronatlas.core import scores
@@ -43,8 +43,6 @@ from neuronatlas.indexer.probes import batches, open_probe_set, probe_embeddings
 from neuronatlas.indexer.sources import build_model
 from neuronatlas.indexer.topk import StreamingTopK, class_ids
 
-REPO = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get("NEURONATLAS_SHARED_DATA", REPO.parent / "shared" / "data"))
 WORK = REPO / "bench" / "_work" / "polysemanticity"
 RESULTS = REPO / "bench" / "results" / "polysemanticity.md"
 TINY = "open_clip:na-tiny:random:0"
@@ -53,15 +51,12 @@ TINY = "open_clip:na-tiny:random:0"
 SUBSETS = ("all", "layer3.*", "majority class")
 
 
-def _weights(depth: int) -> Path | None:
-    found = sorted((DATA / "models").glob(f"cifar10-resnet{depth}-*.th"))
-    return found[0] if found else None
-
-
 def forward(depth: int, probe, k: int, batch: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Top-k sample indices of every conv/linear unit (layer -> (units, k)) and the
     penultimate features (the input of ``linear``), (N, 64)."""
-    built = build_model({"kind": "cifar_resnet", "depth": depth, "weights": str(_weights(depth))})
+    built = build_model(
+        {"kind": "cifar_resnet", "depth": depth, "weights": str(find_weights(depth))}
+    )
     model = built.module.eval()
     names = [
         n for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d | torch.nn.Linear)
@@ -90,15 +85,6 @@ def forward(depth: int, probe, k: int, batch: int) -> tuple[dict[str, np.ndarray
     for h in handles:
         h.remove()
     return {n: t.result()[1] for n, t in tops.items()}, torch.cat(feats).numpy()
-
-
-def oracle_embeddings(classes: np.ndarray, dim: int = 32, noise: float = 0.05) -> np.ndarray:
-    rng = np.random.default_rng(0)
-    e = np.zeros((len(classes), dim), np.float32)
-    e[np.arange(len(classes)), classes] = 1.0
-    e += noise * rng.standard_normal(e.shape).astype(np.float32)
-    out: np.ndarray = e / np.linalg.norm(e, axis=1, keepdims=True)
-    return out
 
 
 def feature_embeddings(feats: np.ndarray) -> np.ndarray:
@@ -144,7 +130,7 @@ def main() -> None:
     )
     classes = class_ids(probe.files)
     assert classes is not None, "the probe set needs class folders"
-    depths = [d for d in (int(x) for x in args.depths.split(",")) if _weights(d) is not None]
+    depths = [d for d in (int(x) for x in args.depths.split(",")) if find_weights(d) is not None]
     runs = {d: forward(d, probe, args.k, args.batch) for d in depths}
 
     from neuronatlas.core.embedder import load_embedder
@@ -224,10 +210,7 @@ def main() -> None:
         "",
         f"Wall time {time.perf_counter() - t0:.0f} s.",
     ]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(text)
+    publish(RESULTS, "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _common import publish
 
 from neuronatlas.core import scores
 
@@ -107,10 +108,7 @@ def main() -> None:
         "|---|---|---:|---:|",
     ]
     lines += [f"| {name} | {size} | {ms:.1f} | {mem:.1f} |" for name, size, ms, mem in rows]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(text)
+    publish(RESULTS, "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

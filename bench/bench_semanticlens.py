@@ -22,15 +22,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _common import DATA, REPO, weights
 
-REPO = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get("NEURONATLAS_SHARED_DATA", REPO.parent / "shared" / "data"))
 WORK = REPO / "bench" / "_work" / "semanticlens"
 K = 20
-
-
-def _weights(depth: int) -> Path:
-    return sorted((DATA / "models").glob(f"cifar10-resnet{depth}-*.th"))[0]
 
 
 class _Images(torch.utils.data.Dataset):
@@ -62,7 +57,7 @@ def ours(home: Path, spec: str, probe, depths: list[int]) -> tuple[float, dict]:
     with EdgeStore(home / "store") as store:
         for d in depths:
             register_model(
-                store, f"r{d}", {"kind": "cifar_resnet", "depth": d, "weights": str(_weights(d))}
+                store, f"r{d}", {"kind": "cifar_resnet", "depth": d, "weights": str(weights(d))}
             )
             index_model(
                 store,
@@ -92,7 +87,7 @@ def theirs(ckpt: Path, arch: str, probe, depths: list[int]) -> tuple[float, dict
     lens = sl.Lens(fm, device="cpu")
     out = {}
     for d in depths:
-        built = build_model({"kind": "cifar_resnet", "depth": d, "weights": str(_weights(d))})
+        built = build_model({"kind": "cifar_resnet", "depth": d, "weights": str(weights(d))})
         layers = [n for n in candidate_layers(built.module) if n != "linear"]
         cv = ActivationComponentVisualizer(
             built.module,

@@ -27,6 +27,7 @@ from neuronatlas.core.backend import QueryBackend, all_models
 from neuronatlas.core.embedder.base import Embedder
 from neuronatlas.core.records import KINDS, ModelEntry, NeuronRecord, parse_component_key
 from neuronatlas.core.store.base import Hit, LabelScope, SearchFilter
+from neuronatlas.service.cli_common import CONNECTION_ARGS, pop_connection, server_options
 
 
 # -- the backend: a server (Client) or the store itself (Atlas) ------------------------------
@@ -60,46 +61,18 @@ def backend_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     """--server/--token/--tls/--ca-cert/--timeout, and a ``backend`` argument for the command
     (closed when it returns)."""
 
-    @click.option(
-        "--server",
-        envvar="NEURONATLAS_SERVER",
-        default=None,
-        metavar="HOST:PORT",
-        help="Query this NeuronAtlas server (env NEURONATLAS_SERVER); "
-        "default: open the store directly.",
-    )
-    @click.option(
-        "--token",
-        envvar="NEURONATLAS_TOKEN",
-        default=None,
-        help="Bearer token (env NEURONATLAS_TOKEN).",
-    )
-    @click.option("--tls", "tls", is_flag=True, help="Connect with TLS (system roots).")
-    @click.option(
-        "--ca-cert",
-        type=click.Path(dir_okay=False, exists=True),
-        default=None,
-        help="Connect with TLS trusting this PEM CA bundle.",
-    )
-    @click.option(
-        "--timeout", type=float, default=30.0, show_default=True, help="Deadline per call, seconds."
+    @server_options(
+        "Query this NeuronAtlas server (env NEURONATLAS_SERVER); default: open the store directly.",
+        timeout=30.0,
     )
     @click.pass_context
     @functools.wraps(fn)
-    def wrapper(
-        ctx: click.Context,
-        server: str | None,
-        token: str | None,
-        tls: bool,
-        ca_cert: str | None,
-        timeout: float,
-        **kwargs: Any,
-    ) -> Any:
+    def wrapper(ctx: click.Context, **kwargs: Any) -> Any:
         if isinstance(ctx.command, click.Group) and ctx.invoked_subcommand is not None:
             # a group (``models``) with a sub-command: the sub-command connects itself
             given = [
                 name
-                for name in ("server", "token", "tls", "ca_cert", "timeout", *kwargs)
+                for name in (*CONNECTION_ARGS, *(k for k in kwargs if k not in CONNECTION_ARGS))
                 if ctx.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE
             ]
             if given:
@@ -108,7 +81,8 @@ def backend_options(fn: Callable[..., Any]) -> Callable[..., Any]:
                     f"the sub-command ({ctx.invoked_subcommand})"
                 )
             return None
-        backend = open_backend(ctx, server, token, ca_cert or tls, timeout)
+        server, token, tls, timeout = pop_connection(kwargs)
+        backend = open_backend(ctx, server, token, tls, timeout)
         try:
             return fn(backend=backend, **kwargs)
         finally:
@@ -122,43 +96,18 @@ def client_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     given one (``register``, ``show``): it gets ``client``, the typed client or None, closed
     when it returns."""
 
-    @click.option(
-        "--server",
-        envvar="NEURONATLAS_SERVER",
-        default=None,
-        metavar="HOST:PORT",
-        help="Work on this NeuronAtlas server (env NEURONATLAS_SERVER); default: the local store.",
-    )
-    @click.option(
-        "--token",
-        envvar="NEURONATLAS_TOKEN",
-        default=None,
-        help="Bearer token (env NEURONATLAS_TOKEN).",
-    )
-    @click.option("--tls", "tls", is_flag=True, help="Connect with TLS (system roots).")
-    @click.option(
-        "--ca-cert",
-        type=click.Path(dir_okay=False, exists=True),
-        default=None,
-        help="Connect with TLS trusting this PEM CA bundle.",
-    )
-    @click.option(
-        "--timeout", type=float, default=60.0, show_default=True, help="Deadline per call, seconds."
+    @server_options(
+        "Work on this NeuronAtlas server (env NEURONATLAS_SERVER); default: the local store.",
+        timeout=60.0,
     )
     @functools.wraps(fn)
-    def wrapper(
-        server: str | None,
-        token: str | None,
-        tls: bool,
-        ca_cert: str | None,
-        timeout: float,
-        **kwargs: Any,
-    ) -> Any:
+    def wrapper(**kwargs: Any) -> Any:
+        server, token, tls, timeout = pop_connection(kwargs)
         if not server:
             return fn(client=None, **kwargs)
         from neuronatlas.service.client import Client
 
-        with Client(server, token=token, tls=ca_cert or tls, timeout=timeout) as client:
+        with Client(server, token=token, tls=tls, timeout=timeout) as client:
             return fn(client=client, **kwargs)
 
     return wrapper

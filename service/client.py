@@ -125,6 +125,23 @@ class Client:
         except grpc.RpcError as e:
             raise from_rpc_error(e) from None
 
+    def _hits(
+        self,
+        method: str,
+        request: pb.SearchNeuronsRequest | pb.FindNeuronsByLabelRequest,
+        flt: SearchFilter | None,
+        offset: int,
+        limit: int,
+        unit: Callable[[Hit], object] | None = None,
+    ) -> Page[Hit]:
+        """A page of a hit-returning call (``request``'s filter set from ``flt``)."""
+        if flt is not None:
+            request.filter.CopyFrom(C.filter_to_pb(flt))
+        hits, nxt, _ = self._paged(
+            method, request, offset, limit, lambda r: [C.hit_from_pb(h) for h in r.results], unit
+        )
+        return Page(hits, nxt)
+
     def _paged(
         self,
         method: str,
@@ -209,17 +226,14 @@ class Client:
         V.check_filter(flt)
         req = pb.SearchNeuronsRequest(top_k=top_k, per_model=per_model)
         C.query_to_pb(query, req)
-        if flt is not None:
-            req.filter.CopyFrom(C.filter_to_pb(flt))
-        hits, nxt, _ = self._paged(
+        return self._hits(
             "SearchNeurons",
             req,
+            flt,
             offset,
             limit,
-            lambda r: [C.hit_from_pb(h) for h in r.results],
             (lambda h: h.record.model_id) if per_model else None,
         )
-        return Page(hits, nxt)
 
     def search(
         self,
@@ -304,16 +318,7 @@ class Client:
             match=pb.LABEL_MATCH_PREFIX if prefix else pb.LABEL_MATCH_EXACT,
             scope=C.scope_to_pb(scope),
         )
-        if flt is not None:
-            req.filter.CopyFrom(C.filter_to_pb(flt))
-        hits, nxt, _ = self._paged(
-            "FindNeuronsByLabel",
-            req,
-            offset,
-            limit,
-            lambda r: [C.hit_from_pb(h) for h in r.results],
-        )
-        return Page(hits, nxt)
+        return self._hits("FindNeuronsByLabel", req, flt, offset, limit)
 
     # -- catalogue --------------------------------------------------------------------------
     def list_models(self, *, offset: int = 0, limit: int = 50) -> Page[ModelEntry]:

@@ -4,7 +4,9 @@ PNG figures) from the configured store, or from a server with ``--server`` (same
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -16,6 +18,13 @@ from neuronatlas.service.cli import backend_options, kind_filter
 def _split(values: tuple[str, ...]) -> list[str]:
     """Repeated options, each possibly comma-separated, in order, without blanks."""
     return [v.strip() for item in values for v in item.split(",") if v.strip()]
+
+
+def _kind_option(help: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """--kind: neurons (the default) or the components of one kind."""
+    return click.option(
+        "--kind", type=click.Choice(KINDS), default=NEURON_KIND, show_default=True, help=help
+    )
 
 
 @click.command("compare")
@@ -43,13 +52,7 @@ def _split(values: tuple[str, ...]) -> list[str]:
     is_flag=True,
     help="Recompute even if a cached result exists (local store only; a server keeps its cache).",
 )
-@click.option(
-    "--kind",
-    type=click.Choice(KINDS),
-    default=NEURON_KIND,
-    show_default=True,
-    help="Compare the models' neurons, or their components of this kind.",
-)
+@_kind_option("Compare the models' neurons, or their components of this kind.")
 @backend_options
 def compare_cmd(
     backend: QueryBackend,
@@ -115,13 +118,7 @@ def compare_cmd(
     help="Alignment score threshold; default: calibrated per concept on the noise floor.",
 )
 @click.option("--out", type=click.Path(file_okay=False), required=True, help="Report folder.")
-@click.option(
-    "--kind",
-    type=click.Choice(KINDS),
-    default=NEURON_KIND,
-    show_default=True,
-    help="Audit the model's neurons, or its components of this kind.",
-)
+@_kind_option("Audit the model's neurons, or its components of this kind.")
 @click.option(
     "--class",
     "class_name",

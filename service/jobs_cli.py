@@ -22,6 +22,7 @@ import click
 
 from neuronatlas.core.jobs import JobQueue, JobState, Operation, parse_operation_name
 from neuronatlas.service.cli import client_options, table
+from neuronatlas.service.cli_common import server_options
 
 FOLLOW_POLL_S = 1.0
 
@@ -270,22 +271,10 @@ def jobs_wait(ctx, client, name: str, max_wait: float | None, progress: bool) ->
 
 # -- worker ---------------------------------------------------------------------------------------
 @click.command("worker")
-@click.option(
-    "--server",
-    envvar="NEURONATLAS_SERVER",
+@server_options(
+    "The NeuronAtlas server whose queue to work on (env NEURONATLAS_SERVER).",
+    token_help="Worker token (NEURONATLAS_TOKEN).",
     required=True,
-    metavar="HOST:PORT",
-    help="The NeuronAtlas server whose queue to work on (env NEURONATLAS_SERVER).",
-)
-@click.option(
-    "--token", envvar="NEURONATLAS_TOKEN", default=None, help="Worker token (NEURONATLAS_TOKEN)."
-)
-@click.option("--tls", "tls", is_flag=True, help="Connect with TLS (system roots).")
-@click.option(
-    "--ca-cert",
-    type=click.Path(dir_okay=False, exists=True),
-    default=None,
-    help="Connect with TLS trusting this PEM CA bundle.",
 )
 @click.option("--name", default=None, help="Worker name (default worker:<host>:<pid>).")
 @click.option("--once", is_flag=True, help="Stop when the queue is empty.")

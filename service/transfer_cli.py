@@ -12,6 +12,7 @@ from typing import Any
 import click
 
 from neuronatlas.core.store.integrity import StoreReport
+from neuronatlas.service.cli_common import server_options
 
 
 class _Progress:
@@ -167,21 +168,10 @@ def migrate_cmd(
 
 @click.command("backup")
 @click.argument("out", type=click.Path(dir_okay=False))
-@click.option(
-    "--server",
-    envvar="NEURONATLAS_SERVER",
-    default=None,
-    metavar="HOST:PORT",
-    help="Back up a running server's store through its BackupStore call (admin token); "
+@server_options(
+    "Back up a running server's store through its BackupStore call (admin token); "
     "default: open the store directly (the server must not be running).",
-)
-@click.option("--token", envvar="NEURONATLAS_TOKEN", default=None, help="Bearer token (admin).")
-@click.option("--tls", "tls", is_flag=True, help="Connect with TLS (system roots).")
-@click.option(
-    "--ca-cert",
-    type=click.Path(dir_okay=False, exists=True),
-    default=None,
-    help="Connect with TLS trusting this PEM CA bundle.",
+    token_help="Bearer token (admin).",
 )
 @click.option(
     "--batch-size",

@@ -11,6 +11,9 @@ tests folder is on ``sys.path`` through its rootdir conftest). Fixtures live in 
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,6 +26,7 @@ from grpc_status import rpc_status
 
 from neuronatlas.core.embedder.base import Embedder
 from neuronatlas.core.errors import FailedPrecondition
+from neuronatlas.core.jobs import Operation
 from neuronatlas.core.records import (
     EmbedderInfo,
     Label,
@@ -32,6 +36,7 @@ from neuronatlas.core.records import (
     NeuronRecord,
     TopSample,
 )
+from neuronatlas.service.errors import MAX_MESSAGE_BYTES
 
 DIM = 16
 INFO = EmbedderInfo("test:emb", "random:0", DIM)
@@ -274,11 +279,94 @@ def rpc_failure(err: grpc.RpcError) -> tuple[grpc.StatusCode, list[str], str]:
     return err.code(), fields, reason
 
 
+def check_refusal(err: grpc.RpcError, leaks: Sequence[str]) -> tuple[grpc.StatusCode, list[str]]:
+    """Assert a refusal passed the service's checks: never INTERNAL / UNKNOWN, an ErrorInfo
+    always, the detail its code promises, a short message without any of ``leaks`` (besides
+    object reprs and tracebacks). Its code and BadRequest fields."""
+    code = err.code()
+    message = err.details() or ""
+    assert code not in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN), (
+        f"{code.name}: {message}"
+    )
+    status = rpc_status.from_call(err)
+    assert status is not None and len(status.details) >= 1, f"{code.name} without details"
+    types = {d.TypeName() for d in status.details}
+    assert "google.rpc.ErrorInfo" in types, types
+    promised = {
+        grpc.StatusCode.INVALID_ARGUMENT: "google.rpc.BadRequest",
+        grpc.StatusCode.NOT_FOUND: "google.rpc.ResourceInfo",
+        grpc.StatusCode.FAILED_PRECONDITION: "google.rpc.PreconditionFailure",
+    }
+    if code in promised:
+        assert promised[code] in types, types
+    assert len(message.encode()) <= MAX_MESSAGE_BYTES, len(message)
+    for leak in ("object at 0x", "Traceback", *leaks):
+        assert leak not in message, message
+    _, fields, _ = rpc_failure(err)
+    return code, fields
+
+
 def call_fails(fn, request, metadata=AUTH) -> tuple[grpc.StatusCode, list[str], str]:
     """Call a stub method that must fail; its ``rpc_failure``."""
     with pytest.raises(grpc.RpcError) as e:
         fn(request, metadata=metadata, timeout=20)
     return rpc_failure(e.value)
+
+
+def cifar_args(depth: int, weights: Path | str) -> list[str]:
+    """The indexer CLI's source options for a CIFAR ResNet: --kind, --depth, --weights."""
+    return ["--kind", "cifar_resnet", "--depth", str(depth), "--weights", str(weights)]
+
+
+def copy_store(src: Path, dst: Path) -> None:
+    """Copy a store folder. Edge preallocates sparse files (hundreds of MB apparent, a few MB
+    used): keep holes."""
+    try:
+        subprocess.run(["cp", "-a", "--sparse=always", str(src), str(dst)], check=True)
+    except (OSError, subprocess.CalledProcessError):
+        shutil.rmtree(dst, ignore_errors=True)
+        shutil.copytree(src, dst)
+
+
+# -- raw wire bytes -------------------------------------------------------------------------------
+def unknown_field(size: int) -> bytes:
+    """Wire bytes of an unknown length-delimited field (number 1023) of ``size`` zero bytes:
+    well-formed, so only a size limit refuses it."""
+    out = bytearray(b"\xfa\x3f")
+    n = size
+    while True:
+        b, n = n & 0x7F, n >> 7
+        out.append(b | (0x80 if n else 0))
+        if not n:
+            return bytes(out) + b"\0" * size
+
+
+# -- the zoo's integration tests: slow sources, vocabularies, operations -------------------------
+def slow_source(weights: Path) -> dict:
+    """resnet20 through the test factory that sleeps $SLOW_RESNET_DELAY s per batch."""
+    return {
+        "kind": "python",
+        "factory": "test_indexer_integration:slow_resnet",
+        "kwargs": {"weights": str(weights)},
+        "input_size": 32,
+        "resize": None,
+    }
+
+
+def write_vocab(path: Path, concepts_dir: Path, n: int = 80) -> Path:
+    """The first ``n`` labels of the clean Broden vocabulary, written to ``path``."""
+    lines = (concepts_dir / "broden_labels_clean.txt").read_text().splitlines()[:n]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def wait_operation(client, op: Operation, limit: float) -> Operation:
+    """Poll ``op`` through ``client`` until it is done; fail after ``limit`` seconds."""
+    deadline = time.monotonic() + limit
+    while not op.done:
+        assert time.monotonic() < deadline, f"operation still {op.state}: {op}"
+        op = client.wait_operation(op.name, timeout=10)
+    return op
 
 
 # -- comparing stores after a resumed / taken-over indexing run -----------------------------------

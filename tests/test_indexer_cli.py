@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 from click.testing import CliRunner
+from helpers import cifar_args
 
 pytestmark = pytest.mark.integration
 
@@ -22,12 +23,7 @@ def test_register_probe_index_show(home, cifar_dir, cifar_models, concepts_dir, 
     r = _invoke(
         "register",
         "r20",
-        "--kind",
-        "cifar_resnet",
-        "--depth",
-        "20",
-        "--weights",
-        str(cifar_models[20]),
+        *cifar_args(20, cifar_models[20]),
         "--tag",
         "cifar",
     )
@@ -36,12 +32,7 @@ def test_register_probe_index_show(home, cifar_dir, cifar_models, concepts_dir, 
         _invoke(
             "register",
             "r56",
-            "--kind",
-            "cifar_resnet",
-            "--depth",
-            "56",
-            "--weights",
-            str(cifar_models[20]),
+            *cifar_args(56, cifar_models[20]),
         )
 
     r = _invoke("probe", "tiny", str(cifar_dir), "--limit", "30")
@@ -95,12 +86,7 @@ def test_index_with_percentile_samples(home, cifar_dir, cifar_models):
     r = _invoke(
         "index",
         "r20p",
-        "--kind",
-        "cifar_resnet",
-        "--depth",
-        "20",
-        "--weights",
-        str(cifar_models[20]),
+        *cifar_args(20, cifar_models[20]),
         "--probe",
         str(cifar_dir),
         "--limit",

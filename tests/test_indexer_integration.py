@@ -15,11 +15,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
-from helpers import assert_same_model, model_snapshot
+from helpers import assert_same_model, model_snapshot, slow_source, write_vocab
 
 from neuronatlas.core.embedder.base import Embedder
 from neuronatlas.core.errors import EmbedderMismatch, InvalidArgument, NotFound, WeightsUnavailable
@@ -60,23 +61,23 @@ def slow_resnet(weights: str, depth: int = 20) -> torch.nn.Module:
     return model
 
 
-def _slow_source(weights: Path) -> dict:
+def _cifar_run(cifar_dir: Path, home: Path, vocab: Path) -> dict[str, Any]:
+    """``build_index`` arguments shared by this file's CIFAR runs: the probe set (the first
+    ``N_PROBE`` test images), the home, the vocabulary and k."""
     return {
-        "kind": "python",
-        "factory": "test_indexer_integration:slow_resnet",
-        "kwargs": {"weights": str(weights)},
-        "input_size": 32,
-        "resize": None,
+        "probe_dir": cifar_dir,
+        "probe_name": "cifar-small",
+        "home": home,
+        "vocabularies": {"broden": vocab},
+        "k": K,
+        "probe_limit": N_PROBE,
     }
 
 
 # ------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def vocab(tmp_path_factory, concepts_dir: Path) -> Path:
-    lines = (concepts_dir / "broden_labels_clean.txt").read_text().splitlines()[:80]
-    path = tmp_path_factory.mktemp("vocab") / "broden80.txt"
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    return write_vocab(tmp_path_factory.mktemp("vocab") / "broden80.txt", concepts_dir)
 
 
 @pytest.fixture(scope="module")
@@ -102,12 +103,7 @@ def zoo(tmp_path_factory, embedder, cifar_dir, cifar_models, vocab):
             embedder,
             model_id=f"r{depth}",
             source={"kind": "cifar_resnet", "depth": depth, "weights": str(cifar_models[depth])},
-            probe_dir=cifar_dir,
-            probe_name="cifar-small",
-            home=home,
-            vocabularies={"broden": vocab},
-            k=K,
-            probe_limit=N_PROBE,
+            **_cifar_run(cifar_dir, home, vocab),
             batch_size=64,
             progress=False,
         )
@@ -403,13 +399,8 @@ def _index_slow(home: Path, weights: Path, cifar_dir: Path, vocab: Path, embedde
             store,
             embedder,
             model_id="slow",
-            source=_slow_source(weights),
-            probe_dir=cifar_dir,
-            probe_name="cifar-small",
-            home=home,
-            vocabularies={"broden": vocab},
-            k=K,
-            probe_limit=N_PROBE,
+            source=slow_source(weights),
+            **_cifar_run(cifar_dir, home, vocab),
             batch_size=20,
             progress=False,
             checkpoint_every=1,

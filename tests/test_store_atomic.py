@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import add_model, make_records
+from helpers import add_model, copy_store, make_records
 
 from neuronatlas.core.errors import NotFound
 from neuronatlas.core.records import EmbedderInfo, ModelStatus
@@ -85,15 +85,6 @@ _WORKER = textwrap.dedent(
     store.close()
     """
 )
-
-
-def copy_store(src: Path, dst: Path) -> None:
-    """Edge preallocates sparse files (hundreds of MB apparent, a few MB used): keep holes."""
-    try:
-        subprocess.run(["cp", "-a", "--sparse=always", str(src), str(dst)], check=True)
-    except (OSError, subprocess.CalledProcessError):
-        shutil.rmtree(dst, ignore_errors=True)
-        shutil.copytree(src, dst)
 
 
 @pytest.fixture(scope="module")

@@ -16,13 +16,12 @@ the way a disk or a careless hand would, then checks:
 from __future__ import annotations
 
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import add_model, make_records
+from helpers import add_model, copy_store, make_records
 
 from neuronatlas.core import errors as E
 from neuronatlas.core.queries import Atlas
@@ -40,15 +39,6 @@ APPENDED = "m2"  # in the appendable segment
 
 class SmallSegments(EdgeStore):
     indexing_threshold_kb = 64  # 400 x 128-d vectors (200 KiB) get an HNSW segment
-
-
-def copy_store(src: Path, dst: Path) -> None:
-    """Edge preallocates sparse files (hundreds of MB apparent, a few MB used): keep holes."""
-    try:
-        subprocess.run(["cp", "-a", "--sparse=always", str(src), str(dst)], check=True)
-    except (OSError, subprocess.CalledProcessError):
-        shutil.rmtree(dst, ignore_errors=True)
-        shutil.copytree(src, dst)
 
 
 def segments(path: Path) -> list[Path]:

@@ -22,15 +22,20 @@ from typing import Any
 import grpc
 import pytest
 from google.protobuf import field_mask_pb2, struct_pb2
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
-from helpers import ADMIN_TOKEN, READ_TOKEN, WORKER_TOKEN, WRITE_TOKEN
+from helpers import (
+    ADMIN_TOKEN,
+    READ_TOKEN,
+    WORKER_TOKEN,
+    WRITE_TOKEN,
+    check_refusal,
+    cifar_args,
+    unknown_field,
+)
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
 from neuronatlas.core import errors as E
-from neuronatlas.service.errors import MAX_MESSAGE_BYTES
 from neuronatlas.v1 import neuronatlas_pb2 as pb
 from neuronatlas.v1 import zoo_pb2 as zpb
 from neuronatlas.v1 import zoo_pb2_grpc
@@ -103,31 +108,8 @@ def artifacts_on_disk(srv) -> list[str]:
 
 
 def refusal(err: grpc.RpcError) -> tuple[Code, list[str]]:
-    """Code and BadRequest fields of a refusal that passed the service's checks: never
-    INTERNAL / UNKNOWN, an ErrorInfo always, the detail its code promises, a short message."""
-    code = err.code()
-    assert code not in (Code.INTERNAL, Code.UNKNOWN), f"{code.name}: {err.details()}"
-    status = rpc_status.from_call(err)
-    assert status is not None and status.details, f"{code.name} without details"
-    types = {d.TypeName() for d in status.details}
-    assert "google.rpc.ErrorInfo" in types, types
-    if code is Code.INVALID_ARGUMENT:
-        assert "google.rpc.BadRequest" in types, types
-    if code is Code.NOT_FOUND:
-        assert "google.rpc.ResourceInfo" in types, types
-    if code is Code.FAILED_PRECONDITION:
-        assert "google.rpc.PreconditionFailure" in types, types
-    message = err.details() or ""
-    assert len(message.encode()) <= MAX_MESSAGE_BYTES
-    for leak in ("object at 0x", "Traceback", "/tmp/", "/work/"):
-        assert leak not in message, message
-    fields = []
-    for d in status.details:
-        if d.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            br = error_details_pb2.BadRequest()
-            d.Unpack(br)
-            fields += [v.field for v in br.field_violations]
-    return code, fields
+    """Code and BadRequest fields of a refusal that passed the service's checks."""
+    return check_refusal(err, ("/tmp/", "/work/"))
 
 
 def struct(d: dict[str, Any]) -> struct_pb2.Struct:
@@ -685,12 +667,7 @@ def test_cli_register_update_delete(zoo, reader, cifar_models, home, tmp_path) -
         [
             "register",
             "r32",
-            "--kind",
-            "cifar_resnet",
-            "--depth",
-            "32",
-            "--weights",
-            str(weights),
+            *cifar_args(32, weights),
             "--tag",
             "zoo",
         ],
@@ -743,12 +720,7 @@ def test_cli_register_update_delete(zoo, reader, cifar_models, home, tmp_path) -
         [
             "register",
             "r20",
-            "--kind",
-            "cifar_resnet",
-            "--depth",
-            "20",
-            "--weights",
-            str(cifar_models[20]),
+            *cifar_args(20, cifar_models[20]),
             "--notes",
             "local",
         ],
@@ -1214,16 +1186,7 @@ case(
 
 
 # malformed wire bytes and oversized requests on every unary catalogue method
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        b, n = n & 0x7F, n >> 7
-        out.append(b | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
-OVERSIZED = b"\xfa\x3f" + _varint(4_600_000) + b"\0" * 4_600_000  # unknown field 1023
+OVERSIZED = unknown_field(4_600_000)  # unknown field 1023
 UNARY = ["RegisterModel", "UpdateModel", "RegisterProbeSet", "ListProbeSets", "GetSampleImages"]
 for method in UNARY:
     meta = READ if method in ("ListProbeSets", "GetSampleImages") else WRITE

@@ -9,12 +9,21 @@ from __future__ import annotations
 
 import threading
 import time
-from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
 import pytest
-from helpers import ADMIN_TOKEN, READ_TOKEN, WORKER_TOKEN, WRITE_TOKEN, call_fails
+from helpers import (
+    ADMIN_TOKEN,
+    READ_TOKEN,
+    WORKER_TOKEN,
+    WRITE_TOKEN,
+    call_fails,
+    slow_source,
+    wait_operation,
+    write_vocab,
+)
 
 from neuronatlas.core.errors import InvalidArgument, NotFound
 from neuronatlas.core.jobs import JobState, Operation
@@ -26,17 +35,6 @@ pytestmark = pytest.mark.integration
 
 N_PROBE = 150
 PROBE = "cifar150"
-
-
-def slow_source(weights: Path) -> dict:
-    """resnet20 through the test factory that sleeps $SLOW_RESNET_DELAY s per batch."""
-    return {
-        "kind": "python",
-        "factory": "test_indexer_integration:slow_resnet",
-        "kwargs": {"weights": str(weights)},
-        "input_size": 32,
-        "resize": None,
-    }
 
 
 @pytest.fixture(scope="module")
@@ -53,9 +51,7 @@ def zoo(tmp_path_factory, cifar_dir, cifar_models, concepts_dir, tiny_embedder):
 
     home = tmp_path_factory.mktemp("zoo-ops")
     register_probe_set(home, PROBE, cifar_dir, N_PROBE)
-    vocab = home / "broden80.txt"
-    lines = (concepts_dir / "broden_labels_clean.txt").read_text().splitlines()[:80]
-    vocab.write_text("\n".join(lines) + "\n")
+    vocab = write_vocab(home / "broden80.txt", concepts_dir)
     atlas = Atlas(EdgeStore(home / "store"), tiny_embedder, backend="edge", home=home)
     tokens = TokenSet(
         {READ_TOKEN: "read", ADMIN_TOKEN: "admin", WRITE_TOKEN: "write", WORKER_TOKEN: "worker"}
@@ -86,11 +82,7 @@ def zoo(tmp_path_factory, cifar_dir, cifar_models, concepts_dir, tiny_embedder):
 
 
 def wait(client, op: Operation, limit: float = 120.0) -> Operation:
-    deadline = time.monotonic() + limit
-    while not op.done:
-        assert time.monotonic() < deadline, f"operation still {op.state}: {op}"
-        op = client.wait_operation(op.name, timeout=10)
-    return op
+    return wait_operation(client, op, limit)
 
 
 def until(client, op: Operation, cond, limit: float = 60.0, every: float = 0.05) -> Operation:
@@ -132,25 +124,17 @@ def test_queries_keep_answering_while_a_model_is_indexed(zoo, cifar_models):
     searcher = threading.Thread(target=search)
     searcher.start()
     try:
-        op = client.index_model(
-            "r32",
-            PROBE,
-            source={"kind": "cifar_resnet", "depth": 32, "weights": str(cifar_models[32])},
-            vocabularies={"broden": str(vocab)},
-            k=8,
-            options={"batch_size": 25, "checkpoint_every": 2},
-            request_id="index-r32-1",
-        )
+        request: dict[str, Any] = {
+            "source": {"kind": "cifar_resnet", "depth": 32, "weights": str(cifar_models[32])},
+            "vocabularies": {"broden": str(vocab)},
+            "k": 8,
+            "options": {"batch_size": 25, "checkpoint_every": 2},
+            "request_id": "index-r32-1",
+        }
+        op = client.index_model("r32", PROBE, **request)
         assert op.state in (JobState.QUEUED, JobState.RUNNING) and op.model_id == "r32"
-        again = client.index_model(  # a retry with the same request_id: the same operation
-            "r32",
-            PROBE,
-            source={"kind": "cifar_resnet", "depth": 32, "weights": str(cifar_models[32])},
-            vocabularies={"broden": str(vocab)},
-            k=8,
-            options={"batch_size": 25, "checkpoint_every": 2},
-            request_id="index-r32-1",
-        )
+        # a retry with the same request_id: the same operation
+        again = client.index_model("r32", PROBE, **request)
         assert again.name == op.name
         snapshots = []
         while not op.done:

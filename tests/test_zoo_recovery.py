@@ -24,6 +24,9 @@ from helpers import (
     WRITE_TOKEN,
     assert_same_model,
     model_snapshot,
+    slow_source,
+    wait_operation,
+    write_vocab,
 )
 
 from neuronatlas.core.jobs import JobState, Operation
@@ -38,16 +41,6 @@ PROBE = "cifar200"
 TESTS = Path(__file__).resolve().parent
 
 
-def slow_source(weights: Path) -> dict:
-    return {
-        "kind": "python",
-        "factory": "test_indexer_integration:slow_resnet",  # sleeps $SLOW_RESNET_DELAY a batch
-        "kwargs": {"weights": str(weights)},
-        "input_size": 32,
-        "resize": None,
-    }
-
-
 def index_request(weights: Path, vocab: Path) -> dict:
     return {
         "model_id": "slow",
@@ -60,19 +53,12 @@ def index_request(weights: Path, vocab: Path) -> dict:
 
 
 def wait(client, op: Operation, limit: float = 180.0) -> Operation:
-    deadline = time.monotonic() + limit
-    while not op.done:
-        assert time.monotonic() < deadline, f"operation still {op.state}: {op}"
-        op = client.wait_operation(op.name, timeout=10)
-    return op
+    return wait_operation(client, op, limit)
 
 
 @pytest.fixture(scope="module")
 def vocab(tmp_path_factory, concepts_dir: Path) -> Path:
-    lines = (concepts_dir / "broden_labels_clean.txt").read_text().splitlines()[:80]
-    path = tmp_path_factory.mktemp("vocab") / "broden80.txt"
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    return write_vocab(tmp_path_factory.mktemp("vocab") / "broden80.txt", concepts_dir)
 
 
 def new_home(root: Path, cifar_dir: Path) -> Path:
