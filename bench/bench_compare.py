@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import resource
 import tempfile
@@ -129,6 +130,8 @@ def main() -> None:
     n = args.layers * args.units
     rows = []
     write_s = load_s = float("nan")
+    matmul_s: dict[str, float] = {}
+    load0 = os.getloadavg()
     for related in (True, False):
         a, b = synthetic_models(args.layers, args.units, args.dim, related)
         if related and not args.no_store:
@@ -143,6 +146,21 @@ def main() -> None:
             t = time.perf_counter()
             view = semantic_view(va, vb)
             times.append(time.perf_counter() - t)
+        if related:  # the bound: a bare float32 matmul of the same shapes, same run
+            import torch
+
+            ta, tb = torch.from_numpy(a), torch.from_numpy(b)
+            for name, fn in (
+                ("numpy a @ b.T", lambda a=a, b=b: a @ b.T),
+                ("torch a @ b.T", lambda ta=ta, tb=tb: ta @ tb.T),
+            ):
+                fn()
+                mm = []
+                for _ in range(args.repeat):
+                    t = time.perf_counter()
+                    fn()
+                    mm.append(time.perf_counter() - t)
+                matmul_s[name] = min(mm)
         tracemalloc.start()
         semantic_view(va, vb)
         _, peak = tracemalloc.get_traced_memory()
@@ -185,7 +203,15 @@ def main() -> None:
             f"{v.matching.value:.3f} ({v.matching.baseline:.3f}) | {v.coverage_a.value:.1%} "
             f"({v.coverage_a.baseline:.1%}) | {v.alignment.rho.value:+.2f} ({v.alignment.rho.baseline:+.2f}) |"
         )
+    bound = min(matmul_s.values())
     lines += [
+        "",
+        f"Bare float32 matmul {n:,} x {n:,} x {args.dim}, best of {args.repeat}: "
+        + ", ".join(f"{k} {v:.2f} s" for k, v in matmul_s.items())
+        + f". Semantic view / fastest bare matmul: related {rows[0][1] / bound:.2f}x, "
+        f"unrelated {rows[1][1] / bound:.2f}x (goal <= 1.3x). Load average at start "
+        f"{load0[0]:.2f}, at end {os.getloadavg()[0]:.2f}; torch threads "
+        f"{__import__('torch').get_num_threads()}.",
         "",
         "| other cost | value |",
         "|---|---|",

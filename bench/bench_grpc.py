@@ -189,18 +189,32 @@ async def drive(address: str, requests: list, concurrency: int) -> tuple[np.ndar
     return lat, wall, responses
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` (and its threads) so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def run_case(
-    address: str, requests: list, concurrency: int, warmup: list | None = None
+    address: str,
+    requests: list,
+    concurrency: int,
+    warmup: list | None = None,
+    server_pid: int | None = None,
 ) -> tuple[dict, list]:
-    """Warm up (by default with the first requests), then measure every request."""
+    """Warm up (by default with the first requests), then measure every request; with
+    ``server_pid``, also the server process's CPU time per request."""
     warmup = requests[: min(len(requests), 2 * concurrency)] if warmup is None else warmup
     asyncio.run(drive(address, warmup, concurrency))
+    cpu0 = cpu_seconds(server_pid) if server_pid else 0.0
     lat, wall, responses = asyncio.run(drive(address, requests, concurrency))
+    cpu = (cpu_seconds(server_pid) - cpu0) if server_pid else float("nan")
     return {
         "p50_ms": float(np.percentile(lat, 50) * 1e3),
         "p99_ms": float(np.percentile(lat, 99) * 1e3),
         "qps": len(requests) / wall,
         "n": len(requests),
+        "server_cpu_ms": cpu / len(requests) * 1e3,
     }, responses
 
 
@@ -227,6 +241,9 @@ def main() -> None:
     ap.add_argument("--recall-queries", type=int, default=200)
     ap.add_argument("--workers", type=int, default=32, help="server RPC threads")
     ap.add_argument("--rebuild", action="store_true")
+    ap.add_argument(
+        "--vector-only", action="store_true", help="skip the text scenarios (no CLIP text tower)"
+    )
     ap.add_argument("--serve", nargs=2, metavar=("STORE", "PORT_FILE"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.serve:
@@ -235,6 +252,7 @@ def main() -> None:
     from neuronatlas.core.embedder import load_embedder
     from neuronatlas.v1 import neuronatlas_pb2 as pb
 
+    load0 = os.getloadavg()[0]
     info = load_embedder(args.embedder, "cpu").info
     if info.dim != args.dim:
         raise SystemExit(f"--dim {args.dim} differs from the embedder's dimension {info.dim}")
@@ -330,15 +348,19 @@ def main() -> None:
                 pb.SearchNeuronsRequest(text=f"warm-up text {i}", top_k=10)
                 for i in range(2 * args.concurrency)
             ]
-            stats, resp = run_case(address, reqs, args.concurrency, warm if reqs is cold else None)
+            if args.vector_only and kind != "vector":
+                continue
+            stats, resp = run_case(
+                address, reqs, args.concurrency, warm if reqs is cold else None, proc.pid
+            )
             responses[(kind, mode)] = resp
             rows.append((kind, mode, stats))
             print(
                 f"  {kind:14s} {mode:26s} p50 {stats['p50_ms']:7.2f} ms  p99 {stats['p99_ms']:7.2f} ms  "
-                f"{stats['qps']:7.0f} q/s",
+                f"{stats['qps']:7.0f} q/s  server CPU {stats['server_cpu_ms']:.2f} ms/q",
                 flush=True,
             )
-        single, _ = run_case(address, vec_reqs[:500], 1)
+        single, _ = run_case(address, vec_reqs[:500], 1, server_pid=proc.pid)
         rows.append(("vector", "unfiltered, 1 client", single))
 
         # recall@10 against exact search, and of the per-model best neuron
@@ -372,15 +394,20 @@ def main() -> None:
         f"is shared with other jobs). Store {size / 2**20:.0f} MiB on disk, "
         f"built in {build_s:.0f} s (write + HNSW). Text embedder `{args.embedder}` on CPU.\n\n"
         f"Command: `python bench/bench_grpc.py --neurons {args.neurons} --requests {args.requests} "
-        f"--group-requests {args.group_requests} --cold-requests {args.cold_requests}`\n\n"
+        f"--group-requests {args.group_requests} --cold-requests {args.cold_requests}"
+        f"{' --vector-only' if args.vector_only else ''}`; load average at start "
+        f"{load0:.2f}. Server CPU ms/query: the server process's user+system CPU time over the "
+        "measured requests / requests (its share of the 2 cores; client and server share the "
+        "host).\n\n"
     )
     table = [
-        "| query | mode | requests | p50 ms | p99 ms | throughput q/s |",
-        "|---|---|---|---|---|---|",
+        "| query | mode | requests | p50 ms | p99 ms | throughput q/s | server CPU ms/query |",
+        "|---|---|---|---|---|---|---|",
     ]
     for kind, mode, s in rows:
         table.append(
-            f"| {kind} | {mode} | {s['n']} | {s['p50_ms']:.2f} | {s['p99_ms']:.2f} | {s['qps']:.0f} |"
+            f"| {kind} | {mode} | {s['n']} | {s['p50_ms']:.2f} | {s['p99_ms']:.2f} | {s['qps']:.0f} "
+            f"| {s['server_cpu_ms']:.2f} |"
         )
     table.append("")
     table.append(

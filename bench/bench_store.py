@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import resource
 import shutil
 import sys
 import time
@@ -148,29 +149,55 @@ def bench_size(n: int, args, lines: list[str]) -> None:
         lines.append(row("numpy brute force", n, lat, 1.0))
         print(lines[-1], flush=True)
     if "edge" in args.backends:
-        bench_edge(n, args, x, q, truth, truth_f, qmodel, best, lines)
+        for variant in args.edge_variants.split(","):
+            bench_edge(n, args, x, q, truth, truth_f, qmodel, best, lines, variant)
     if "remote" in args.backends and n <= args.remote_max:
         bench_remote(n, args, x, q, truth, lines)
 
 
-def bench_edge(n, args, x, q, truth, truth_f, qmodel, best, lines) -> None:
+# --edge-variants: how the neuron shard keeps its vectors (EdgeStore.quantization,
+# EdgeStore.vector_datatype); "f32" is the store before issue 13, "int8" the new default.
+VARIANTS = {
+    "f32": ("none", "float32"),
+    "int8": ("int8", "float32"),
+    "f16": ("none", "float16"),
+    "f16int8": ("int8", "float16"),
+}
+
+
+def bench_edge(n, args, x, q, truth, truth_f, qmodel, best, lines, variant="int8") -> None:
     k = 10
 
-    work = Path(args.workdir) / f"edge-{n}"
+    work = Path(args.workdir) / f"edge-{n}-{variant}"
     shutil.rmtree(work, ignore_errors=True)
     store = EdgeStore(work)
     store.hnsw_m, store.hnsw_ef_construct = args.m, args.ef_construct
+    store.quantization, store.vector_datatype = VARIANTS[variant]
     up, opt = fill(store, x, args.models, args.dim)
+    size_mib = store.size_bytes() / 2**20
     print(
-        f"edge: upsert {up:.1f}s, optimize {opt:.1f}s, size {store.size_bytes() / 2**20:.0f} MiB",
+        f"edge [{variant}]: upsert {up:.1f}s, optimize {opt:.1f}s, size {size_mib:.0f} MiB, "
+        f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB, "
+        f"load {os.getloadavg()[0]:.1f}",
         flush=True,
     )
+    store.close()
+    t = time.perf_counter()
+    store = EdgeStore(work)  # reopen: open time of a built store (page cache warm)
+    open_s = time.perf_counter() - t
+    lines.append(
+        f"| edge [{variant}] load+build: upsert {up:.0f}s + optimize {opt:.0f}s = "
+        f"{up + opt:.0f}s, disk {size_mib:,.0f} MiB, reopen {open_s:.2f}s, process peak RSS "
+        f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB, "
+        f"load avg {os.getloadavg()[0]:.1f} | {n:,} | | | | |"
+    )
+    print(lines[-1], flush=True)
     for ef in args.ef:
         store.search_ef = ef
         res, lat = timed(lambda v: [h.record.key for h in store.search(v, limit=k)], q)
         lines.append(
             row(
-                f"edge (m={args.m}, ef_construct={args.ef_construct}, ef={ef})",
+                f"edge [{variant}] (m={args.m}, ef_construct={args.ef_construct}, ef={ef})",
                 n,
                 lat,
                 recall(res, truth, args.models),
@@ -185,7 +212,12 @@ def bench_edge(n, args, x, q, truth, truth_f, qmodel, best, lines) -> None:
             list(zip(q, flts, strict=False)),
         )
         lines.append(
-            row(f"edge, filtered by one model (ef={ef})", n, lat, recall(res, truth_f, args.models))
+            row(
+                f"edge [{variant}], filtered by one model (ef={ef})",
+                n,
+                lat,
+                recall(res, truth_f, args.models),
+            )
         )
         print(lines[-1], flush=True)
     store.search_ef = args.ef[-1]
@@ -194,7 +226,7 @@ def bench_edge(n, args, x, q, truth, truth_f, qmodel, best, lines) -> None:
     )
     lines.append(
         row(
-            f"edge, per model (per_model=1, {args.models} models, ef={store.search_ef})",
+            f"edge [{variant}], per model (per_model=1, {args.models} models, ef={store.search_ef})",
             n,
             lat,
             recall(res, best, args.models),
@@ -206,7 +238,12 @@ def bench_edge(n, args, x, q, truth, truth_f, qmodel, best, lines) -> None:
         q[: min(len(q), 100)],
     )
     lines.append(
-        row("edge exact=True (100 queries)", n, lat, recall(res, truth[: len(res)], args.models))
+        row(
+            f"edge [{variant}] exact=True (100 queries)",
+            n,
+            lat,
+            recall(res, truth[: len(res)], args.models),
+        )
     )
     print(lines[-1], flush=True)
     store.close()
@@ -263,6 +300,11 @@ def main() -> None:
         type=int,
         default=100_000,
         help="largest N also run on qdrant-client :memory:",
+    )
+    ap.add_argument(
+        "--edge-variants",
+        default="f32,int8",
+        help=f"comma-separated vector storage variants of the edge store: {','.join(VARIANTS)}",
     )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workdir", default=str(ROOT / "_work"))

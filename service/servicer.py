@@ -15,7 +15,7 @@ from google.protobuf.message import Message
 from neuronatlas.core import validate as V
 from neuronatlas.core.errors import InvalidArgument
 from neuronatlas.core.queries import Atlas
-from neuronatlas.core.store.base import Hit, LabelScope
+from neuronatlas.core.store.base import HIT_FIELDS, Hit, LabelScope
 from neuronatlas.service import convert as C
 from neuronatlas.service import paging
 from neuronatlas.service.errors import DeadlineExceeded, to_rpc_status
@@ -94,6 +94,8 @@ class NeuronAtlasServicer(pb_grpc.NeuronAtlasServiceServicer):
             per_model=request.per_model,
             offset=self.pages.decode(request),
             limit=size,
+            # thumbnails read the hits' top_samples; otherwise only what NeuronHit shows
+            fields=None if request.include_thumbnails else HIT_FIELDS,
         )
         results = [C.hit_to_pb(h) for h in page.items]
         if request.include_thumbnails:

@@ -264,3 +264,48 @@ def test_store_of_an_older_version_gets_the_label_scope_indexes(
         for scope in LabelScope:
             hits = s.find_by_label("ca", prefix=True, limit=50, scope=scope)
             assert hits and all(h.record.key in {r.key for r in recs} for h in hits)
+
+
+@pytest.mark.parametrize(("quantization", "datatype"), [("none", "float32"), ("int8", "float16")])
+def test_vector_layouts_answer_alike(tmp_path: Path, quantization: str, datatype: str):
+    """Issue 13: int8 quantization (rescored) and float16 storage give the float32 answer on a
+    small store, before and after the HNSW build; a search reading only HIT_FIELDS returns the
+    same hits with the fields a search answer shows."""
+    from neuronatlas.core.store.base import HIT_FIELDS
+
+    store = EdgeStore(tmp_path / "store")
+    store.indexing_threshold_kb = 1
+    store.quantization, store.vector_datatype = quantization, datatype
+    store.bind_embedder(INFO)
+    recs = make_records("alpha", ALPHA, seed=1)
+    store.upsert_neurons(recs)
+    store.put_model(entry("alpha", layers=ALPHA))
+    vecs = np.stack([r.vector / np.linalg.norm(r.vector) for r in recs])
+    q = recs[4].vector
+    want = [recs[i].key for i in np.argsort(-(vecs @ (q / np.linalg.norm(q))))[:5]]
+    for _ in range(2):
+        full = store.search(q, limit=5)
+        slim = store.search(q, limit=5, fields=HIT_FIELDS)
+        assert [h.record.key for h in full] == want == [h.record.key for h in slim]
+        for a, b in zip(full, slim, strict=True):
+            assert abs(a.score - b.score) < 1e-6
+            assert (a.record.layer_index, a.record.depth, a.record.labels, a.record.clarity) == (
+                b.record.layer_index,
+                b.record.depth,
+                b.record.labels,
+                b.record.clarity,
+            )
+        assert full[0].record.top_samples and not slim[0].record.top_samples
+        store.optimize()
+    store.close()
+
+
+def test_edge_layout_settings(tmp_path: Path):
+    with pytest.raises(InvalidArgument):
+        load_settings(edge_quantization="pq")
+    with pytest.raises(InvalidArgument):
+        load_settings(edge_vector_datatype="int4")
+    s = load_settings(home=tmp_path, edge_quantization="none", edge_vector_datatype="float16")
+    with open_store(s) as store:
+        assert isinstance(store, EdgeStore)
+        assert (store.quantization, store.vector_datatype) == ("none", "float16")

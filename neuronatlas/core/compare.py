@@ -262,31 +262,58 @@ def block_stats(
     bounds_b: np.ndarray,
     chunk: int = 1024,
     keep_full: bool = False,
+    max_block_floats: int = 16 << 20,
 ) -> BlockStats:
     """Reduce the cosine matrix ``va @ vb.T`` block by block (never all of it at once).
 
     ``groups_a`` (L_rows+1,) are row offsets of A's groups (layers); ``bounds_b`` B's layer offsets.
+    Each block (up to ``chunk`` A rows x all of B, at most ``max_block_floats`` floats = 64 MiB)
+    is one float32 BLAS matmul (multi-threaded) into one of two reused buffers; its reductions
+    (argmax per B layer, max per B row: numpy SIMD, GIL released) run in a helper thread while
+    the next block's matmul runs. No Python work per row.
     """
+    from concurrent.futures import ThreadPoolExecutor
+
+    va = np.ascontiguousarray(va, dtype=np.float32)
+    vb = np.ascontiguousarray(vb, dtype=np.float32)
     n_a, n_b, lb, lg = va.shape[0], vb.shape[0], len(bounds_b) - 1, len(groups_a) - 1
-    best_ab = np.empty((n_a, lb), np.float32)
-    arg_ab = np.empty((n_a, lb), np.int64)
+    best_ab = np.full((n_a, lb), -np.inf, np.float32)
+    arg_ab = np.zeros((n_a, lb), np.int64)
     best_ba = np.full((n_b, lg), -np.inf, np.float32)
     full = np.empty((n_a, n_b), np.float32) if keep_full else None
-    vbt = np.ascontiguousarray(vb.T)
-    buf = np.empty((min(chunk, max(n_a, 1)), n_b), np.float32)
-    for g in range(lg):
-        for r0 in range(int(groups_a[g]), int(groups_a[g + 1]), chunk):
-            r1 = min(r0 + chunk, int(groups_a[g + 1]))
-            s = buf[: r1 - r0]
-            np.matmul(va[r0:r1], vbt, out=s)
-            for j in range(lb):
-                lo, hi = int(bounds_b[j]), int(bounds_b[j + 1])
-                am = s[:, lo:hi].argmax(axis=1)
-                arg_ab[r0:r1, j] = lo + am
-                best_ab[r0:r1, j] = s[np.arange(r1 - r0), lo + am]
-            np.maximum(best_ba[:, g], s.max(axis=0), out=best_ba[:, g])
-            if full is not None:
-                full[r0:r1] = s
+    if n_a == 0 or n_b == 0:
+        return BlockStats(best_ab, arg_ab, best_ba, full)
+    rows_per = max(1, min(chunk, max_block_floats // n_b))
+    bufs = [np.empty(min(rows_per, n_a) * n_b, np.float32) for _ in range(2)]
+    layers = [(j, int(bounds_b[j]), int(bounds_b[j + 1])) for j in range(lb)]
+    layers = [(j, lo, hi) for j, lo, hi in layers if hi > lo]
+    vbt = vb.T
+
+    def reduce(s: np.ndarray, g: int, r0: int, r1: int) -> None:
+        ar = np.arange(r1 - r0)
+        for j, lo, hi in layers:
+            am = s[:, lo:hi].argmax(axis=1)
+            arg_ab[r0:r1, j] = lo + am
+            best_ab[r0:r1, j] = s[ar, lo + am]
+        np.maximum(best_ba[:, g], s.max(axis=0), out=best_ba[:, g])
+        if full is not None:
+            full[r0:r1] = s
+
+    blocks = [
+        (g, r0, min(r0 + rows_per, int(groups_a[g + 1])))
+        for g in range(lg)
+        for r0 in range(int(groups_a[g]), int(groups_a[g + 1]), rows_per)
+    ]
+    with ThreadPoolExecutor(1) as pool:
+        pending = None
+        for k, (g, r0, r1) in enumerate(blocks):
+            s = bufs[k % 2][: (r1 - r0) * n_b].reshape(r1 - r0, n_b)
+            np.matmul(va[r0:r1], vbt, out=s)  # buffer k % 2 is free: block k-2 was reduced
+            if pending is not None:
+                pending.result()
+            pending = pool.submit(reduce, s, g, r0, r1)
+        if pending is not None:
+            pending.result()
     return BlockStats(best_ab, arg_ab, best_ba, full)
 
 

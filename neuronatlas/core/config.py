@@ -146,6 +146,11 @@ class Settings:
     metrics_port: int = 0
     # `serve`: log lines as "text" or "json" (one object per line, with the call's request id)
     log_format: str = "text"
+    # edge backend, for a NEW store (an existing one keeps how it was created): "int8" scalar
+    # quantization (HNSW built and walked on int8 copies, answers rescored on the originals) or
+    # "none"; vectors stored as "float32" or "float16". See bench/results/store.md.
+    edge_quantization: str = "int8"
+    edge_vector_datatype: str = "float32"
 
     @property
     def paths(self) -> Home:
@@ -241,6 +246,17 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
     if settings.log_format not in {"text", "json"}:
         raise InvalidArgument(
             f"log_format must be 'text' or 'json', not {settings.log_format!r}", field="log_format"
+        )
+    if settings.edge_quantization not in {"int8", "none"}:
+        raise InvalidArgument(
+            f"edge_quantization must be 'int8' or 'none', not {settings.edge_quantization!r}",
+            field="edge_quantization",
+        )
+    if settings.edge_vector_datatype not in {"float32", "float16"}:
+        raise InvalidArgument(
+            "edge_vector_datatype must be 'float32' or 'float16', "
+            f"not {settings.edge_vector_datatype!r}",
+            field="edge_vector_datatype",
         )
     if settings.backend not in {"edge", "remote"}:
         raise InvalidArgument(

@@ -286,11 +286,13 @@ class Atlas:
         per_model: int = 0,
         offset: int = 0,
         limit: int | None = None,
+        fields: Sequence[str] | None = None,
     ) -> Page[Hit]:
         """Neurons closest to ``query``. Without ``per_model``: hits ``offset..offset+limit`` of
         the best ``top_k``. With ``per_model`` = n: the best n neurons of models
         ``offset..offset+limit`` of the best ``top_k`` models, models ordered by their best
-        score. ``limit`` defaults to ``top_k``."""
+        score. ``limit`` defaults to ``top_k``. ``fields``: payload keys the hits need (see
+        ``KnowledgeStore.search``; the per-model path reads whole payloads)."""
         V.check_range(top_k, 1, V.MAX_TOP_K, "top_k")
         V.check_range(per_model, 0, V.MAX_PER_MODEL, "per_model")
         limit = top_k if limit is None else limit
@@ -311,7 +313,7 @@ class Atlas:
             more = len(groups) > end
             return Page([h for g in chosen for h in g], end if more else None)
         fetch = end - offset + (1 if end < top_k else 0)
-        hits = self.store.search(vec, limit=fetch, flt=flt, offset=offset)
+        hits = self.store.search(vec, limit=fetch, flt=flt, offset=offset, fields=fields)
         more = len(hits) > end - offset
         return Page(hits[: end - offset], end if more else None)
 

@@ -13,7 +13,10 @@ def open_store(settings: Settings) -> KnowledgeStore:
     if settings.backend == "edge":
         from neuronatlas.core.store.edge import EdgeStore
 
-        return EdgeStore(settings.edge_path)
+        store = EdgeStore(settings.edge_path)
+        store.quantization = settings.edge_quantization
+        store.vector_datatype = settings.edge_vector_datatype
+        return store
     from neuronatlas.core.store.remote import RemoteStore
 
     return RemoteStore.from_settings(settings)

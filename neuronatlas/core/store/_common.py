@@ -571,12 +571,14 @@ class QdrantStoreBase(KnowledgeStore):
         offset: int = 0,
         with_vectors: bool = False,
         exact: bool = False,
+        fields: Sequence[str] | None = None,
     ) -> list[Hit]:
         self._check_page(limit, offset)
         q = self._query_vector(vector)
         conds = [*self._slot_conds(flt), *self._filter_conds(flt)]
         spec = QuerySpec(q, conds, int(limit), int(offset), with_vectors, exact, self.search_ef)
-        return [self._hit(p, with_vectors) for p in self._n_query([spec])[0]]
+        wp: bool | list[str] = True if fields is None else list(fields)
+        return [self._hit(p, with_vectors) for p in self._n_query([spec], with_payload=wp)[0]]
 
     @_gated_read
     def search_per_model(

@@ -66,6 +66,25 @@ class SearchFilter:
     kinds: tuple[str, ...] | None = None
 
 
+# The payload keys a search answer (service ``hit_to_pb``) shows: ``search(fields=HIT_FIELDS)``
+# reads only these (not top_samples, label_all, stats...), which ``NeuronRecord.from_payload``
+# needs at least (model_id, layer, layer_index, depth, unit) plus the hit's labels and scores.
+HIT_FIELDS = (
+    "model_id",
+    "layer",
+    "layer_index",
+    "depth",
+    "unit",
+    "kind",
+    "generation",
+    "labels",
+    "clarity",
+    "polysemanticity",
+    "polysemanticity_sl",
+    "redundancy",
+)
+
+
 @dataclass
 class Hit:
     record: NeuronRecord  # vector is empty unless asked for
@@ -114,8 +133,11 @@ class KnowledgeStore(ABC):
         offset: int = 0,
         with_vectors: bool = False,
         exact: bool = False,
+        fields: Sequence[str] | None = None,
     ) -> list[Hit]:
-        """Cosine search over live neurons, best first. ``exact`` bypasses the HNSW index."""
+        """Cosine search over live neurons, best first. ``exact`` bypasses the HNSW index.
+        ``fields``: read only these payload keys (the hits' records then hold defaults for the
+        rest, e.g. ``HIT_FIELDS`` for what a search answer shows); None: the whole payload."""
 
     @abstractmethod
     def search_per_model(

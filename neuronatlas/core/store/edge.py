@@ -25,6 +25,7 @@ from neuronatlas.core.atomic import atomic_write_json
 from neuronatlas.core.diskspace import ensure_free
 from neuronatlas.core.errors import (
     FailedPrecondition,
+    InvalidArgument,
     NeuronAtlasError,
     NotAStore,
     StoreCorrupted,
@@ -48,6 +49,9 @@ FORMAT_VERSION = 1
 MARKER = "store.json"
 LOCK = ".lock"
 _OWN_ENTRIES = {MARKER, MARKER + ".tmp", LOCK, "models", "neurons"}
+QUANTIZATIONS = ("int8", "none")
+VECTOR_DATATYPES = ("float32", "float16")
+RESCORE_MIN = 32  # candidates a quantized query rescores on the original vectors, at least
 
 
 def _marker_temp(name: str) -> bool:
@@ -125,6 +129,16 @@ class EdgeStore(QdrantStoreBase):
     #: neuron shard; None: the engine's default (~10 MB). Tests set a small one so that a few
     #: thousand points get real optimised segments.
     indexing_threshold_kb: int | None = None
+    #: how a NEW neuron shard keeps its vectors (an existing shard keeps what it was created
+    #: with; see bench/results/store.md for the measurements behind the defaults):
+    #: quantization "int8" = scalar int8 copies in RAM, used to build the HNSW graph and to
+    #: walk it, then the best ``limit * quantization_oversampling`` (at least RESCORE_MIN)
+    #: candidates are rescored on the original vectors ("none": float vectors only);
+    #: vector_datatype "float32" or "float16" (half the vector memory and disk, scores rounded
+    #: to ~3 decimals).
+    quantization: str = "int8"
+    vector_datatype: str = "float32"
+    quantization_oversampling: float = 8.0
 
     def __init__(self, path: str | os.PathLike[str]):
         super().__init__()
@@ -284,8 +298,29 @@ class EdgeStore(QdrantStoreBase):
             raise StoreCorrupted(f"the {name} shard of {self.path} cannot be loaded: {e}") from None
 
     def _neuron_config(self, dim: int) -> qe.EdgeConfig:
+        if self.quantization not in QUANTIZATIONS:
+            raise InvalidArgument(
+                f"quantization must be one of {QUANTIZATIONS}", field="quantization"
+            )
+        if self.vector_datatype not in VECTOR_DATATYPES:
+            raise InvalidArgument(
+                f"vector_datatype must be one of {VECTOR_DATATYPES}", field="vector_datatype"
+            )
         return qe.EdgeConfig(
-            vectors=qe.EdgeVectorParams(size=dim, distance=qe.Distance.Cosine),
+            vectors=qe.EdgeVectorParams(
+                size=dim,
+                distance=qe.Distance.Cosine,
+                datatype=(
+                    qe.VectorStorageDatatype.Float16
+                    if self.vector_datatype == "float16"
+                    else qe.VectorStorageDatatype.Float32
+                ),
+            ),
+            quantization_config=(
+                qe.ScalarQuantizationConfig(qe.ScalarType.Int8, quantile=0.99, always_ram=True)
+                if self.quantization == "int8"
+                else None
+            ),
             payload_memory=qe.Memory.Cached,
             hnsw_config=qe.HnswIndexConfig(
                 m=self.hnsw_m,
@@ -343,6 +378,18 @@ class EdgeStore(QdrantStoreBase):
             if isinstance(with_payload, list)
             else with_payload
         )
+
+        def qparams(s: QuerySpec) -> qe.QuantizationSearchParams:
+            # rescoring on the original vectors (ignored by a shard without quantization), of
+            # at least RESCORE_MIN candidates: int8 scores alone mis-rank near ties, which
+            # matters most for a model's single best neuron (per-model search, limit 1)
+            want = max(s.limit + s.offset, 1)
+            return qe.QuantizationSearchParams(
+                ignore=s.exact,  # exact search: the original vectors only
+                rescore=True,
+                oversampling=max(self.quantization_oversampling, RESCORE_MIN / want),
+            )
+
         reqs = [
             qe.QueryRequest(
                 limit=s.limit,
@@ -351,7 +398,7 @@ class EdgeStore(QdrantStoreBase):
                 filter=_edge_filter(s.conds),
                 with_vector=s.with_vector,
                 with_payload=wp,
-                params=qe.SearchParams(hnsw_ef=s.hnsw_ef, exact=s.exact),
+                params=qe.SearchParams(hnsw_ef=s.hnsw_ef, exact=s.exact, quantization=qparams(s)),
             )
             for s in specs
         ]

@@ -44,6 +44,7 @@ import hashlib
 import io
 import json
 import logging
+import math
 import os
 import shutil
 import tarfile
@@ -764,6 +765,18 @@ def export_store(store: KnowledgeStore, batch_size: int = 1024) -> StoreExport:
     )
 
 
+def _same_payload(a: Any, b: Any) -> bool:
+    """Payload equality, floats to within 1e-12 relative: Qdrant Edge parses payload JSON with
+    a fast float reader that can move the last binary digit of a double (seen on timestamps)."""
+    if isinstance(a, float) and isinstance(b, float):
+        return math.isclose(a, b, rel_tol=1e-12, abs_tol=0.0) or (a != a and b != b)
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same_payload(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_same_payload(x, y) for x, y in zip(a, b, strict=True))
+    return bool(a == b)
+
+
 def compare_exports(
     a: StoreExport, b: StoreExport, *, vector_tolerance: float = 0.0, ignore_seals: bool = False
 ) -> list[str]:
@@ -784,12 +797,12 @@ def compare_exports(
         if extra:
             out.append(f"{what}: {len(extra)} ids only in the second, e.g. {extra[0]}")
     for pid in sorted(set(a.catalogue) & set(b.catalogue)):
-        if strip(a.catalogue[pid]) != strip(b.catalogue[pid]):
+        if not _same_payload(strip(a.catalogue[pid]), strip(b.catalogue[pid])):
             out.append(f"catalogue point {pid}: payloads differ")
     vec_diff, worst = 0, 0.0
     for pid in sorted(set(a.points) & set(b.points)):
         (va, pa), (vb, pb) = a.points[pid], b.points[pid]
-        if pa != pb:
+        if not _same_payload(pa, pb):
             out.append(f"point {pid}: payloads differ")
         if va != vb:
             fa = np.frombuffer(va, dtype="<f4")
