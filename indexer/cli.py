@@ -14,7 +14,7 @@ from neuronatlas.core.errors import InvalidArgument
 from neuronatlas.service.cli import client_options
 
 from .accuracy import describe as describe_accuracy
-from .transforms import INTERPOLATIONS, parse_resize, user_keys
+from .transforms import INTERPOLATIONS, TRANSFORM_KEYS, parse_resize, user_keys
 
 KINDS = ("cifar_resnet", "torchvision", "timm", "torchscript", "python")
 
@@ -107,12 +107,7 @@ SOURCE_OPTIONS = (
     "random_init",
     "script_path",
     "factory",
-    "input_size",
-    "resize",
-    "crop",
-    "mean",
-    "std",
-    "interpolation",
+    *TRANSFORM_KEYS,
 )
 
 

@@ -52,7 +52,13 @@ from neuronatlas.core.imports import load_object
 from neuronatlas.core.validate import shown
 
 from .cifar_resnet import CIFAR_MEAN, CIFAR_STD, load_cifar_resnet
-from .transforms import IMAGENET_MEAN, IMAGENET_STD, TransformSpec, resolve_transform
+from .transforms import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    TRANSFORM_KEYS,
+    TransformSpec,
+    resolve_transform,
+)
 
 IMAGENET_DEFAULT = TransformSpec(256, 224, IMAGENET_MEAN, IMAGENET_STD, "bilinear")
 CIFAR_DEFAULT = TransformSpec((32, 32), None, CIFAR_MEAN, CIFAR_STD, "bilinear")
@@ -345,12 +351,7 @@ SOURCE_KEYS = (
     "seed",
     "architecture",
     "training_data",
-    "input_size",
-    "resize",
-    "crop",
-    "mean",
-    "std",
-    "interpolation",
+    *TRANSFORM_KEYS,
 )
 # Bounds for sources that come over the network (``check_untrusted_source``): building a model
 # allocates its weights and runs it once on an input of its size.
