@@ -1,6 +1,6 @@
 """Benchmark of model comparison on two synthetic models (default 10 layers x 1,000 neurons,
 512-d): load from an embedded store, semantic view (target <= 1 s), activation view (CKA on
-1,000-sample sketches), peak memory. Prints a markdown table and writes it to
+1,000-sample sketches), peak memory. Prints a markdown table and appends it to
 ``bench/results/compare.md``.
 
     python bench/bench_compare.py                     # 10 x 1000 neurons, 512-d
@@ -224,7 +224,9 @@ def main() -> None:
     text = "\n".join(lines) + "\n"
     print(text)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
+    old = args.out.read_text() if args.out.exists() else ""
+    # append: earlier runs and their notes stay in the file
+    args.out.write_text(old + ("\n" if old and not old.endswith("\n\n") else "") + text)
 
 
 if __name__ == "__main__":
