@@ -7,7 +7,14 @@ the hard case). Points belong round-robin to ``--models`` models. Queries are he
 points. Ground truth is exact numpy brute force.
 
     python bench/bench_store.py --sizes 100000            # ~ a few minutes on 2 cores
-    python bench/bench_store.py --sizes 1000000 --no-remote
+    python bench/bench_store.py --sizes 1000000 --backends edge --edge-variants int8 \
+        --ef 128,192 --search-threads 1,0 --memory-limit 6   # ~ 20 min
+
+Edge stores are built in a process of their own (the data streamed from a file, never all in
+its memory), so its peak RSS is the store's; ``--memory-limit`` runs that process in a memory
+cgroup, as a container limit would. Then the store's files are dropped from the page cache
+and a fresh process opens it (cold open), and another (warm). Queries follow a warm-up pass,
+once per ``--search-threads`` pool size.
 
 Prints a markdown table and appends it to bench/results/store.md (``--out``).
 """
@@ -17,7 +24,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import resource
 import shutil
 import sys
 import time
@@ -28,7 +34,7 @@ import numpy as np
 from neuronatlas.core.records import EmbedderInfo, ModelEntry, ModelStatus, NeuronRecord, neuron_key
 from neuronatlas.core.store._common import QdrantStoreBase
 from neuronatlas.core.store.base import SearchFilter
-from neuronatlas.core.store.edge import EdgeStore
+from neuronatlas.core.store.edge import SEARCH_THREADS, EdgeStore
 
 ROOT = Path(__file__).resolve().parent
 
@@ -162,42 +168,174 @@ VARIANTS = {
     "int8": ("int8", "float32"),
     "f16": ("none", "float16"),
     "f16int8": ("int8", "float16"),
+    "tq4": ("turbo4", "float32"),
 }
 
 
-def bench_edge(n, args, x, q, truth, truth_f, qmodel, best, lines, variant="int8") -> None:
-    k = 10
+def _memory() -> dict[str, int]:
+    """This process's VmRSS / VmHWM / RssAnon / RssFile in bytes (Linux /proc)."""
+    out = {}
+    for line in Path("/proc/self/status").read_text().splitlines():
+        key, _, val = line.partition(":")
+        if key in ("VmRSS", "VmHWM", "RssAnon", "RssFile"):
+            out[key] = int(val.split()[0]) * 1024
+    return out
 
-    work = Path(args.workdir) / f"edge-{n}-{variant}"
-    shutil.rmtree(work, ignore_errors=True)
-    store = EdgeStore(work)
-    store.hnsw_m, store.hnsw_ef_construct = args.m, args.ef_construct
-    store.quantization, store.vector_datatype = VARIANTS[variant]
-    up, opt = fill(store, x, args.models, args.dim)
-    size_mib = store.size_bytes() / 2**20
-    print(
-        f"edge [{variant}]: upsert {up:.1f}s, optimize {opt:.1f}s, size {size_mib:.0f} MiB, "
-        f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB, "
-        f"load {os.getloadavg()[0]:.1f}",
-        flush=True,
-    )
+
+def build_child(spec: dict) -> dict:
+    """Runs in its own process (``--build-child``): fill a new store from the raw float32 file
+    ``spec["data"]`` chunk by chunk (the data never all in memory) and build the HNSW graph;
+    with ``spec["cgroup"]``, inside that memory cgroup. The parent samples this process's
+    memory (``run_child``): the store's own footprint, nothing else's."""
+    if spec.get("cgroup"):
+        Path(spec["cgroup"], "cgroup.procs").write_text(str(os.getpid()))
+    n, dim, models = spec["n"], spec["dim"], spec["models"]
+    store = EdgeStore(spec["work"], search_threads=spec["threads"])
+    store.hnsw_m, store.hnsw_ef_construct = spec["m"], spec["ef_construct"]
+    store.quantization, store.vector_datatype = VARIANTS[spec["variant"]]
+    store.bind_embedder(EmbedderInfo("bench", "random", dim))
+    t0 = time.perf_counter()
+    chunk = 4096
+    with open(spec["data"], "rb") as f:
+        for i in range(0, n, chunk):
+            x = np.fromfile(f, np.float32, count=min(chunk, n - i) * dim).reshape(-1, dim)
+            store.upsert_neurons(
+                [
+                    NeuronRecord(f"m{j % models:03d}", "l", 0, 0.5, j // models, v, clarity=0.5)
+                    for j, v in zip(range(i, i + len(x)), x, strict=True)
+                ]
+            )
+    t1 = time.perf_counter()
+    hwm_load = _memory()["VmHWM"]
+    store.optimize()
+    t2 = time.perf_counter()
+    for m in range(models):
+        store.put_model(ModelEntry(f"m{m:03d}", status=ModelStatus.INDEXED))
+    size = store.size_bytes()
     store.close()
+    return {
+        "upsert_s": t1 - t0,
+        "optimize_s": t2 - t1,
+        "size": size,
+        "hwm": _memory()["VmHWM"],
+        "hwm_load": hwm_load,
+    }
+
+
+def open_child(spec: dict) -> dict:
+    """Runs in its own process (``--open-child``): time opening the built store."""
     t = time.perf_counter()
-    store = EdgeStore(work)  # reopen: open time of a built store (page cache warm)
+    store = EdgeStore(spec["work"], search_threads=spec["threads"])
     open_s = time.perf_counter() - t
-    lines.append(
-        f"| edge [{variant}] load+build: upsert {up:.0f}s + optimize {opt:.0f}s = "
-        f"{up + opt:.0f}s, disk {size_mib:,.0f} MiB, reopen {open_s:.2f}s, process peak RSS "
-        f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB, "
-        f"load avg {os.getloadavg()[0]:.1f} | {n:,} | | | | |"
+    mem = _memory()
+    store.close()
+    return {"open_s": open_s, "rss_after_open": mem["VmRSS"]}
+
+
+def run_child(flag: str, spec: dict) -> dict:
+    """Run this script's ``flag`` phase in a child process; its JSON answer, plus the child's
+    memory at its largest sampled RSS (every 0.1 s, read from /proc by this process)."""
+    import json
+    import subprocess
+
+    proc = subprocess.Popen(
+        [sys.executable, __file__, flag, json.dumps(spec)], stdout=subprocess.PIPE, text=True
     )
-    print(lines[-1], flush=True)
+    status = Path(f"/proc/{proc.pid}/status")
+    top: dict[str, int] = {}
+    while proc.poll() is None:
+        try:
+            mem = {
+                k: int(v.split()[0]) * 1024
+                for k, _, v in (ln.partition(":") for ln in status.read_text().splitlines())
+                if k in ("VmRSS", "RssAnon", "RssFile")
+            }
+        except (OSError, ValueError):
+            mem = {}
+        if mem.get("VmRSS", 0) > top.get("VmRSS", 0):
+            top = mem
+        time.sleep(0.1)
+    out = proc.stdout.read() if proc.stdout else ""
+    if proc.returncode != 0:
+        raise SystemExit(f"{flag} failed with exit status {proc.returncode}")
+    answer = json.loads(out.strip().splitlines()[-1])
+    answer["at_peak"] = top
+    return answer
+
+
+def memory_cgroup(limit_gib: float) -> Path:
+    """A new memory cgroup (v1 or v2) under this process's own, limited to ``limit_gib``: what
+    a container's memory limit is. Needs write access to the cgroup tree (root here)."""
+    for line in Path("/proc/self/cgroup").read_text().splitlines():
+        _, controllers, path = line.split(":", 2)
+        if "memory" in controllers.split(","):
+            base, limit_file = (
+                Path("/sys/fs/cgroup/memory") / path.lstrip("/"),
+                "memory.limit_in_bytes",
+            )
+            break
+    else:
+        own = Path("/proc/self/cgroup").read_text().split("::", 1)[-1].strip()
+        base, limit_file = Path("/sys/fs/cgroup") / own.lstrip("/"), "memory.max"
+    group = base / f"neuronatlas-bench-{os.getpid()}"
+    group.mkdir()
+    (group / limit_file).write_text(str(int(limit_gib * 2**30)))
+    return group
+
+
+def cgroup_peak(group: Path) -> tuple[int, int]:
+    """(peak usage in bytes, times the limit was hit) of a cgroup made by memory_cgroup."""
+    if (group / "memory.max_usage_in_bytes").exists():
+        peak = int((group / "memory.max_usage_in_bytes").read_text())
+        hits = int((group / "memory.failcnt").read_text())
+    else:
+        peak = int((group / "memory.peak").read_text())
+        events = dict(ln.split() for ln in (group / "memory.events").read_text().splitlines())
+        hits = int(events.get("max", 0))
+    return peak, hits
+
+
+def evict(path: Path) -> int:
+    """Drop the store's files from the page cache (``posix_fadvise(DONTNEED)`` after a sync;
+    no process has them mapped now) and return how many of their bytes are still resident
+    (``fincore``), so that the open that follows reads from disk."""
+    import subprocess
+
+    os.sync()
+    files = [p for p in path.rglob("*") if p.is_file()]
+    for p in files:
+        fd = os.open(p, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+    if shutil.which("fincore") is None:
+        return -1
+    res = subprocess.run(
+        ["fincore", "-b", "-n", "-o", "RES", *map(str, files)],
+        check=True,
+        stdout=subprocess.PIPE,
+        text=True,
+    ).stdout
+    return sum(int(v) for v in res.split())
+
+
+def gib(b: float) -> str:
+    return f"{b / 2**30:.2f} GiB"
+
+
+def query_rows(store, tag, args, n, q, truth, truth_f, qmodel, best, lines, up, opt) -> None:
+    """The search rows of one opened edge store: each ef unfiltered and filtered by one
+    model, then per model."""
+    k = 10
+    for v in q:  # warm-up: a server's steady state, not the first touch of each page
+        store.search(v, limit=k)
     for ef in args.ef:
         store.search_ef = ef
         res, lat = timed(lambda v: [h.record.key for h in store.search(v, limit=k)], q)
         lines.append(
             row(
-                f"edge [{variant}] (m={args.m}, ef_construct={args.ef_construct}, ef={ef})",
+                f"{tag} (m={args.m}, ef_construct={args.ef_construct}, ef={ef})",
                 n,
                 lat,
                 recall(res, truth, args.models),
@@ -213,26 +351,96 @@ def bench_edge(n, args, x, q, truth, truth_f, qmodel, best, lines, variant="int8
         )
         lines.append(
             row(
-                f"edge [{variant}], filtered by one model (ef={ef})",
+                f"{tag}, filtered by one model (ef={ef})",
                 n,
                 lat,
                 recall(res, truth_f, args.models),
             )
         )
         print(lines[-1], flush=True)
-    store.search_ef = args.ef[-1]
-    res, lat = timed(
-        lambda v: [h.record.key for h in store.search_per_model(v, per_model=1, max_models=k)], q
-    )
-    lines.append(
-        row(
-            f"edge [{variant}], per model (per_model=1, {args.models} models, ef={store.search_ef})",
-            n,
-            lat,
-            recall(res, best, args.models),
+    for ef in args.ef:
+        store.search_ef = ef
+        res, lat = timed(
+            lambda v: [h.record.key for h in store.search_per_model(v, per_model=1, max_models=k)],
+            q,
         )
-    )
-    print(lines[-1], flush=True)
+        lines.append(
+            row(
+                f"{tag}, per model (per_model=1, {args.models} models, ef={ef})",
+                n,
+                lat,
+                recall(res, best, args.models),
+            )
+        )
+        print(lines[-1], flush=True)
+
+
+def bench_edge(n, args, x, q, truth, truth_f, qmodel, best, lines, variant="int8") -> None:
+    k = 10
+
+    work = Path(args.workdir) / f"edge-{n}-{variant}"
+    data = Path(args.workdir) / f"data-{n}-{args.seed}.f32"
+    if not args.reuse:
+        shutil.rmtree(work, ignore_errors=True)
+    work.parent.mkdir(parents=True, exist_ok=True)
+    if not data.exists():
+        x.tofile(data)
+    threads = args.search_threads[0]
+    spec = {
+        "work": str(work),
+        "data": str(data),
+        "n": n,
+        "dim": args.dim,
+        "models": args.models,
+        "m": args.m,
+        "ef_construct": args.ef_construct,
+        "variant": variant,
+        "threads": threads,
+    }
+    up = opt = None
+    if args.reuse and (work / "store.json").exists():
+        lines.append(
+            f"| edge [{variant}]: the store built by an earlier run (--reuse) | {n:,} | | | | |"
+        )
+    else:
+        load0 = os.getloadavg()[0]
+        group = memory_cgroup(args.memory_limit) if args.memory_limit else None
+        spec["cgroup"] = str(group) if group else ""
+        try:
+            built = run_child("--build-child", spec)
+            limited = cgroup_peak(group) if group else None
+        finally:
+            if group:
+                group.rmdir()
+        spec["cgroup"] = ""
+        up, opt = built["upsert_s"], built["optimize_s"]
+        top = built["at_peak"]
+        limit = (
+            f"memory limit {args.memory_limit:g} GiB (cgroup: peak {gib(limited[0])}, limit hit "
+            f"{limited[1]} times); "
+            if limited
+            else ""
+        )
+        resident = evict(work)
+        cold = run_child("--open-child", spec)
+        warm = run_child("--open-child", spec)
+        lines.append(
+            f"| edge [{variant}] load+build in its own process: upsert {up:.0f}s + optimize "
+            f"{opt:.0f}s = {up + opt:.0f}s, disk {built['size'] / 2**20:,.0f} MiB; {limit}peak RSS "
+            f"{gib(built['hwm'])} (loading alone {gib(built['hwm_load'])}; at the largest sample "
+            f"{gib(top.get('VmRSS', 0))} = anonymous {gib(top.get('RssAnon', 0))} + file-backed "
+            f"{gib(top.get('RssFile', 0))}); "
+            f"open cold {cold['open_s']:.2f}s ({resident / 2**20:.0f} MiB of the store still cached, "
+            f"RSS after {gib(cold['rss_after_open'])}), warm {warm['open_s']:.2f}s; "
+            f"load avg {load0:.1f} -> {os.getloadavg()[0]:.1f} | {n:,} | | | | |"
+        )
+        print(lines[-1], flush=True)
+    for threads in args.search_threads:
+        store = EdgeStore(work, search_threads=threads)
+        tag = f"edge [{variant}, {threads or 'cpu'} search thread{'s' if threads != 1 else ''}]"
+        query_rows(store, tag, args, n, q, truth, truth_f, qmodel, best, lines, up, opt)
+        store.close()
+    store = EdgeStore(work, search_threads=args.search_threads[0])
     res, lat = timed(
         lambda v: [h.record.key for h in store.search(v, limit=k, exact=True)],
         q[: min(len(q), 100)],
@@ -247,7 +455,9 @@ def bench_edge(n, args, x, q, truth, truth_f, qmodel, best, lines, variant="int8
     )
     print(lines[-1], flush=True)
     store.close()
-    shutil.rmtree(work, ignore_errors=True)
+    if not args.keep:
+        shutil.rmtree(work, ignore_errors=True)
+    data.unlink(missing_ok=True)
 
 
 def bench_remote(n, args, x, q, truth, lines) -> None:
@@ -306,11 +516,37 @@ def main() -> None:
         default="f32,int8",
         help=f"comma-separated vector storage variants of the edge store: {','.join(VARIANTS)}",
     )
+    ap.add_argument(
+        "--search-threads",
+        default=str(SEARCH_THREADS),
+        help="edge search-pool sizes to query with, e.g. 1,0 (0: one per CPU); the first "
+        "is also used to build",
+    )
+    ap.add_argument("--keep", action="store_true", help="keep the built edge store")
+    ap.add_argument(
+        "--reuse", action="store_true", help="query the edge store a --keep run left (no build)"
+    )
+    ap.add_argument(
+        "--memory-limit",
+        type=float,
+        default=0,
+        help="build the edge store in a memory cgroup of this many GiB (a container's limit; "
+        "needs root)",
+    )
+    ap.add_argument("--build-child", help=argparse.SUPPRESS)
+    ap.add_argument("--open-child", help=argparse.SUPPRESS)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workdir", default=str(ROOT / "_work"))
     ap.add_argument("--out", default=str(ROOT / "results" / "store.md"))
     args = ap.parse_args()
+    if args.build_child or args.open_child:
+        import json
+
+        spec = json.loads(args.build_child or args.open_child)
+        print(json.dumps(build_child(spec) if args.build_child else open_child(spec)))
+        return
     args.ef = [int(v) for v in args.ef.split(",")]
+    args.search_threads = [int(v) for v in args.search_threads.split(",")]
     lines = [
         f"### bench_store: {' '.join(sys.argv[1:]) or '(defaults)'}",
         "",

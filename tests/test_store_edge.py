@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -266,7 +267,9 @@ def test_store_of_an_older_version_gets_the_label_scope_indexes(
             assert hits and all(h.record.key in {r.key for r in recs} for h in hits)
 
 
-@pytest.mark.parametrize(("quantization", "datatype"), [("none", "float32"), ("int8", "float16")])
+@pytest.mark.parametrize(
+    ("quantization", "datatype"), [("none", "float32"), ("int8", "float16"), ("turbo4", "float32")]
+)
 def test_vector_layouts_answer_alike(tmp_path: Path, quantization: str, datatype: str):
     """Issue 13: int8 quantization (rescored) and float16 storage give the float32 answer on a
     small store, before and after the HNSW build; a search reading only HIT_FIELDS returns the
@@ -309,3 +312,47 @@ def test_edge_layout_settings(tmp_path: Path):
     with open_store(s) as store:
         assert isinstance(store, EdgeStore)
         assert (store.quantization, store.vector_datatype) == ("none", "float16")
+
+
+def _pool_sizes(path: Path) -> dict[str, object]:
+    return {
+        shard: json.loads((path / shard / "edge_config.json").read_text()).get("max_search_threads")
+        for shard in ("models", "neurons")
+    }
+
+
+@pytest.mark.parametrize("datatype", ["float32", "float16"])
+def test_search_threads_applied_at_every_open(tmp_path: Path, datatype: str):
+    """Issue 13: the search-pool size is a setting applied each time a store opens (a store
+    created with one size and reopened with another takes the new one), whatever vector
+    layout the shard has; the data and the answers do not change."""
+    path = tmp_path / "store"
+    store = EdgeStore(path, search_threads=3)
+    store.vector_datatype = datatype
+    store.bind_embedder(INFO)
+    recs = make_records("alpha", ALPHA, seed=1)
+    store.upsert_neurons(recs)
+    store.put_model(entry("alpha", layers=ALPHA))
+    q = recs[4].vector
+    before = [h.record.key for h in store.search(q, limit=5)]
+    store.close()
+    assert _pool_sizes(path) == {"models": 3, "neurons": 3}
+    for threads, want in ((1, 1), (0, os.cpu_count() or 1)):
+        with open_store(
+            load_settings(home=tmp_path, store_path=path, edge_search_threads=threads)
+        ) as s:
+            assert isinstance(s, EdgeStore) and s.search_threads == threads
+            assert [h.record.key for h in s.search(q, limit=5)] == before
+            assert s.vector_datatype == "float32"  # a setting for new stores only...
+        assert _pool_sizes(path) == {"models": want, "neurons": want}
+        cfg = json.loads((path / "neurons" / "edge_config.json").read_text())
+        assert cfg["vectors"][""].get("datatype", "float32") == datatype  # ...the shard keeps its
+
+
+def test_search_threads_refused_when_out_of_range(tmp_path: Path):
+    for bad in (-1, 1025):
+        with pytest.raises(InvalidArgument, match="edge_search_threads"):
+            load_settings(edge_search_threads=bad)
+        with pytest.raises(InvalidArgument, match="search_threads"):
+            EdgeStore(tmp_path / "s", search_threads=bad)
+    assert not (tmp_path / "s").exists()  # refused before anything was created

@@ -147,10 +147,14 @@ class Settings:
     # `serve`: log lines as "text" or "json" (one object per line, with the call's request id)
     log_format: str = "text"
     # edge backend, for a NEW store (an existing one keeps how it was created): "int8" scalar
-    # quantization (HNSW built and walked on int8 copies, answers rescored on the originals) or
-    # "none"; vectors stored as "float32" or "float16". See bench/results/store.md.
+    # quantization (HNSW built and walked on int8 copies, answers rescored on the originals),
+    # "turbo4" (TurboQuant 4-bit codes instead of int8) or "none"; vectors stored as "float32"
+    # or "float16". See bench/results/store.md.
     edge_quantization: str = "int8"
     edge_vector_datatype: str = "float32"
+    # edge backend: threads of each shard's search pool (0: one per CPU). One suits a server,
+    # which runs many queries at once; more lowers one query's latency on a many-segment store.
+    edge_search_threads: int = 1
 
     @property
     def paths(self) -> Home:
@@ -247,9 +251,10 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
         raise InvalidArgument(
             f"log_format must be 'text' or 'json', not {settings.log_format!r}", field="log_format"
         )
-    if settings.edge_quantization not in {"int8", "none"}:
+    if settings.edge_quantization not in {"int8", "turbo4", "none"}:
         raise InvalidArgument(
-            f"edge_quantization must be 'int8' or 'none', not {settings.edge_quantization!r}",
+            "edge_quantization must be 'int8', 'turbo4' or 'none', "
+            f"not {settings.edge_quantization!r}",
             field="edge_quantization",
         )
     if settings.edge_vector_datatype not in {"float32", "float16"}:
@@ -257,6 +262,11 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
             "edge_vector_datatype must be 'float32' or 'float16', "
             f"not {settings.edge_vector_datatype!r}",
             field="edge_vector_datatype",
+        )
+    if not 0 <= settings.edge_search_threads <= 1024:
+        raise InvalidArgument(
+            f"edge_search_threads must be 0..1024, not {settings.edge_search_threads}",
+            field="edge_search_threads",
         )
     if settings.backend not in {"edge", "remote"}:
         raise InvalidArgument(

@@ -13,7 +13,7 @@ def open_store(settings: Settings) -> KnowledgeStore:
     if settings.backend == "edge":
         from neuronatlas.core.store.edge import EdgeStore
 
-        store = EdgeStore(settings.edge_path)
+        store = EdgeStore(settings.edge_path, search_threads=settings.edge_search_threads)
         store.quantization = settings.edge_quantization
         store.vector_datatype = settings.edge_vector_datatype
         return store

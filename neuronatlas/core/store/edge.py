@@ -49,9 +49,18 @@ FORMAT_VERSION = 1
 MARKER = "store.json"
 LOCK = ".lock"
 _OWN_ENTRIES = {MARKER, MARKER + ".tmp", LOCK, "models", "neurons"}
-QUANTIZATIONS = ("int8", "none")
+QUANTIZATIONS = ("int8", "turbo4", "none")
 VECTOR_DATATYPES = ("float32", "float16")
 RESCORE_MIN = 32  # candidates a quantized query rescores on the original vectors, at least
+# Threads of each shard's search pool (Edge runs per-segment reads there). One: a server
+# already runs many queries at once, and a bigger pool's idle threads spin between queries,
+# which cost 0.15-0.35 ms of CPU per query on the 2-core machine (bench/results/grpc.md).
+SEARCH_THREADS = 1
+_DISTANCES = {"Cosine": qe.Distance.Cosine, "Dot": qe.Distance.Dot}
+_DATATYPES = {
+    "float32": qe.VectorStorageDatatype.Float32,
+    "float16": qe.VectorStorageDatatype.Float16,
+}
 
 
 def _marker_temp(name: str) -> bool:
@@ -140,9 +149,18 @@ class EdgeStore(QdrantStoreBase):
     vector_datatype: str = "float32"
     quantization_oversampling: float = 8.0
 
-    def __init__(self, path: str | os.PathLike[str]):
+    def __init__(self, path: str | os.PathLike[str], search_threads: int = SEARCH_THREADS):
+        """Open (or create) the store at ``path``. ``search_threads``: threads of each shard's
+        search pool (0: one per CPU)."""
         super().__init__()
         self.path = Path(path).expanduser()
+        if isinstance(search_threads, bool) or not isinstance(search_threads, int):
+            raise InvalidArgument("search_threads must be an integer", field="search_threads")
+        if not 0 <= search_threads <= 1024:
+            raise InvalidArgument(
+                f"search_threads must be 0..1024, not {search_threads}", field="search_threads"
+            )
+        self.search_threads = search_threads
         self._lock_fd: int | None = None
         self._models: qe.EdgeShard | None = None
         self._neurons: qe.EdgeShard | None = None
@@ -225,7 +243,10 @@ class EdgeStore(QdrantStoreBase):
         shutil.rmtree(self.path / "models", ignore_errors=True)
         self._models = qe.EdgeShard.create(
             str(self.path / "models"),
-            qe.EdgeConfig(vectors=qe.EdgeVectorParams(size=1, distance=qe.Distance.Dot)),
+            qe.EdgeConfig(
+                vectors=qe.EdgeVectorParams(size=1, distance=qe.Distance.Dot),
+                max_search_threads=self._pool_size(),
+            ),
         )
         self._models.update(
             qe.UpdateOperation.create_field_index("kind", qe.PayloadSchemaType.Keyword)
@@ -293,9 +314,30 @@ class EdgeStore(QdrantStoreBase):
         if not shard_dir.is_dir():
             raise StoreCorrupted(f"the store {self.path} has no {name}/ shard")
         try:
-            return qe.EdgeShard.load(str(shard_dir))
+            return qe.EdgeShard.load(str(shard_dir), self._load_config(shard_dir))
         except Exception as e:  # noqa: BLE001 - the binding raises plain Exception
             raise StoreCorrupted(f"the {name} shard of {self.path} cannot be loaded: {e}") from None
+
+    def _load_config(self, shard_dir: Path) -> qe.EdgeConfig | None:
+        """What an existing shard is loaded with: its own vector parameters (Edge checks them
+        against the segments; they come from the shard's persisted config) and this store's
+        search-pool size. None (load as persisted) when the persisted config is not one this
+        code wrote."""
+        try:
+            saved = json.loads((shard_dir / "edge_config.json").read_text())
+            vec = saved["vectors"][""]
+            params = qe.EdgeVectorParams(
+                size=int(vec["size"]),
+                distance=_DISTANCES[vec["distance"]],
+                datatype=_DATATYPES[vec.get("datatype", "float32")],
+            )
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            log.debug("%s: loading with its persisted config (%s)", shard_dir, e)
+            return None
+        return qe.EdgeConfig(vectors=params, max_search_threads=self._pool_size())
+
+    def _pool_size(self) -> int:
+        return self.search_threads or os.cpu_count() or 1
 
     def _neuron_config(self, dim: int) -> qe.EdgeConfig:
         if self.quantization not in QUANTIZATIONS:
@@ -316,12 +358,9 @@ class EdgeStore(QdrantStoreBase):
                     else qe.VectorStorageDatatype.Float32
                 ),
             ),
-            quantization_config=(
-                qe.ScalarQuantizationConfig(qe.ScalarType.Int8, quantile=0.99, always_ram=True)
-                if self.quantization == "int8"
-                else None
-            ),
+            quantization_config=self._quantization_config(),
             payload_memory=qe.Memory.Cached,
+            max_search_threads=self._pool_size(),
             hnsw_config=qe.HnswIndexConfig(
                 m=self.hnsw_m,
                 ef_construct=self.hnsw_ef_construct,
@@ -333,6 +372,17 @@ class EdgeStore(QdrantStoreBase):
                 else None
             ),
         )
+
+    def _quantization_config(
+        self,
+    ) -> qe.ScalarQuantizationConfig | qe.TurboQuantQuantizationConfig | None:
+        if self.quantization == "int8":
+            return qe.ScalarQuantizationConfig(qe.ScalarType.Int8, quantile=0.99, always_ram=True)
+        if self.quantization == "turbo4":  # TurboQuant, 4-bit codes (measured: store.md)
+            return qe.TurboQuantQuantizationConfig(
+                bits=qe.TurboQuantBitSize.Bits4, memory=qe.Memory.Cached
+            )
+        return None
 
     # -- primitives ----------------------------------------------------------------------------
     def _shard(self, which: str) -> _Guarded:

@@ -1,0 +1,164 @@
+"""Which gRPC front end: server CPU per SearchNeurons call, sync server vs grpc.aio.
+
+Serves the store that ``bench/bench_grpc.py`` built (``--neurons`` N, cached under
+bench/_work/) three ways, each in its own process, and drives each with the same vector
+queries (32 concurrent clients, then 1 client):
+
+- ``product``: the NeuronAtlas server as shipped (``build_server``: sync gRPC server, thread
+  pool, interceptors);
+- ``sync-bare``: a sync gRPC server with only SearchNeurons registered, no interceptors;
+- ``aio-bare``: a ``grpc.aio`` server with only SearchNeurons, whose handler calls the same
+  servicer method inline on the event loop (no thread hand-off).
+
+The two bare servers differ only in the front end, so their gap is what moving to grpc.aio
+would save. Server CPU ms/query = the server process's CPU time over the measured calls /
+calls (client and server share the host).
+
+    python bench/bench_grpc.py --neurons 100000 --requests 10   # builds the store once
+    python bench/bench_grpc_front.py --neurons 100000
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import bench_grpc as B
+
+EMBEDDER = "open_clip:ViT-B-32:random:0"
+VARIANTS = ("product", "sync-bare", "aio-bare")
+
+
+def serve(variant: str, store: str, port_file: str) -> None:
+    import grpc
+
+    from neuronatlas.core.embedder import load_embedder
+    from neuronatlas.core.queries import Atlas
+    from neuronatlas.core.store.edge import EdgeStore
+    from neuronatlas.service.server import build_server
+    from neuronatlas.service.servicer import NeuronAtlasServicer
+    from neuronatlas.v1 import neuronatlas_pb2 as pb
+
+    atlas = Atlas(EdgeStore(store), load_embedder(EMBEDDER, "cpu"))
+    server = build_server(atlas, "127.0.0.1:0")
+    if variant == "product":
+        server.start()
+        Path(port_file).write_text(str(server.port))
+        server.wait()
+        return
+    servicer = NeuronAtlasServicer(atlas, server.page_tokens)
+
+    def handler(behaviour):
+        return grpc.method_handlers_generic_handler(
+            "neuronatlas.v1.NeuronAtlasService",
+            {
+                "SearchNeurons": grpc.unary_unary_rpc_method_handler(
+                    behaviour,
+                    request_deserializer=pb.SearchNeuronsRequest.FromString,
+                    response_serializer=pb.SearchNeuronsResponse.SerializeToString,
+                )
+            },
+        )
+
+    if variant == "sync-bare":
+        from concurrent import futures
+
+        bare = grpc.server(futures.ThreadPoolExecutor(16))
+        bare.add_generic_rpc_handlers((handler(servicer.SearchNeurons),))
+        port = bare.add_insecure_port("127.0.0.1:0")
+        bare.start()
+        Path(port_file).write_text(str(port))
+        bare.wait_for_termination()
+        return
+
+    async def search(request, context):
+        return servicer.SearchNeurons(request, context)
+
+    async def main() -> None:
+        aio = grpc.aio.server()
+        aio.add_generic_rpc_handlers((handler(search),))
+        port = aio.add_insecure_port("127.0.0.1:0")
+        await aio.start()
+        Path(port_file).write_text(str(port))
+        await aio.wait_for_termination()
+
+    asyncio.run(main())
+
+
+def measure(variant: str, store: Path, requests: list, work: Path) -> dict:
+    port_file = work / f"front-port-{os.getpid()}"
+    port_file.unlink(missing_ok=True)
+    proc = subprocess.Popen(
+        [sys.executable, __file__, "--serve", variant, str(store), str(port_file)]
+    )
+    try:
+        t0 = time.time()
+        while not port_file.exists():
+            if proc.poll() is not None or time.time() - t0 > 300:
+                raise SystemExit(f"{variant}: server did not start")
+            time.sleep(0.2)
+        time.sleep(0.3)
+        address = f"127.0.0.1:{port_file.read_text()}"
+        many, _ = B.run_case(address, requests, 32, server_pid=proc.pid)
+        one, _ = B.run_case(address, requests[:500], 1, server_pid=proc.pid)
+        return {"many": many, "one": one}
+    finally:
+        proc.kill()
+        proc.wait()
+        port_file.unlink(missing_ok=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--neurons", type=int, default=100_000)
+    ap.add_argument("--requests", type=int, default=4000)
+    ap.add_argument("--rounds", type=int, default=2, help="runs of each variant, interleaved")
+    ap.add_argument("--workdir", type=Path, default=B.WORK)
+    ap.add_argument("--out", type=Path, default=B.RESULTS)
+    ap.add_argument("--serve", nargs=3, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.serve:
+        return serve(*args.serve)
+
+    from neuronatlas.v1 import neuronatlas_pb2 as pb
+
+    store = args.workdir / f"grpc-{args.neurons}-512"
+    if not (store / "bench.json").exists():
+        raise SystemExit(f"no store at {store}: run bench/bench_grpc.py --neurons {args.neurons}")
+    queries = B.synthetic_vectors(args.requests, 512, seed=2)
+    requests = [pb.SearchNeuronsRequest(vector=pb.Vector(values=v), top_k=10) for v in queries]
+    load0 = os.getloadavg()[0]
+    lines = [
+        f"## Front end: sync server vs grpc.aio, {args.neurons:,} neurons",
+        "",
+        f"Command: `python bench/bench_grpc_front.py --neurons {args.neurons} --requests "
+        f"{args.requests} --rounds {args.rounds}`; load average at start {load0:.2f}.",
+        "",
+        "| server | round | 32 clients q/s | server CPU ms/query | 1 client p50 ms | 1 client CPU ms/query |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in range(args.rounds):
+        for variant in VARIANTS:
+            got = measure(variant, store, requests, args.workdir)
+            many, one = got["many"], got["one"]
+            lines.append(
+                f"| {variant} | {r + 1} | {many['qps']:.0f} | {many['server_cpu_ms']:.2f} | "
+                f"{one['p50_ms']:.2f} | {one['server_cpu_ms']:.2f} |"
+            )
+            print(lines[-1], flush=True)
+    lines += ["", f"Load average at the end {os.getloadavg()[0]:.2f}.", ""]
+    text = "\n".join(lines) + "\n"
+    print("\n" + text)
+    with open(args.out, "a") as f:
+        f.write("\n" + text)
+
+
+if __name__ == "__main__":
+    main()
