@@ -147,9 +147,9 @@ class Settings:
     # `serve`: log lines as "text" or "json" (one object per line, with the call's request id)
     log_format: str = "text"
     # edge backend, for a NEW store (an existing one keeps how it was created): "int8" scalar
-    # quantization (HNSW built and walked on int8 copies, answers rescored on the originals),
-    # "turbo4" (TurboQuant 4-bit codes instead of int8) or "none"; vectors stored as "float32"
-    # or "float16". See bench/results/store.md.
+    # codes (the HNSW graph is built and walked on them, answers rescored on the originals),
+    # "turbo4" (TurboQuant 4-bit codes instead) or "none"; vectors stored as "float32" or
+    # "float16". See bench/results/store.md.
     edge_quantization: str = "int8"
     edge_vector_datatype: str = "float32"
     # edge backend: threads of each shard's search pool (0: one per CPU). One suits a server,
