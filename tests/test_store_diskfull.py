@@ -26,11 +26,11 @@ _Usage = namedtuple("_Usage", "total used free")
 
 @pytest.fixture()
 def small_disk(tmp_path: Path):
-    """A 200 MiB tmpfs, or None when mounting is not allowed here."""
+    """A 600 MiB tmpfs, or None when mounting is not allowed here."""
     mnt = tmp_path / "tmpfs"
     mnt.mkdir()
     ok = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=200m", "tmpfs", str(mnt)], capture_output=True
+        ["mount", "-t", "tmpfs", "-o", "size=600m", "tmpfs", str(mnt)], capture_output=True
     )
     if ok.returncode != 0:
         yield None
@@ -79,13 +79,14 @@ def test_open_and_write_on_a_full_disk(tmp_path: Path, small_disk, monkeypatch):
     # Some space comes back, the store opens; a write that would not fit is refused up front.
     if small_disk is not None:
         (small_disk / "ballast").unlink()
-        _fill(small_disk, leave_mb=120)
+        # the reserve + the holes an open may fill on tmpfs (counted by the open-time check)
+        _fill(small_disk, leave_mb=64 + diskspace.unfilled_mapped_bytes(path) / (1 << 20) + 8)
     else:
         monkeypatch.setattr(diskspace.shutil, "disk_usage", lambda p: _Usage(1 << 30, 0, 120 << 20))
     monkeypatch.setenv("NEURONATLAS_MIN_FREE_MB", "64")
     with EdgeStore(path) as s:
-        big = make_records("gamma", {"layer": 40_000}, seed=3)  # ~170 MiB by the estimate
-        with pytest.raises(StorageFull, match="write 40000 neurons"):
+        big = make_records("gamma", {"layer": 80_000}, seed=3)  # ~340 MiB by the estimate
+        with pytest.raises(StorageFull, match="write 80000 neurons"):
             s.upsert_neurons(big)
         assert s.count() == 12 and [e.model_id for e in s.list_models()] == ["alpha"]
     if small_disk is not None:
@@ -125,3 +126,39 @@ def test_cli_reports_full_disk_in_one_line(tmp_path: Path, small_disk):
     assert res.returncode == 2, res.stderr
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and "free" in lines[0] and "Traceback" not in res.stderr
+
+
+def test_open_counts_what_tmpfs_fills(tmp_path: Path, small_disk, monkeypatch):
+    """On tmpfs, opening a store gives the holes of every chunk the engine maps real pages
+    (~110 MiB for a small store): the open-time check counts them, so a tmpfs with the reserve
+    free but not the holes gets StorageFull, not SIGBUS, and the store stays as it was."""
+    if small_disk is None:
+        pytest.skip("needs a real tmpfs (this process may not mount one)")
+    monkeypatch.setenv("NEURONATLAS_MIN_FREE_MB", "8")
+    path = small_disk / "store"
+    with EdgeStore(path) as s:
+        s.bind_embedder(INFO)
+        s.upsert_neurons(make_records("alpha", ALPHA, seed=1))
+        s.put_model(entry("alpha", layers=ALPHA))
+    holes = diskspace.unfilled_mapped_bytes(path)
+    assert diskspace.filesystem_type(path) == "tmpfs" and holes > 32 << 20
+    _fill(small_disk, leave_mb=8 + holes / 2 / (1 << 20))
+    files_before = sorted((p.name, p.stat().st_size) for p in path.rglob("*") if p.is_file())
+    with pytest.raises(StorageFull, match="open the store"):
+        EdgeStore(path)
+    assert (
+        sorted((p.name, p.stat().st_size) for p in path.rglob("*") if p.is_file()) == files_before
+    )
+    (small_disk / "ballast").unlink()
+    with EdgeStore(path) as s:
+        assert s.count() == 12 and [e.model_id for e in s.list_models()] == ["alpha"]
+
+
+def test_holes_count_only_on_memory_backed_filesystems(tmp_path: Path):
+    sparse = tmp_path / "sparse.bin"
+    with open(sparse, "wb") as f:
+        f.truncate(64 << 20)  # a 64 MiB hole
+    kind = diskspace.filesystem_type(tmp_path)
+    assert kind  # /proc/self/mounts names the filesystem of every path
+    want = 64 << 20 if kind in {"tmpfs", "ramfs", "shmem"} else 0
+    assert diskspace.unfilled_mapped_bytes(tmp_path) == want

@@ -146,11 +146,11 @@ class Settings:
     metrics_port: int = 0
     # `serve`: log lines as "text" or "json" (one object per line, with the call's request id)
     log_format: str = "text"
-    # edge backend, for a NEW store (an existing one keeps how it was created): "int8" scalar
-    # codes (the HNSW graph is built and walked on them, answers rescored on the originals),
-    # "turbo4" (TurboQuant 4-bit codes instead) or "none"; vectors stored as "float32" or
-    # "float16". See bench/results/store.md.
-    edge_quantization: str = "int8"
+    # edge backend, for a NEW store (an existing one keeps how it was created): "turbo4"
+    # (TurboQuant 4-bit codes; the HNSW graph is built and walked on them, answers rescored on
+    # the originals), "int8" (scalar int8 codes instead) or "none"; vectors stored as
+    # "float32" or "float16". See bench/results/store.md.
+    edge_quantization: str = "turbo4"
     edge_vector_datatype: str = "float32"
     # edge backend: threads of each shard's search pool (0: one per CPU). One suits a server,
     # which runs many queries at once; more lowers one query's latency on a many-segment store.

@@ -22,7 +22,7 @@ from typing import Any
 import qdrant_edge as qe
 
 from neuronatlas.core.atomic import atomic_write_json
-from neuronatlas.core.diskspace import ensure_free
+from neuronatlas.core.diskspace import ensure_free, unfilled_mapped_bytes
 from neuronatlas.core.errors import (
     FailedPrecondition,
     InvalidArgument,
@@ -140,15 +140,13 @@ class EdgeStore(QdrantStoreBase):
     indexing_threshold_kb: int | None = None
     #: how a NEW neuron shard keeps its vectors (an existing shard keeps what it was created
     #: with; see bench/results/store.md for the measurements behind the defaults):
-    #: quantization "int8" = scalar int8 copies in RAM (the default) or "turbo4" = TurboQuant
-    #: 4-bit codes (at 1M: p50 0.73 vs 1.31 ms at the same recall, but its appendable segments
-    #: map one more 32 MiB chunk, which a store on tmpfs fills when it opens: not the default
-    #: until the open-time disk reserve counts such chunks); either is used to build the HNSW
-    #: graph and to walk it, then the best ``limit * quantization_oversampling`` (at least
-    #: RESCORE_MIN) candidates are rescored on the original vectors ("none": float vectors
-    #: only); vector_datatype "float32" or "float16" (half the vector memory and disk, scores
-    #: rounded to ~3 decimals).
-    quantization: str = "int8"
+    #: quantization "turbo4" = TurboQuant 4-bit codes (the default: at 1M, p50 0.73 vs 1.31 ms
+    #: for int8 at the same recall) or "int8" = scalar int8 copies in RAM; either is used to
+    #: build the HNSW graph and to walk it, then the best ``limit * quantization_oversampling``
+    #: (at least RESCORE_MIN) candidates are rescored on the original vectors ("none": float
+    #: vectors only); vector_datatype "float32" or "float16" (half the vector memory and disk,
+    #: scores rounded to ~3 decimals).
+    quantization: str = "turbo4"
     vector_datatype: str = "float32"
     quantization_oversampling: float = 8.0
 
@@ -182,8 +180,9 @@ class EdgeStore(QdrantStoreBase):
             for name in entries:  # leftovers of an interrupted marker write; we hold the lock
                 if _marker_temp(name):
                     (self.path / name).unlink(missing_ok=True)
-            # Opening maps fresh write-ahead-log pages: on a full disk that is a SIGBUS.
-            ensure_free(self.path, what="open the store")
+            # Opening maps fresh write-ahead-log pages, and on tmpfs gives every mapped chunk's
+            # holes real pages: on a full disk either is a SIGBUS.
+            ensure_free(self.path, unfilled_mapped_bytes(self.path), what="open the store")
             if MARKER in entries:
                 self._open_existing()
             else:
