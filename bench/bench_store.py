@@ -79,10 +79,11 @@ def exact_topk(x: np.ndarray, q: np.ndarray, k: int, mask: np.ndarray | None = N
     return out
 
 
-def records(x: np.ndarray, models: int, start: int, stop: int) -> list[NeuronRecord]:
+def records(rows: np.ndarray, models: int, start: int) -> list[NeuronRecord]:
+    """Records of points ``start, start + 1, ...`` whose vectors are ``rows``."""
     return [
-        NeuronRecord(f"m{i % models:03d}", "l", 0, 0.5, i // models, x[i], clarity=0.5)
-        for i in range(start, stop)
+        NeuronRecord(f"m{i % models:03d}", "l", 0, 0.5, i // models, v, clarity=0.5)
+        for i, v in enumerate(rows, start)
     ]
 
 
@@ -94,7 +95,7 @@ def fill(store: QdrantStoreBase, x: np.ndarray, models: int, dim: int) -> tuple[
     store.bind_embedder(EmbedderInfo("bench", "random", dim))
     t0 = time.perf_counter()
     for i in range(0, len(x), 4096):
-        store.upsert_neurons(records(x, models, i, min(len(x), i + 4096)))
+        store.upsert_neurons(records(x[i : i + 4096], models, i))
     t1 = time.perf_counter()
     store.optimize()
     t2 = time.perf_counter()
@@ -172,10 +173,10 @@ VARIANTS = {
 }
 
 
-def _memory() -> dict[str, int]:
-    """This process's VmRSS / VmHWM / RssAnon / RssFile in bytes (Linux /proc)."""
+def _memory(pid: int | str = "self") -> dict[str, int]:
+    """VmRSS / VmHWM / RssAnon / RssFile of process ``pid`` in bytes (Linux /proc)."""
     out = {}
-    for line in Path("/proc/self/status").read_text().splitlines():
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         key, _, val = line.partition(":")
         if key in ("VmRSS", "VmHWM", "RssAnon", "RssFile"):
             out[key] = int(val.split()[0]) * 1024
@@ -199,12 +200,7 @@ def build_child(spec: dict) -> dict:
     with open(spec["data"], "rb") as f:
         for i in range(0, n, chunk):
             x = np.fromfile(f, np.float32, count=min(chunk, n - i) * dim).reshape(-1, dim)
-            store.upsert_neurons(
-                [
-                    NeuronRecord(f"m{j % models:03d}", "l", 0, 0.5, j // models, v, clarity=0.5)
-                    for j, v in zip(range(i, i + len(x)), x, strict=True)
-                ]
-            )
+            store.upsert_neurons(records(x, models, i))
     t1 = time.perf_counter()
     hwm_load = _memory()["VmHWM"]
     store.optimize()
@@ -241,15 +237,10 @@ def run_child(flag: str, spec: dict) -> dict:
     proc = subprocess.Popen(
         [sys.executable, __file__, flag, json.dumps(spec)], stdout=subprocess.PIPE, text=True
     )
-    status = Path(f"/proc/{proc.pid}/status")
     top: dict[str, int] = {}
     while proc.poll() is None:
         try:
-            mem = {
-                k: int(v.split()[0]) * 1024
-                for k, _, v in (ln.partition(":") for ln in status.read_text().splitlines())
-                if k in ("VmRSS", "RssAnon", "RssFile")
-            }
+            mem = _memory(proc.pid)
         except (OSError, ValueError):
             mem = {}
         if mem.get("VmRSS", 0) > top.get("VmRSS", 0):
