@@ -242,6 +242,9 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=32, help="server RPC threads")
     ap.add_argument("--rebuild", action="store_true")
     ap.add_argument(
+        "--build-only", action="store_true", help="build (or keep) the store, measure nothing"
+    )
+    ap.add_argument(
         "--vector-only", action="store_true", help="skip the text scenarios (no CLIP text tower)"
     )
     ap.add_argument("--serve", nargs=2, metavar=("STORE", "PORT_FILE"), help=argparse.SUPPRESS)
@@ -272,6 +275,9 @@ def main() -> None:
         )
     else:
         build_s = json.loads(marker.read_text()).get("build_s")
+    if args.build_only:
+        print(f"store ready in {store} (built in {build_s:.0f} s)")
+        return
 
     port_file = args.workdir / f"port-{os.getpid()}"
     port_file.unlink(missing_ok=True)

@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import grpc
+from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from neuronatlas.core.artifacts import DEFAULT_MAX_BYTES as DEFAULT_MAX_UPLOAD_BYTES
 from neuronatlas.core.artifacts import ArtifactStore
@@ -27,6 +28,7 @@ from neuronatlas.core.errors import InvalidArgument
 from neuronatlas.core.jobs import DEFAULT_LEASE_S, JobQueue
 from neuronatlas.core.queries import Atlas
 from neuronatlas.core.validate import shown
+from neuronatlas.service import bridge
 from neuronatlas.service.admin import ADMIN_SERVICE_NAME, AdminServicer
 from neuronatlas.service.auth import AuthInterceptor, TokenSet
 from neuronatlas.service.metrics import CallInterceptor, Metrics
@@ -224,7 +226,8 @@ class Server:
         self.grace = float(grace)
         self.tokens = tokens or TokenSet()
         self._close_atlas = close_atlas
-        self._stopped = threading.Event()
+        self._stopped = threading.Event()  # stop() was called
+        self._terminated = threading.Event()  # and has finished
         self.metrics_port = int(metrics_port)
         self.metrics = (
             Metrics(atlas, jobs=getattr(atlas.store, "all_jobs", None)) if metrics_port else None
@@ -237,16 +240,20 @@ class Server:
         ]
         if self.tokens:
             interceptors.append(AuthInterceptor(self.tokens))
-        self.grpc_server = grpc.server(
-            futures.ThreadPoolExecutor(
-                max_workers=max_workers, thread_name_prefix="neuronatlas-rpc"
-            ),
-            interceptors=interceptors,
-            options=[
-                ("grpc.max_receive_message_length", MAX_RECEIVE_BYTES),
-                ("grpc.max_send_message_length", MAX_SEND_BYTES),
-                ("grpc.so_reuseport", 0),
-            ],
+        # Handlers are synchronous code served by a grpc.aio server (bridge.py): quick calls
+        # inline on the event loop, the rest on this pool.
+        self._pool = futures.ThreadPoolExecutor(
+            max_workers=max_workers, thread_name_prefix="neuronatlas-rpc"
+        )
+        self.grpc_server: aio.Server = bridge.on_loop(
+            lambda: aio.server(
+                interceptors=[bridge.Bridge(interceptors, self._pool, inline_policy(atlas))],
+                options=[
+                    ("grpc.max_receive_message_length", MAX_RECEIVE_BYTES),
+                    ("grpc.max_send_message_length", MAX_SEND_BYTES),
+                    ("grpc.so_reuseport", 0),
+                ],
+            )
         )
         if home is not None:  # where comparisons and audits read sketches and keep caches
             atlas.home = Home.of(home)
@@ -271,8 +278,13 @@ class Server:
         services.append(ADMIN_SERVICE_NAME)
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc_server)
-        reflection.enable_server_reflection(
-            (*services, health.SERVICE_NAME, reflection.SERVICE_NAME), self.grpc_server
+        # the synchronous reflection servicer, bridged like ours (enable_server_reflection
+        # would pick the asynchronous one for an aio server)
+        reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
+            reflection.ReflectionServicer(
+                (*services, health.SERVICE_NAME, reflection.SERVICE_NAME)
+            ),
+            self.grpc_server,
         )
         self.services = services
         self.pool: IndexPool | None = None
@@ -306,7 +318,7 @@ class Server:
         self.tls = tls is not None
 
     def start(self) -> Server:
-        self.grpc_server.start()
+        bridge.run(self.grpc_server.start())
         if self.metrics is not None:
             self.metrics_port = self.metrics.serve(self.metrics_host, self.metrics_port)
             log.info("metrics on http://%s:%d/metrics", self.metrics_host, self.metrics_port)
@@ -332,13 +344,15 @@ class Server:
         self.health.enter_graceful_shutdown()
         if self.pool is not None:
             self.pool.interrupt()  # running jobs stop at their next batch, resumable
-        self.grpc_server.stop(self.grace if grace is None else grace).wait()
+        bridge.run(self.grpc_server.stop(self.grace if grace is None else grace))
+        self._pool.shutdown(wait=False, cancel_futures=True)  # calls past the grace: dropped
         if self.pool is not None and not self.pool.join(POOL_STOP_S):
             log.warning("an indexing thread did not stop within %.0f s", POOL_STOP_S)
         if self.metrics is not None:
             self.metrics.close()
         if self._close_atlas:
             self.atlas.close()
+        self._terminated.set()
         log.info("stopped")
 
     def wait(self) -> None:
@@ -348,13 +362,38 @@ class Server:
                 signal.signal(
                     sig, lambda *_: threading.Thread(target=self.stop, daemon=True).start()
                 )
-        self.grpc_server.wait_for_termination()
+        self._terminated.wait()
 
     def __enter__(self) -> Server:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.stop(grace=1.0)
+
+
+def inline_policy(atlas: Atlas) -> bridge.InlinePolicy:
+    """The calls served inline on the event loop: those that take well under a millisecond
+    and never wait, i.e. searches of the embedded store by a vector or a stored neuron (not
+    per model: that is one search per model; no thumbnails: those read files), neuron and
+    model lookups and health checks. Over a remote store every call waits on the network, so
+    all of them go to the pool."""
+    if not atlas.store.exclusive:
+        return {}
+
+    def quick_search(r: pb.SearchNeuronsRequest) -> bool:
+        return (
+            r.WhichOneof("query") in ("vector", "neuron")
+            and r.per_model == 0
+            and not r.include_thumbnails
+        )
+
+    service = f"/{SERVICE_NAME}/"
+    return {
+        service + "SearchNeurons": quick_search,
+        service + "GetNeuron": lambda r: not r.include_thumbnails,
+        service + "GetModel": lambda r: True,
+        f"/{health.SERVICE_NAME}/Check": lambda r: True,
+    }
 
 
 def _metrics_host(address: str) -> str:
