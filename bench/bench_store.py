@@ -428,8 +428,13 @@ def bench_edge(n, args, x, q, truth, truth_f, qmodel, best, lines, variant="int8
         print(lines[-1], flush=True)
     for threads in args.search_threads:
         store = EdgeStore(work, search_threads=threads)
-        tag = f"edge [{variant}, {threads or 'cpu'} search thread{'s' if threads != 1 else ''}]"
-        query_rows(store, tag, args, n, q, truth, truth_f, qmodel, best, lines, up, opt)
+        for oversampling in args.oversampling:
+            store.quantization_oversampling = oversampling
+            tag = (
+                f"edge [{variant}, {threads or 'cpu'} search thread{'s' if threads != 1 else ''}"
+                f"{f', oversampling {oversampling:g}' if len(args.oversampling) > 1 else ''}]"
+            )
+            query_rows(store, tag, args, n, q, truth, truth_f, qmodel, best, lines, up, opt)
         store.close()
     store = EdgeStore(work, search_threads=args.search_threads[0])
     res, lat = timed(
@@ -513,6 +518,11 @@ def main() -> None:
         help="edge search-pool sizes to query with, e.g. 1,0 (0: one per CPU); the first "
         "is also used to build",
     )
+    ap.add_argument(
+        "--oversampling",
+        default=str(EdgeStore.quantization_oversampling),
+        help="rescoring oversampling of quantized queries to try, e.g. 8,4",
+    )
     ap.add_argument("--keep", action="store_true", help="keep the built edge store")
     ap.add_argument(
         "--reuse", action="store_true", help="query the edge store a --keep run left (no build)"
@@ -538,6 +548,7 @@ def main() -> None:
         return
     args.ef = [int(v) for v in args.ef.split(",")]
     args.search_threads = [int(v) for v in args.search_threads.split(",")]
+    args.oversampling = [float(v) for v in args.oversampling.split(",")]
     lines = [
         f"### bench_store: {' '.join(sys.argv[1:]) or '(defaults)'}",
         "",

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import inspect
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from concurrent.futures import Executor
@@ -191,8 +192,8 @@ class Bridge(aio.ServerInterceptor):
             # is answered at once, so it runs inline too
             run_here = inline is not None and (not isinstance(request, Message) or inline(request))
             try:
-                if run_here:
-                    response = contextvars.copy_context().run(behaviour, request, sync)
+                if run_here:  # (the call's task has a context of its own already)
+                    response = behaviour(request, sync)
                 else:
                     loop = asyncio.get_running_loop()
                     cv = contextvars.copy_context()
@@ -283,8 +284,6 @@ async def _next(requests: AsyncIterator[Any]) -> Any:
 
 
 def _is_async(handler: grpc.RpcMethodHandler) -> bool:
-    import inspect
-
     behaviour = (
         handler.unary_unary or handler.unary_stream or handler.stream_unary or handler.stream_stream
     )

@@ -50,6 +50,7 @@ class Methods(grpc.GenericRpcHandler):
             "Slow": grpc.unary_unary_rpc_method_handler(self.thread),
             "Refuse": grpc.unary_unary_rpc_method_handler(self.refuse),
             "Leak": grpc.unary_unary_rpc_method_handler(self.leak),
+            "LeakInline": grpc.unary_unary_rpc_method_handler(self.leak),
             "Remaining": grpc.unary_unary_rpc_method_handler(self.remaining),
             "Sum": grpc.stream_unary_rpc_method_handler(self.total),
             "Count": grpc.unary_stream_rpc_method_handler(self.count),
@@ -106,7 +107,11 @@ class Methods(grpc.GenericRpcHandler):
 def served() -> Iterator[tuple[grpc.Channel, Methods, Recorder]]:
     pool = futures.ThreadPoolExecutor(4, thread_name_prefix="t-pool")
     methods, recorder = Methods(), Recorder()
-    policy = {"/t.T/Quick": lambda r: True, "/t.T/Refuse": lambda r: r == b"inline"}
+    policy = {
+        "/t.T/Quick": lambda r: True,
+        "/t.T/LeakInline": lambda r: True,
+        "/t.T/Refuse": lambda r: r == b"inline",
+    }
     server = bridge.on_loop(
         lambda: aio.server(interceptors=[bridge.Bridge([recorder], pool, policy)])
     )
@@ -149,8 +154,9 @@ def test_abort_carries_its_status_details_and_initial_metadata(served, where: st
 
 def test_context_variables_do_not_leak_between_calls(served) -> None:
     channel, _, _ = served
-    # the pool has 4 threads: 8 calls reuse every one of them
-    assert [_unary(channel, "Leak", b"mine")[0] for _ in range(8)] == [b""] * 8
+    # the pool has 4 threads: 8 calls reuse every one of them; inline calls share one thread
+    for name in ("Leak", "LeakInline"):
+        assert [_unary(channel, name, b"mine")[0] for _ in range(8)] == [b""] * 8
 
 
 def test_deadline_is_visible_to_the_handler(served) -> None:
