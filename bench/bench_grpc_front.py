@@ -4,14 +4,15 @@ Serves the store that ``bench/bench_grpc.py`` built (``--neurons`` N, cached und
 bench/_work/) three ways, each in its own process, and drives each with the same vector
 queries (32 concurrent clients, then 1 client):
 
-- ``product``: the NeuronAtlas server as shipped (``build_server``: sync gRPC server, thread
-  pool, interceptors);
+- ``product``: the NeuronAtlas server as shipped (``build_server``: since issue 13 a grpc.aio
+  server whose bridge runs this call inline on the event loop, with the interceptors; it
+  was a sync gRPC server with a thread pool when this benchmark chose between the two);
 - ``sync-bare``: a sync gRPC server with only SearchNeurons registered, no interceptors;
 - ``aio-bare``: a ``grpc.aio`` server with only SearchNeurons, whose handler calls the same
   servicer method inline on the event loop (no thread hand-off).
 
 The two bare servers differ only in the front end, so their gap is what moving to grpc.aio
-would save. Server CPU ms/query = the server process's CPU time over the measured calls /
+saves. Server CPU ms/query = the server process's CPU time over the measured calls /
 calls (client and server share the host).
 
     python bench/bench_grpc.py --neurons 100000 --requests 10   # builds the store once
