@@ -105,6 +105,44 @@ def test_sparse_assignment_with_ties_reaches_the_same_optimum(seed, shape):
     )
 
 
+@pytest.mark.parametrize("seed", range(8))
+@pytest.mark.parametrize("case", ["distinct-tops", "shared-top", "tied-top"])
+def test_sparse_assignment_shortcut_when_every_row_has_its_own_best_column(seed, case):
+    """Rows whose single heaviest edges go to distinct columns (near-copies of a model) take the
+    shortcut; a shared or tied heaviest edge goes to the solver. Same pairs as the plain
+    formulation either way."""
+    rng = np.random.default_rng(200 + seed)
+    n_rows, n_cols = 40, 50
+    rows, cols, sims = random_problem(rng, n_rows, n_cols, 0.15, empty_rows=4)
+    used = np.unique(rows)
+    own = rng.permutation(n_cols)[: len(used)]  # each used row's own best column
+    keep = ~np.isin(rows * n_cols + cols, used * n_cols + own)
+    rows = np.concatenate([rows[keep], used])
+    cols = np.concatenate([cols[keep], own])
+    sims = np.concatenate([np.minimum(sims[keep], 0.9), np.full(len(used), 0.95)])
+    sims[-len(used) :] += rng.uniform(0, 0.04, len(used))
+    if case == "shared-top":  # row used[1]'s best becomes row used[0]'s best column
+        k = np.flatnonzero(rows == used[1])[0]
+        cols, sims = cols.copy(), sims.copy()
+        cols[k], sims[k] = own[0], 0.999
+        keep = (rows != used[1]) | (cols != own[0]) | (np.arange(len(rows)) == k)  # distinct
+        rows, cols, sims = rows[keep], cols[keep], sims[keep]
+    elif case == "tied-top":  # row used[2] has two heaviest edges
+        k = np.flatnonzero((rows == used[2]) & (cols != own[2]))[0]
+        sims = sims.copy()
+        sims[k] = sims[(rows == used[2]) & (cols == own[2])][0]
+    got = sparse_assignment(rows, cols, sims, n_rows, n_cols)
+    check_valid(got, rows, cols, n_cols)
+    ref = reference(rows, cols, sims, n_rows, n_cols)
+    assert value(got, rows, cols, sims, n_cols) == pytest.approx(
+        dense_optimum(rows, cols, sims, n_rows, n_cols), abs=1e-9
+    )
+    if case == "distinct-tops":
+        assert np.array_equal(got[0], used) and np.array_equal(got[1], own)
+    if case != "tied-top":  # a unique optimum: the very same pairs
+        assert np.array_equal(got[0], ref[0]) and np.array_equal(got[1], ref[1])
+
+
 def test_sparse_assignment_edge_cases():
     empty = np.zeros(0, np.int64)
     r, c = sparse_assignment(empty, empty, np.zeros(0), 5, 4)
@@ -170,6 +208,31 @@ def test_block_stats_blocks_equal_brute_force_with_ties(chunk, max_block_floats)
     for g in range(4):
         lo, hi = ga[g], ga[g + 1]
         expect = full[lo:hi].max(0) if hi > lo else np.full(29, -np.inf, np.float32)
+        np.testing.assert_array_equal(st.best_ba[:, g], expect)
+
+
+@pytest.mark.parametrize("max_block_floats", [50, 600, 1 << 20])
+def test_block_stats_runs_of_equal_width_layers(max_block_floats):
+    """Runs of equal-width B layers (one argmax call each), cut by an empty layer or a width
+    change, in one or several column blocks: the brute-force result, ties to the first maximum."""
+    rng = np.random.default_rng(13)
+    bb = np.array([0, 6, 12, 18, 18, 24, 30, 31, 32, 40, 48, 56, 64])  # widths 6 6 6 0 6 6 1 1 8..
+    a = rng.integers(-1, 2, (50, 3)).astype(np.float32)
+    b = rng.integers(-1, 2, (64, 3)).astype(np.float32)
+    ga = np.array([0, 20, 20, 50])
+    st = block_stats(a, ga, b, bb, chunk=16, keep_full=True, max_block_floats=max_block_floats)
+    full = a @ b.T
+    np.testing.assert_array_equal(st.full, full)
+    for j in range(len(bb) - 1):
+        lo, hi = bb[j], bb[j + 1]
+        if hi == lo:
+            assert np.all(st.best_ab[:, j] == -np.inf)
+            continue
+        np.testing.assert_array_equal(st.best_ab[:, j], full[:, lo:hi].max(1))
+        np.testing.assert_array_equal(st.arg_ab[:, j], lo + full[:, lo:hi].argmax(1))
+    for g in range(len(ga) - 1):
+        lo, hi = ga[g], ga[g + 1]
+        expect = full[lo:hi].max(0) if hi > lo else np.full(64, -np.inf, np.float32)
         np.testing.assert_array_equal(st.best_ba[:, g], expect)
 
 
