@@ -106,6 +106,14 @@ class SyncContext:
     def code(self) -> grpc.StatusCode | None:
         return self._code
 
+    def set_code(self, code: grpc.StatusCode) -> None:
+        """The status of a call that returns normally (health's Check: NOT_FOUND)."""
+        self._code = code
+        self._context.set_code(code)
+
+    def set_details(self, details: str) -> None:
+        self._context.set_details(details)
+
     # -- what the bridge does on the event loop
     def send_initial_metadata(self, metadata: Sequence[tuple[str, str]]) -> None:
         if self.initial_metadata is not None:

@@ -52,6 +52,7 @@ class Methods(grpc.GenericRpcHandler):
             "Leak": grpc.unary_unary_rpc_method_handler(self.leak),
             "LeakInline": grpc.unary_unary_rpc_method_handler(self.leak),
             "Remaining": grpc.unary_unary_rpc_method_handler(self.remaining),
+            "Status": grpc.unary_unary_rpc_method_handler(self.status),
             "Sum": grpc.stream_unary_rpc_method_handler(self.total),
             "Count": grpc.unary_stream_rpc_method_handler(self.count),
             "Echo": grpc.stream_stream_rpc_method_handler(self.echo),
@@ -78,6 +79,12 @@ class Methods(grpc.GenericRpcHandler):
         before = SEEN.get()
         SEEN.set(request.decode())
         return before.encode()
+
+    @staticmethod
+    def status(request: bytes, context: Any) -> bytes:
+        context.set_code(grpc.StatusCode.NOT_FOUND)
+        context.set_details("set, not aborted")
+        return b""
 
     @staticmethod
     def remaining(request: bytes, context: Any) -> bytes:
@@ -150,6 +157,26 @@ def test_abort_carries_its_status_details_and_initial_metadata(served, where: st
     assert e.details() == f"no {where}"
     assert dict(e.initial_metadata())["x-request-id"] == "r-1"
     assert any(k == "grpc-status-details-bin" for k, _ in e.trailing_metadata())
+
+
+def test_a_status_set_without_abort_reaches_the_client(served) -> None:
+    channel, _, _ = served
+    with pytest.raises(grpc.RpcError) as err:
+        _unary(channel, "Status")
+    assert err.value.code() is grpc.StatusCode.NOT_FOUND
+    assert err.value.details() == "set, not aborted"
+
+
+def test_health_check_of_an_unknown_service_is_not_found(server) -> None:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with grpc.insecure_channel(server.address) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        ok = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=10)
+        assert ok.status == health_pb2.HealthCheckResponse.SERVING
+        with pytest.raises(grpc.RpcError) as err:
+            health.Check(health_pb2.HealthCheckRequest(service="no.Such"), timeout=10)
+    assert err.value.code() is grpc.StatusCode.NOT_FOUND
 
 
 def test_context_variables_do_not_leak_between_calls(served) -> None:
