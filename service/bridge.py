@@ -56,7 +56,14 @@ def event_loop() -> asyncio.AbstractEventLoop:
 
 def run(coro: Awaitable[T], timeout: float | None = None) -> T:
     """Run ``coro`` on the gRPC event loop from any other thread and return its result."""
-    return asyncio.run_coroutine_threadsafe(_wrap(coro), event_loop()).result(timeout)
+    loop = event_loop()
+    try:
+        on_loop_thread = asyncio.get_running_loop() is loop
+    except RuntimeError:  # no loop runs in this thread
+        on_loop_thread = False
+    if on_loop_thread:  # waiting here would block the loop that has to do the work
+        raise RuntimeError("bridge.run() called on the gRPC event loop's own thread")
+    return asyncio.run_coroutine_threadsafe(_wrap(coro), loop).result(timeout)
 
 
 async def _wrap(aw: Awaitable[T]) -> T:

@@ -4,6 +4,7 @@ streams, cancellation, deadlines, and the server's inline policy."""
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import shutil
 import threading
@@ -220,6 +221,20 @@ def test_unknown_method_is_unimplemented(served) -> None:
     with pytest.raises(grpc.RpcError) as err:
         _unary(channel, "Nope")
     assert err.value.code() is grpc.StatusCode.UNIMPLEMENTED
+
+
+def test_run_refuses_the_loop_thread_instead_of_hanging() -> None:
+    async def inner() -> str:
+        coro = asyncio.sleep(0)
+        try:
+            bridge.run(coro)
+        except RuntimeError as e:
+            return str(e)
+        finally:
+            coro.close()
+        return "ran"
+
+    assert "event loop's own thread" in bridge.run(inner(), timeout=10)
 
 
 def test_inline_policy_of_the_server() -> None:
