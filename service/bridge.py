@@ -24,6 +24,7 @@ All servers of a process share one event loop, run by a daemon thread (:func:`ev
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import inspect
 import threading
@@ -249,8 +250,10 @@ class Bridge(aio.ServerInterceptor):
                 if close is not None:
                     # The generator's own clean-up (its access-log line), after the step a
                     # cancelled call may still be running; not awaited, as that step may
-                    # wait for the call's end itself (health's Watch).
-                    pool.submit(steps.run, close)
+                    # wait for the call's end itself (health's Watch). A stopped server's
+                    # pool takes no more work: the generator is then closed when collected.
+                    with contextlib.suppress(RuntimeError):
+                        pool.submit(steps.run, close)
 
         return call
 

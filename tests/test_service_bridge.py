@@ -283,3 +283,25 @@ def test_health_watch_sees_the_server_stop(indexed_home, tiny_embedder) -> None:
         stopper.join(30)
     assert not stopper.is_alive()
     assert seen[:1] == [health_pb2.HealthCheckResponse.NOT_SERVING]
+
+
+def test_a_stream_cancelled_after_its_pool_stopped_ends_quietly(caplog) -> None:
+    """The generator's clean-up goes to the pool; when the server's pool no longer takes work
+    (the server is stopping), the cancel still ends the call without an error."""
+    pool = futures.ThreadPoolExecutor(2, thread_name_prefix="t-stop")
+    methods = Methods()
+    server = bridge.on_loop(lambda: aio.server(interceptors=[bridge.Bridge([], pool)]))
+    server.add_generic_rpc_handlers((methods,))
+    port = server.add_insecure_port("127.0.0.1:0")
+    bridge.run(server.start())
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            call = channel.unary_stream("/t.T/Count")(b"100000", timeout=30)
+            assert next(call) == b"0"
+            pool.shutdown(wait=False)
+            call.cancel()
+            time.sleep(0.5)
+    finally:
+        bridge.run(server.stop(1.0))
+    errors = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert not errors, [r.getMessage() for r in errors]
