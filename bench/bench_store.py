@@ -319,51 +319,39 @@ def query_rows(store, tag, args, n, q, truth, truth_f, qmodel, best, lines, up, 
     """The search rows of one opened edge store: each ef unfiltered and filtered by one
     model, then per model."""
     k = 10
+
+    def measure(label: str, fn, queries, expect, *build) -> None:
+        res, lat = timed(fn, queries)
+        lines.append(row(label, n, lat, recall(res, expect, args.models), *build))
+        print(lines[-1], flush=True)
+
     for v in q:  # warm-up: a server's steady state, not the first touch of each page
         store.search(v, limit=k)
+    flts = [SearchFilter(model_ids=(f"m{m:03d}",)) for m in qmodel]
     for ef in args.ef:
         store.search_ef = ef
-        res, lat = timed(lambda v: [h.record.key for h in store.search(v, limit=k)], q)
-        lines.append(
-            row(
-                f"{tag} (m={args.m}, ef_construct={args.ef_construct}, ef={ef})",
-                n,
-                lat,
-                recall(res, truth, args.models),
-                up,
-                opt,
-            )
+        measure(
+            f"{tag} (m={args.m}, ef_construct={args.ef_construct}, ef={ef})",
+            lambda v: [h.record.key for h in store.search(v, limit=k)],
+            q,
+            truth,
+            up,
+            opt,
         )
-        print(lines[-1], flush=True)
-        flts = [SearchFilter(model_ids=(f"m{m:03d}",)) for m in qmodel]
-        res, lat = timed(
+        measure(
+            f"{tag}, filtered by one model (ef={ef})",
             lambda qf: [h.record.key for h in store.search(qf[0], limit=k, flt=qf[1])],
             list(zip(q, flts, strict=False)),
+            truth_f,
         )
-        lines.append(
-            row(
-                f"{tag}, filtered by one model (ef={ef})",
-                n,
-                lat,
-                recall(res, truth_f, args.models),
-            )
-        )
-        print(lines[-1], flush=True)
     for ef in args.ef:
         store.search_ef = ef
-        res, lat = timed(
+        measure(
+            f"{tag}, per model (per_model=1, {args.models} models, ef={ef})",
             lambda v: [h.record.key for h in store.search_per_model(v, per_model=1, max_models=k)],
             q,
+            best,
         )
-        lines.append(
-            row(
-                f"{tag}, per model (per_model=1, {args.models} models, ef={ef})",
-                n,
-                lat,
-                recall(res, best, args.models),
-            )
-        )
-        print(lines[-1], flush=True)
 
 
 def bench_edge(n, args, x, q, truth, truth_f, qmodel, best, lines, variant="int8") -> None:
