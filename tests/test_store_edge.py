@@ -22,7 +22,7 @@ from neuronatlas.core.errors import (
     StoreLocked,
 )
 from neuronatlas.core.records import EmbedderInfo, ModelStatus
-from neuronatlas.core.store import open_store
+from neuronatlas.core.store import SearchFilter, open_store
 from neuronatlas.core.store.edge import EdgeStore
 from neuronatlas.core.store.remote import RemoteStore
 
@@ -268,17 +268,26 @@ def test_store_of_an_older_version_gets_the_label_scope_indexes(
 
 
 @pytest.mark.parametrize(
-    ("quantization", "datatype"), [("none", "float32"), ("int8", "float16"), ("turbo4", "float32")]
+    ("quantization", "datatype", "memory"),
+    [
+        ("none", "float32", "cached"),
+        ("int8", "float16", "cached"),
+        ("turbo4", "float32", "cached"),
+        ("turbo4", "float32", "cold"),
+        ("turbo4", "float16", "cold"),
+    ],
 )
-def test_vector_layouts_answer_alike(tmp_path: Path, quantization: str, datatype: str):
-    """Issue 13: int8 quantization (rescored) and float16 storage give the float32 answer on a
-    small store, before and after the HNSW build; a search reading only HIT_FIELDS returns the
-    same hits with the fields a search answer shows."""
+def test_vector_layouts_answer_alike(tmp_path: Path, quantization: str, datatype: str, memory):
+    """Issue 13: int8 / turbo4 quantization (rescored), float16 storage and vectors read on
+    first use ("cold") give the float32 answer on a small store, before and after the HNSW
+    build and after reopening; a search reading only HIT_FIELDS returns the same hits with the
+    fields a search answer shows."""
     from neuronatlas.core.store.base import HIT_FIELDS
 
     store = EdgeStore(tmp_path / "store")
     store.indexing_threshold_kb = 1
     store.quantization, store.vector_datatype = quantization, datatype
+    store.vector_memory = memory
     store.bind_embedder(INFO)
     recs = make_records("alpha", ALPHA, seed=1)
     store.upsert_neurons(recs)
@@ -301,6 +310,17 @@ def test_vector_layouts_answer_alike(tmp_path: Path, quantization: str, datatype
         assert full[0].record.top_samples and not slim[0].record.top_samples
         store.optimize()
     store.close()
+    saved = json.loads((tmp_path / "store" / "neurons" / "edge_config.json").read_text())
+    assert saved["vectors"][""]["memory"] == memory  # the layout is the shard's, kept on disk
+    assert saved["vectors"][""]["datatype"] == datatype
+    with EdgeStore(tmp_path / "store") as reopened:
+        assert [h.record.key for h in reopened.search(q, limit=5)] == want
+        reopened.upsert_neurons(make_records("beta", ALPHA, seed=2))  # a segment built after
+        reopened.optimize()  # reopening keeps the layout too
+        alpha = SearchFilter(model_ids=("alpha",))
+        assert [h.record.key for h in reopened.search(q, limit=5, flt=alpha)] == want
+    saved = json.loads((tmp_path / "store" / "neurons" / "edge_config.json").read_text())
+    assert saved["vectors"][""]["memory"] == memory
 
 
 def test_edge_layout_settings(tmp_path: Path):
@@ -308,10 +328,18 @@ def test_edge_layout_settings(tmp_path: Path):
         load_settings(edge_quantization="pq")
     with pytest.raises(InvalidArgument):
         load_settings(edge_vector_datatype="int4")
-    s = load_settings(home=tmp_path, edge_quantization="none", edge_vector_datatype="float16")
+    with pytest.raises(InvalidArgument, match="too few hits"):  # measured at 1M: store.md
+        load_settings(edge_vector_datatype="float16")
+    with pytest.raises(InvalidArgument, match="edge_vector_memory"):
+        load_settings(edge_vector_memory="pinned")
+    s = load_settings(home=tmp_path, edge_quantization="none", edge_vector_memory="cold")
     with open_store(s) as store:
         assert isinstance(store, EdgeStore)
-        assert (store.quantization, store.vector_datatype) == ("none", "float16")
+        assert (store.quantization, store.vector_datatype, store.vector_memory) == (
+            "none",
+            "float32",
+            "cold",
+        )
 
 
 def _pool_sizes(path: Path) -> dict[str, object]:

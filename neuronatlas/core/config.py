@@ -149,9 +149,11 @@ class Settings:
     # edge backend, for a NEW store (an existing one keeps how it was created): "turbo4"
     # (TurboQuant 4-bit codes; the HNSW graph is built and walked on them, answers rescored on
     # the originals), "int8" (scalar int8 codes instead) or "none"; vectors stored as
-    # "float32" or "float16". See bench/results/store.md.
+    # "float32" (float16 is refused: see validate), and their files "cached" (read into the
+    # page cache at open) or "cold" (read on first use). See bench/results/store.md.
     edge_quantization: str = "turbo4"
     edge_vector_datatype: str = "float32"
+    edge_vector_memory: str = "cached"
     # edge backend: threads of each shard's search pool (0: one per CPU). One suits a server,
     # which runs many queries at once; more lowers one query's latency on a many-segment store.
     edge_search_threads: int = 1
@@ -257,11 +259,25 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
             f"not {settings.edge_quantization!r}",
             field="edge_quantization",
         )
-    if settings.edge_vector_datatype not in {"float32", "float16"}:
+    if settings.edge_vector_datatype == "float16":
+        # measured (bench/results/store.md, issue 13): a 1M-neuron float16 store of Qdrant Edge
+        # 0.9 answered 64 of 100 one-model filtered searches with 1-9 hits instead of 10 (the
+        # same data stored as float32: all 100 complete), so new stores do not offer it
         raise InvalidArgument(
-            "edge_vector_datatype must be 'float32' or 'float16', "
-            f"not {settings.edge_vector_datatype!r}",
+            "edge_vector_datatype 'float16' is not offered: at 1M neurons Qdrant Edge answered "
+            "most one-model filtered searches of a float16 store with too few hits "
+            "(bench/results/store.md); use 'float32' (existing float16 stores still open)",
             field="edge_vector_datatype",
+        )
+    if settings.edge_vector_datatype != "float32":
+        raise InvalidArgument(
+            f"edge_vector_datatype must be 'float32', not {settings.edge_vector_datatype!r}",
+            field="edge_vector_datatype",
+        )
+    if settings.edge_vector_memory not in {"cached", "cold"}:
+        raise InvalidArgument(
+            f"edge_vector_memory must be 'cached' or 'cold', not {settings.edge_vector_memory!r}",
+            field="edge_vector_memory",
         )
     if not 0 <= settings.edge_search_threads <= 1024:
         raise InvalidArgument(

@@ -16,6 +16,7 @@ def open_store(settings: Settings) -> KnowledgeStore:
         store = EdgeStore(settings.edge_path, search_threads=settings.edge_search_threads)
         store.quantization = settings.edge_quantization
         store.vector_datatype = settings.edge_vector_datatype
+        store.vector_memory = settings.edge_vector_memory
         return store
     from neuronatlas.core.store.remote import RemoteStore
 
