@@ -226,6 +226,45 @@ def test_search_filters(store: KnowledgeStore):
     assert keys(SearchFilter(model_ids=("beta",))) == want
 
 
+def test_short_filtered_answer_is_searched_exactly(
+    store: KnowledgeStore, monkeypatch: pytest.MonkeyPatch
+):
+    """Issue 13: a filtered graph walk that comes back with fewer hits than asked although
+    more points match (Qdrant Edge did, on a float16 shard of 1M neurons) is redone as an
+    exact search of the filtered points; a filter that matches fewer points than the limit
+    costs no second search."""
+    recs = all_records()
+    q = recs[0].vector
+    beta = [k for k, _ in brute(q, [r for r in recs if r.model_id == "beta"])]
+    alpha = [k for k, _ in brute(q, [r for r in recs if r.model_id == "alpha"])]
+    real = type(store)._n_query
+    calls: list[bool] = []
+
+    def lossy(self, specs, with_payload=True):  # the engine drops all but one hit
+        calls.append(specs[0].exact)
+        answers = real(self, specs, with_payload)
+        return answers if specs[0].exact else [a[:1] for a in answers]
+
+    monkeypatch.setattr(type(store), "_n_query", lossy)
+    hits = store.search(q, limit=4, flt=SearchFilter(model_ids=("alpha",)))
+    assert [h.record.key for h in hits] == alpha[:4]
+    assert calls == [False, True]
+    calls.clear()
+    hits = store.search(q, limit=4, offset=3, flt=SearchFilter(model_ids=("beta",)))
+    assert [h.record.key for h in hits] == beta[3:5]  # beta has 5 neurons: 2 after offset 3
+    assert calls == [False, True]
+
+    def counted(self, specs, with_payload=True):  # the engine as it is
+        calls.append(specs[0].exact)
+        return real(self, specs, with_payload)
+
+    monkeypatch.setattr(type(store), "_n_query", counted)
+    calls.clear()
+    hits = store.search(q, limit=10, flt=SearchFilter(model_ids=("beta",)))
+    assert [h.record.key for h in hits] == beta  # 5 of 10: all there are
+    assert calls == [False]
+
+
 def test_search_errors(store: KnowledgeStore):
     q = np.ones(DIM)
     with pytest.raises(NotFound):

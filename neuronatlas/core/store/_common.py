@@ -579,7 +579,24 @@ class QdrantStoreBase(KnowledgeStore):
         conds = [*self._slot_conds(flt), *self._filter_conds(flt)]
         spec = QuerySpec(q, conds, int(limit), int(offset), with_vectors, exact, self.search_ef)
         wp: bool | list[str] = True if fields is None else list(fields)
-        return [self._hit(p, with_vectors) for p in self._n_query([spec], with_payload=wp)[0]]
+        points = self._n_query([spec], with_payload=wp)[0]
+        if (
+            conds
+            and not exact
+            and len(points) < limit
+            and self._n_count(conds) > offset + len(points)
+        ):
+            # A filtered graph walk came back short although more points match (measured: a
+            # float16 Edge shard of 1M neurons, bench/results/store.md): search the filtered
+            # points exactly instead, so a filter never silently loses hits.
+            log.warning(
+                "a filtered search returned %d of %d hits; searching the filtered points exactly",
+                len(points),
+                limit,
+            )
+            spec.exact = True
+            points = self._n_query([spec], with_payload=wp)[0]
+        return [self._hit(p, with_vectors) for p in points]
 
     @_gated_read
     def search_per_model(

@@ -149,9 +149,10 @@ class EdgeStore(QdrantStoreBase):
     #: vectors only); vector_datatype "float32" or "float16" (half the vector memory and disk,
     #: scores rounded to ~3 decimals; not offered by the settings: at 1M neurons the engine
     #: answered most one-model filtered searches of a float16 store with too few hits, see
-    #: bench/results/store.md; kept here to open such stores and to re-measure); vector_memory "cached" (the original vectors' files are
-    #: read into the page cache when the shard opens) or "cold" (mapped, read on first use:
-    #: with quantization only rescoring reads them, so the process maps far fewer pages).
+    #: bench/results/store.md; kept here to open such stores and to re-measure);
+    #: vector_memory "cached" (the original vectors' files are read into the page cache when
+    #: the shard opens) or "cold" (mapped, read on first use: with quantization only
+    #: rescoring reads them, so the process maps far fewer pages).
     quantization: str = "turbo4"
     vector_datatype: str = "float32"
     vector_memory: str = "cached"
