@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 import grpc
@@ -97,15 +97,15 @@ class NeuronAtlasServicer(pb_grpc.NeuronAtlasServiceServicer):
             # thumbnails read the hits' top_samples; otherwise only what NeuronHit shows
             fields=None if request.include_thumbnails else HIT_FIELDS,
         )
-        results = [C.hit_to_pb(h) for h in page.items]
-        if request.include_thumbnails:
-            self._hit_thumbnails(page.items, results)
-        return pb.SearchNeuronsResponse(
-            results=results,
-            next_page_token=self.pages.encode(request, page.next_offset),
+        response = pb.SearchNeuronsResponse(
+            next_page_token=self.pages.encode(request, page.next_offset)
         )
+        C.hits_to_pb(page.items, response.results)
+        if request.include_thumbnails:
+            self._hit_thumbnails(page.items, response.results)
+        return response
 
-    def _hit_thumbnails(self, hits: list[Hit], results: list[pb.NeuronHit]) -> None:
+    def _hit_thumbnails(self, hits: list[Hit], results: Sequence[pb.NeuronHit]) -> None:
         """include_thumbnails: each hit's first top samples with thumbnails (bounded per hit
         and per response, ``zoo_catalogue``)."""
         from neuronatlas.service.zoo_catalogue import RESPONSE_THUMBNAILS, Thumbnails
@@ -160,10 +160,11 @@ class NeuronAtlasServicer(pb_grpc.NeuronAtlasServiceServicer):
             limit=paging.page_size(request.page_size, LABEL_PAGE_DEFAULT, LABEL_PAGE_MAX),
             scope=C.scope_from_pb(request.scope) or LabelScope.SET,
         )
-        return pb.FindNeuronsByLabelResponse(
-            results=[C.hit_to_pb(h) for h in page.items],
-            next_page_token=self.pages.encode(request, page.next_offset),
+        response = pb.FindNeuronsByLabelResponse(
+            next_page_token=self.pages.encode(request, page.next_offset)
         )
+        C.hits_to_pb(page.items, response.results)
+        return response
 
     @rpc
     def ListModels(

@@ -3,6 +3,8 @@ and the proto <-> record conversions."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import grpc
 import numpy as np
 import pytest
@@ -283,6 +285,16 @@ def test_hit_carries_best_label_per_vocabulary() -> None:
     back = C.hit_from_pb(hit)
     assert back.score == pytest.approx(0.42) and back.record.key == "m1/layer2.0.conv1/7"
     assert back.record.top_label.label == "beach"
+    assert hit.neuron == C.ref_to_pb("m1", "layer2.0.conv1", 7) and hit.neuron.kind == ""
+    assert (hit.layer_index, hit.depth, hit.quality) == (3, 0.5, C._quality(_record()))
+    # written in place into a response (what the servicer does): the same message; a
+    # component's kind is named on the wire, a neuron's is not
+    component = dataclasses.replace(_record(), kind="nmf", unit=2)
+    response = pb.SearchNeuronsResponse()
+    C.hits_to_pb([Hit(_record(), 0.42), Hit(component, 0.3)], response.results)
+    assert response.results[0] == hit
+    assert response.results[1].neuron == C.ref_to_pb("m1", "layer2.0.conv1", 2, "nmf")
+    assert response.results[1].neuron.kind == "nmf" and response.results[1].key.endswith("2")
 
 
 def test_model_and_stats_round_trip() -> None:
