@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import platform
 import subprocess
@@ -191,8 +192,16 @@ async def drive(address: str, requests: list, concurrency: int) -> tuple[np.ndar
 
 def cpu_seconds(pid: int) -> float:
     """User + system CPU seconds of process ``pid`` (and its threads) so far (Linux /proc)."""
+    return sum(proc_counters(pid)[:2])
+
+
+def proc_counters(pid: int) -> tuple[float, float, int]:
+    """(user CPU s, system CPU s, major page faults) of process ``pid`` so far (Linux /proc).
+    Major faults are pages read back from disk: on this VM the host's memory reclaim (DAMON
+    pageout) evicts a store's cold mapped pages, which the next queries fault back in."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick, int(fields[9])
 
 
 def run_case(
@@ -206,15 +215,18 @@ def run_case(
     ``server_pid``, also the server process's CPU time per request."""
     warmup = requests[: min(len(requests), 2 * concurrency)] if warmup is None else warmup
     asyncio.run(drive(address, warmup, concurrency))
-    cpu0 = cpu_seconds(server_pid) if server_pid else 0.0
+    before = proc_counters(server_pid) if server_pid else (0.0, 0.0, 0)
     lat, wall, responses = asyncio.run(drive(address, requests, concurrency))
-    cpu = (cpu_seconds(server_pid) - cpu0) if server_pid else float("nan")
+    after = proc_counters(server_pid) if server_pid else (math.nan, math.nan, 0)
+    user, system, faults = (a - b for a, b in zip(after, before, strict=True))
     return {
         "p50_ms": float(np.percentile(lat, 50) * 1e3),
         "p99_ms": float(np.percentile(lat, 99) * 1e3),
         "qps": len(requests) / wall,
         "n": len(requests),
-        "server_cpu_ms": cpu / len(requests) * 1e3,
+        "server_cpu_ms": (user + system) / len(requests) * 1e3,
+        "server_sys_ms": system / len(requests) * 1e3,
+        "major_faults": faults / len(requests),
     }, responses
 
 
@@ -363,7 +375,8 @@ def main() -> None:
             rows.append((kind, mode, stats))
             print(
                 f"  {kind:14s} {mode:26s} p50 {stats['p50_ms']:7.2f} ms  p99 {stats['p99_ms']:7.2f} ms  "
-                f"{stats['qps']:7.0f} q/s  server CPU {stats['server_cpu_ms']:.2f} ms/q",
+                f"{stats['qps']:7.0f} q/s  server CPU {stats['server_cpu_ms']:.2f} ms/q "
+                f"(system {stats['server_sys_ms']:.2f}, {stats['major_faults']:.2f} major faults/q)",
                 flush=True,
             )
         single, _ = run_case(address, vec_reqs[:500], 1, server_pid=proc.pid)
@@ -404,16 +417,18 @@ def main() -> None:
         f"{' --vector-only' if args.vector_only else ''}`; load average at start "
         f"{load0:.2f}. Server CPU ms/query: the server process's user+system CPU time over the "
         "measured requests / requests (its share of the 2 cores; client and server share the "
-        "host).\n\n"
+        "host); of it system: the kernel's share; major faults: pages the server read back from "
+        "disk, per request.\n\n"
     )
     table = [
-        "| query | mode | requests | p50 ms | p99 ms | throughput q/s | server CPU ms/query |",
-        "|---|---|---|---|---|---|---|",
+        "| query | mode | requests | p50 ms | p99 ms | throughput q/s | server CPU ms/query "
+        "| of it system | major faults/query |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for kind, mode, s in rows:
         table.append(
             f"| {kind} | {mode} | {s['n']} | {s['p50_ms']:.2f} | {s['p99_ms']:.2f} | {s['qps']:.0f} "
-            f"| {s['server_cpu_ms']:.2f} |"
+            f"| {s['server_cpu_ms']:.2f} | {s['server_sys_ms']:.2f} | {s['major_faults']:.2f} |"
         )
     table.append("")
     table.append(
