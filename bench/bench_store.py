@@ -11,8 +11,9 @@ points. Ground truth is exact numpy brute force.
         --ef 128,192 --search-threads 1,0 --memory-limit 6   # ~ 20 min
 
 Edge stores are built in a process of their own (the data streamed from a file, never all in
-its memory), so its peak RSS is the store's; ``--memory-limit`` runs that process in a memory
-cgroup, as a container limit would. Then the store's files are dropped from the page cache
+its memory), so its peak memory is the store's: VmHWM, and the peak PSS, which counts each
+page once (Edge maps its vector files twice, and RSS counts such pages twice);
+``--memory-limit`` runs that process in a memory cgroup, as a container limit would. Then the store's files are dropped from the page cache
 and a fresh process opens it (cold open), and another (warm). Queries follow a warm-up pass,
 once per ``--search-threads`` pool size.
 
