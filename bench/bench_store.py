@@ -177,14 +177,19 @@ VARIANTS = {
 }
 
 
-def _memory(pid: int | str = "self") -> dict[str, int]:
-    """VmRSS / VmHWM / RssAnon / RssFile of process ``pid`` in bytes (Linux /proc)."""
+def _proc_bytes(path: str, keys: tuple[str, ...]) -> dict[str, int]:
+    """The ``keys`` of a ``/proc`` file of "Key: N kB" lines, in bytes."""
     out = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+    for line in Path(path).read_text().splitlines():
         key, _, val = line.partition(":")
-        if key in ("VmRSS", "VmHWM", "RssAnon", "RssFile"):
+        if key in keys:
             out[key] = int(val.split()[0]) * 1024
     return out
+
+
+def _memory(pid: int | str = "self") -> dict[str, int]:
+    """VmRSS / VmHWM / RssAnon / RssFile of process ``pid`` in bytes (Linux /proc)."""
+    return _proc_bytes(f"/proc/{pid}/status", ("VmRSS", "VmHWM", "RssAnon", "RssFile"))
 
 
 def _pss(pid: int) -> dict[str, int]:
@@ -194,12 +199,7 @@ def _pss(pid: int) -> dict[str, int]:
     reads through both mappings counts twice in VmRSS / VmHWM (measured: 100k tq4 build, peak
     VmHWM 1.27 GiB, peak Pss 0.84 GiB). Pss counts every physical page once, split among the
     mappings (and processes) sharing it: the process's real memory."""
-    out = {}
-    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-        key, _, val = line.partition(":")
-        if key in ("Pss", "Pss_Anon", "Pss_File"):
-            out[key] = int(val.split()[0]) * 1024
-    return out
+    return _proc_bytes(f"/proc/{pid}/smaps_rollup", ("Pss", "Pss_Anon", "Pss_File"))
 
 
 def build_child(spec: dict) -> dict:

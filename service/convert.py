@@ -76,11 +76,19 @@ def ref_kind(ref: pb.NeuronRef) -> str:
     return ref.kind or NEURON_KIND
 
 
-def ref_to_pb(model_id: str, layer: str, unit: int, kind: str = NEURON_KIND) -> pb.NeuronRef:
-    """A NeuronRef; a neuron's kind stays empty on the wire (what older servers sent)."""
-    return pb.NeuronRef(
-        model_id=model_id, layer=layer, unit=int(unit), kind="" if kind == NEURON_KIND else kind
-    )
+def ref_to_pb(
+    model_id: str,
+    layer: str,
+    unit: int,
+    kind: str = NEURON_KIND,
+    out: pb.NeuronRef | None = None,
+) -> pb.NeuronRef:
+    """A NeuronRef (written into ``out`` when given); a neuron's kind stays empty on the wire
+    (what older servers sent)."""
+    out = pb.NeuronRef() if out is None else out
+    out.model_id, out.layer, out.unit = model_id, layer, int(unit)
+    out.kind = "" if kind == NEURON_KIND else kind
+    return out
 
 
 def filter_from_pb(f: pb.NeuronFilter) -> SearchFilter | None:
@@ -171,13 +179,12 @@ def _labels_from_pb(labels: Iterable[pb.Label]) -> list[Label]:
     return [Label(lab.label, float(lab.score)) for lab in labels]
 
 
-def _quality(rec: NeuronRecord) -> pb.QualityScores:
-    return pb.QualityScores(
-        clarity=float(rec.clarity),
-        polysemanticity=float(rec.polysemanticity),
-        redundancy=float(rec.redundancy),
-        polysemanticity_sl=float(rec.polysemanticity_sl),
-    )
+def _quality(rec: NeuronRecord, out: pb.QualityScores | None = None) -> pb.QualityScores:
+    """The record's quality scores (written into ``out`` when given)."""
+    out = pb.QualityScores() if out is None else out
+    out.clarity, out.polysemanticity = float(rec.clarity), float(rec.polysemanticity)
+    out.redundancy, out.polysemanticity_sl = float(rec.redundancy), float(rec.polysemanticity_sl)
+    return out
 
 
 def hit_to_pb(hit: Hit, out: pb.NeuronHit | None = None) -> pb.NeuronHit:
@@ -187,15 +194,10 @@ def hit_to_pb(hit: Hit, out: pb.NeuronHit | None = None) -> pb.NeuronHit:
     out = pb.NeuronHit() if out is None else out
     out.key, out.score = r.key, float(hit.score)
     out.layer_index, out.depth = int(r.layer_index), float(r.depth)
-    ref = out.neuron
-    ref.model_id, ref.layer, ref.unit = r.model_id, r.layer, int(r.unit)
-    if r.kind != NEURON_KIND:  # a neuron's kind stays empty on the wire (ref_to_pb)
-        ref.kind = r.kind
+    ref_to_pb(r.model_id, r.layer, r.unit, r.kind, out=out.neuron)
     for vocab, lab in top_labels_by_vocabulary(r):
         out.top_labels.add(label=lab.label, score=float(lab.score), vocabulary=vocab)
-    q = out.quality
-    q.clarity, q.polysemanticity = float(r.clarity), float(r.polysemanticity)
-    q.redundancy, q.polysemanticity_sl = float(r.redundancy), float(r.polysemanticity_sl)
+    _quality(r, out=out.quality)
     return out
 
 
