@@ -213,7 +213,7 @@ class Bridge(aio.ServerInterceptor):
                 else:
                     loop = asyncio.get_running_loop()
                     cv = contextvars.copy_context()
-                    response = await loop.run_in_executor(pool, cv.run, behaviour, request, sync)
+                    response = await _on_pool(loop, pool, cv.run, behaviour, request, sync)
             except Aborted as a:
                 await _send_metadata(sync, context)
                 await context.abort(a.status.code, a.status.details, a.status.trailing_metadata)
@@ -235,9 +235,9 @@ class Bridge(aio.ServerInterceptor):
             steps = _Steps(contextvars.copy_context())
             responses: Iterator[Any] | None = None
             try:
-                responses = await loop.run_in_executor(pool, steps.run, behaviour, request, sync)
+                responses = await _on_pool(loop, pool, steps.run, behaviour, request, sync)
                 while True:
-                    item = await loop.run_in_executor(pool, steps.run, next, responses, _END)
+                    item = await _on_pool(loop, pool, steps.run, next, responses, _END)
                     await _send_metadata(sync, context)
                     if item is _END:
                         return
@@ -256,6 +256,17 @@ class Bridge(aio.ServerInterceptor):
                         pool.submit(steps.run, close)
 
         return call
+
+
+def _on_pool(
+    loop: asyncio.AbstractEventLoop, pool: Executor, fn: Callable[..., T], *args: Any
+) -> Awaitable[T]:
+    """``fn(*args)`` on the pool. A pool that takes no more work (the server is stopping, its
+    grace over) answers the call UNAVAILABLE rather than with an internal error."""
+    try:
+        return loop.run_in_executor(pool, fn, *args)
+    except RuntimeError:  # "cannot schedule new futures after shutdown"
+        raise Aborted(_Status(grpc.StatusCode.UNAVAILABLE, "the server is stopping")) from None
 
 
 class _Steps:

@@ -305,3 +305,24 @@ def test_a_stream_cancelled_after_its_pool_stopped_ends_quietly(caplog) -> None:
         bridge.run(server.stop(1.0))
     errors = [r for r in caplog.records if r.levelname == "ERROR"]
     assert not errors, [r.getMessage() for r in errors]
+
+
+def test_calls_after_the_pool_stopped_are_unavailable() -> None:
+    """A call for the pool once it takes no more work (a stopping server past its grace) is
+    answered UNAVAILABLE, unary and streaming alike, never an internal error."""
+    pool = futures.ThreadPoolExecutor(1, thread_name_prefix="t-gone")
+    pool.shutdown()
+    server = bridge.on_loop(lambda: aio.server(interceptors=[bridge.Bridge([], pool)]))
+    server.add_generic_rpc_handlers((Methods(),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    bridge.run(server.start())
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            with pytest.raises(grpc.RpcError) as unary:
+                channel.unary_unary("/t.T/Slow")(b"", timeout=10)
+            with pytest.raises(grpc.RpcError) as stream:
+                list(channel.unary_stream("/t.T/Count")(b"3", timeout=10))
+    finally:
+        bridge.run(server.stop(1.0))
+    for e in (unary.value, stream.value):
+        assert e.code() == grpc.StatusCode.UNAVAILABLE and "stopping" in e.details()
