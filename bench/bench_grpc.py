@@ -5,7 +5,8 @@ unit vectors with fake neuron records spread over ~100 models, bound to the benc
 embedder. Serves it from a separate process (`neuronatlas.service.server`), then drives it
 with C concurrent clients (grpc.aio) for each scenario:
 
-- vector queries, unfiltered and grouped per model (per_model=1);
+- vector queries, unfiltered and grouped per model (per_model=1), and unfiltered in batches
+  (``BatchSearchNeurons``, ``--batch`` searches a call; its rows count searches, not calls);
 - cached text queries (a small pool of repeated texts: embedder LRU hits), both modes;
 - cold text queries (every text new: one CLIP text-tower pass each);
 
@@ -163,7 +164,9 @@ def serve(store: str, embedder: str, port_file: str, workers: int) -> None:
 
 
 # -- load generation ------------------------------------------------------------------------------------
-async def drive(address: str, requests: list, concurrency: int) -> tuple[np.ndarray, float, list]:
+async def drive(
+    address: str, requests: list, concurrency: int, method: str = "SearchNeurons"
+) -> tuple[np.ndarray, float, list]:
     """Send all requests with ``concurrency`` in flight; (latencies s, wall s, responses)."""
     import grpc
 
@@ -176,10 +179,10 @@ async def drive(address: str, requests: list, concurrency: int) -> tuple[np.ndar
     nxt = iter(range(len(requests)))
 
     async def worker(w: int) -> None:
-        stub = stubs[w % len(stubs)]
+        call = getattr(stubs[w % len(stubs)], method)
         for i in nxt:
             t = time.perf_counter()
-            responses[i] = await stub.SearchNeurons(requests[i], timeout=120)
+            responses[i] = await call(requests[i], timeout=120)
             lat[i] = time.perf_counter() - t
 
     t0 = time.perf_counter()
@@ -210,23 +213,26 @@ def run_case(
     concurrency: int,
     warmup: list | None = None,
     server_pid: int | None = None,
+    method: str = "SearchNeurons",
+    searches: int = 1,
 ) -> tuple[dict, list]:
     """Warm up (by default with the first requests), then measure every request; with
-    ``server_pid``, also the server process's CPU time per request."""
+    ``server_pid``, also the server process's CPU time per search (``searches`` a request)."""
     warmup = requests[: min(len(requests), 2 * concurrency)] if warmup is None else warmup
-    asyncio.run(drive(address, warmup, concurrency))
+    asyncio.run(drive(address, warmup, concurrency, method))
     before = proc_counters(server_pid) if server_pid else (0.0, 0.0, 0)
-    lat, wall, responses = asyncio.run(drive(address, requests, concurrency))
+    lat, wall, responses = asyncio.run(drive(address, requests, concurrency, method))
     after = proc_counters(server_pid) if server_pid else (math.nan, math.nan, 0)
     user, system, faults = (a - b for a, b in zip(after, before, strict=True))
+    n = len(requests) * searches
     return {
         "p50_ms": float(np.percentile(lat, 50) * 1e3),
         "p99_ms": float(np.percentile(lat, 99) * 1e3),
-        "qps": len(requests) / wall,
-        "n": len(requests),
-        "server_cpu_ms": (user + system) / len(requests) * 1e3,
-        "server_sys_ms": system / len(requests) * 1e3,
-        "major_faults": faults / len(requests),
+        "qps": n / wall,
+        "n": n,
+        "server_cpu_ms": (user + system) / n * 1e3,
+        "server_sys_ms": system / n * 1e3,
+        "major_faults": faults / n,
     }, responses
 
 
@@ -247,6 +253,9 @@ def main() -> None:
         "--group-requests", type=int, default=300, help="requests per per-model scenario"
     )
     ap.add_argument("--cold-requests", type=int, default=300)
+    ap.add_argument(
+        "--batch", type=int, default=32, help="searches per BatchSearchNeurons call (0: none)"
+    )
     ap.add_argument(
         "--workdir", type=Path, default=WORK, help="where the synthetic store is cached"
     )
@@ -359,7 +368,7 @@ def main() -> None:
             for i in range(args.cold_requests)
         ]
         cases.append(("text (cold)", "unfiltered, top_k=10", cold))
-        rows, responses = [], {}
+        rows, responses, agree = [], {}, ""
         for kind, mode, reqs in cases:
             # cold texts must not be warmed up: warm the server with other unseen texts instead
             warm = [
@@ -381,6 +390,26 @@ def main() -> None:
             )
         single, _ = run_case(address, vec_reqs[:500], 1, server_pid=proc.pid)
         rows.append(("vector", "unfiltered, 1 client", single))
+        if args.batch:
+            b = args.batch
+            batches = [
+                pb.BatchSearchNeuronsRequest(requests=vec_reqs[i : i + b])
+                for i in range(0, len(vec_reqs) - b + 1, b)
+            ]
+            batched, answers = run_case(
+                address, batches, args.concurrency, None, proc.pid, "BatchSearchNeurons", b
+            )
+            mode = f"unfiltered, top_k=10, {b} a call"
+            rows.append(("vector batch", mode, batched))
+            print(f"  vector batch   {mode}: server CPU {batched['server_cpu_ms']:.2f} ms/search")
+            # each search of a batch is answered as the same search alone
+            alone = responses[("vector", "unfiltered, top_k=10")]
+            flat = [r for a in answers for r in a.responses]
+            same = sum(
+                [h.key for h in x.results] == [h.key for h in y.results]
+                for x, y in zip(flat, alone, strict=False)
+            )
+            agree = f"; batched searches answered as the same search alone: {same} of {len(flat)}"
 
         # recall@10 against exact search, and of the per-model best neuron
         q = qvec[: args.recall_queries]
@@ -414,11 +443,12 @@ def main() -> None:
         f"built in {build_s:.0f} s (write + HNSW). Text embedder `{args.embedder}` on CPU.\n\n"
         f"Command: `python bench/bench_grpc.py --neurons {args.neurons} --requests {args.requests} "
         f"--group-requests {args.group_requests} --cold-requests {args.cold_requests}"
-        f"{' --vector-only' if args.vector_only else ''}`; load average at start "
+        f"{' --vector-only' if args.vector_only else ''}{' --batch ' + str(args.batch) if args.batch != 32 else ''}`; load average at start "
         f"{load0:.2f}. Server CPU ms/query: the server process's user+system CPU time over the "
         "measured requests / requests (its share of the 2 cores; client and server share the "
         "host); of it system: the kernel's share; major faults: pages the server read back from "
-        "disk, per request.\n\n"
+        "disk, per request. Batch rows count searches: requests, throughput and CPU are per "
+        "search; p50 / p99 are of the calls.\n\n"
     )
     table = [
         "| query | mode | requests | p50 ms | p99 ms | throughput q/s | server CPU ms/query "
@@ -433,7 +463,7 @@ def main() -> None:
     table.append("")
     table.append(
         f"recall@10 vs exact (unfiltered, {len(q)} queries): **{recall:.3f}**; "
-        f"per-model best-neuron recall: **{hits / total:.3f}**"
+        f"per-model best-neuron recall: **{hits / total:.3f}**{agree}"
     )
     text = header + "\n".join(table) + "\n"
     print("\n" + text)

@@ -50,6 +50,7 @@ METHOD_SCOPES: dict[str, str] = {
         SERVICE + m: READ
         for m in (
             "SearchNeurons",
+            "BatchSearchNeurons",
             "GetNeuron",
             "DescribeNeuron",
             "FindNeuronsByLabel",

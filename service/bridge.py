@@ -11,7 +11,10 @@ result into an asynchronous handler that runs the synchronous code either
 - **inline** on the event loop, for a quick call the server's :class:`InlinePolicy` names (a
   vector search of the embedded store: well under a millisecond, no waiting on anything), or
 - **in a thread pool**, for everything else (comparisons, audits, uploads, index
-  operations, text and image queries that run CLIP, a remote store's network round trips).
+  operations, text and image queries that run CLIP, a remote store's network round trips),
+- or on a **lane** of its own when the server's :data:`Lanes` name one for the method and
+  request: a one-thread executor for batches of quick searches, which would only contend for
+  the GIL as a crowd of pool threads.
 
 The handler code sees a :class:`SyncContext`: the ``grpc.ServicerContext`` methods it uses, over
 the asynchronous context. ``abort_with_status`` raises :class:`Aborted` (a ``BaseException``, as
@@ -39,6 +42,8 @@ from grpc import aio
 T = TypeVar("T")
 #: method name -> whether a request of it runs inline on the event loop
 InlinePolicy = dict[str, Callable[[Any], bool]]
+#: method name -> (executor, whether a request of it runs there rather than on the pool)
+Lanes = dict[str, tuple[Executor, Callable[[Any], bool]]]
 
 _loop: asyncio.AbstractEventLoop | None = None
 _loop_lock = threading.Lock()
@@ -144,17 +149,19 @@ class SyncContext:
 class Bridge(aio.ServerInterceptor):
     """Applies the synchronous ``interceptors`` (outermost first) to every method's handler and
     serves it from the event loop: inline when ``inline`` says so for the method and request,
-    else on ``pool``."""
+    on a lane's executor when ``lanes`` says so, else on ``pool``."""
 
     def __init__(
         self,
         interceptors: Sequence[grpc.ServerInterceptor],
         pool: Executor,
         inline: InlinePolicy | None = None,
+        lanes: Lanes | None = None,
     ):
         self.interceptors = list(interceptors)
         self.pool = pool
         self.inline = inline or {}
+        self.lanes = lanes or {}
 
     async def intercept_service(
         self,
@@ -175,14 +182,18 @@ class Bridge(aio.ServerInterceptor):
         wrapped = chain(0, details)
         if wrapped is None:
             return None
-        return self._bridged(wrapped, self.inline.get(str(details.method)))
+        method = str(details.method)
+        return self._bridged(wrapped, self.inline.get(method), self.lanes.get(method))
 
     def _bridged(
-        self, handler: grpc.RpcMethodHandler, inline: Callable[[Any], bool] | None
+        self,
+        handler: grpc.RpcMethodHandler,
+        inline: Callable[[Any], bool] | None,
+        lane: tuple[Executor, Callable[[Any], bool]] | None = None,
     ) -> grpc.RpcMethodHandler:
         changes: dict[str, Any] = {}
         if handler.unary_unary is not None:
-            changes["unary_unary"] = self._unary(handler.unary_unary, inline)
+            changes["unary_unary"] = self._unary(handler.unary_unary, inline, lane=lane)
         if handler.stream_unary is not None:
             changes["stream_unary"] = self._unary(handler.stream_unary, None, streamed=True)
         if handler.unary_stream is not None:
@@ -196,6 +207,7 @@ class Bridge(aio.ServerInterceptor):
         behaviour: Callable[..., Any],
         inline: Callable[[Any], bool] | None,
         streamed: bool = False,
+        lane: tuple[Executor, Callable[[Any], bool]] | None = None,
     ) -> Callable[..., Awaitable[Any]]:
         """``streamed``: the requests come as a stream (read from the pool thread)."""
         pool = self.pool
@@ -213,7 +225,10 @@ class Bridge(aio.ServerInterceptor):
                 else:
                     loop = asyncio.get_running_loop()
                     cv = contextvars.copy_context()
-                    response = await _on_pool(loop, pool, cv.run, behaviour, request, sync)
+                    # (a refused request comes as undecoded bytes: no lane's business)
+                    on_lane = lane is not None and isinstance(request, Message) and lane[1](request)
+                    where = lane[0] if lane is not None and on_lane else pool
+                    response = await _on_pool(loop, where, cv.run, behaviour, request, sync)
             except Aborted as a:
                 await _send_metadata(sync, context)
                 await context.abort(a.status.code, a.status.details, a.status.trailing_metadata)

@@ -16,7 +16,7 @@ import json
 import logging
 import math
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -172,6 +172,20 @@ def _hits_out(hits: list[Hit], as_json: bool) -> None:
             else "no neurons"
         ),
     )
+
+
+def _many_hits_out(texts: Sequence[str], hits: list[list[Hit]], as_json: bool) -> None:
+    """Each text's hits under its own heading (JSON: a list of {"query", "hits"})."""
+    if as_json:
+        data = [
+            {"query": t, "hits": [_hit_dict(h) for h in hs]}
+            for t, hs in zip(texts, hits, strict=True)
+        ]
+        _emit(True, data, str)
+        return
+    for i, (t, hs) in enumerate(zip(texts, hits, strict=True)):
+        click.echo(("\n" if i else "") + f"== {t}")
+        _hits_out(hs, False)
 
 
 def _filter(
@@ -391,7 +405,7 @@ def serve(
 
 
 @click.command()
-@click.argument("text", required=False)
+@click.argument("texts", metavar="[TEXT]...", nargs=-1)
 @click.option(
     "--image",
     type=click.Path(dir_okay=False, exists=True),
@@ -419,7 +433,7 @@ def serve(
 def search(
     backend: QueryBackend,
     as_json: bool,
-    text: str | None,
+    texts: tuple[str, ...],
     image: str | None,
     like: str | None,
     models: tuple[str, ...],
@@ -433,19 +447,26 @@ def search(
     top_k: int,
     per_model: int,
 ) -> None:
-    """Neurons matching TEXT (or --image / --like), best first."""
+    """Neurons matching TEXT (or --image / --like), best first. Several TEXTs are searched
+    together (one call; their texts embedded in one batch), each with the same options."""
     from neuronatlas.core.errors import InvalidArgument
 
-    given = [q for q in (text, image, like) if q]
+    given = [q for q in (texts, image, like) if q]
     if len(given) != 1:
         raise InvalidArgument("give exactly one of TEXT, --image or --like", field="query")
-    if text:
-        query: Q.Query = Q.TextQuery(text)
+    flt = _filter(models, layers, depth_min, depth_max, min_clarity, label, match, kinds)
+    if len(texts) > 1:
+        pages = backend.search_many(
+            [Q.Search(Q.TextQuery(t), flt, top_k=top_k, per_model=per_model) for t in texts]
+        )
+        _many_hits_out(texts, [p.items for p in pages], as_json)
+        return
+    if texts:
+        query: Q.Query = Q.TextQuery(texts[0])
     elif image:
         query = Q.ImageQuery(Path(image).read_bytes())
     else:
         query = Q.NeuronQuery(*parse_component_key(str(like)))
-    flt = _filter(models, layers, depth_min, depth_max, min_clarity, label, match, kinds)
     _hits_out(backend.search_neurons(query, flt, top_k=top_k, per_model=per_model).items, as_json)
 
 

@@ -31,7 +31,7 @@ from neuronatlas.core.audit import Audit
 from neuronatlas.core.backend import QueryBackend
 from neuronatlas.core.catalogue import ProbeSetInfo, SampleImage
 from neuronatlas.core.compare import Comparison
-from neuronatlas.core.errors import InvalidArgument
+from neuronatlas.core.errors import InvalidArgument, NeuronAtlasError
 from neuronatlas.core.explain import Explanation
 from neuronatlas.core.jobs import (  # LeaseLost & co: their reasons map back to them
     Job,
@@ -46,9 +46,12 @@ from neuronatlas.core.queries import (
     NeuronQuery,
     Page,
     Query,
+    Search,
     StoreStats,
     TextQuery,
     VectorQuery,
+    check_search,
+    naming,
 )
 from neuronatlas.core.records import NEURON_KIND, ModelEntry, NeuronRecord, parse_component_key
 from neuronatlas.core.store.base import Hit, LabelScope, SearchFilter
@@ -234,6 +237,61 @@ class Client:
             limit,
             (lambda h: h.record.model_id) if per_model else None,
         )
+
+    def search_many(self, searches: Sequence[Search]) -> list[Page[Hit]]:
+        """``search_neurons`` for each search, in one BatchSearchNeurons call (a search whose
+        pages reach past the first is finished with SearchNeurons calls). All or nothing,
+        errors naming the search (``searches[i]``), as ``Atlas.search_many``."""
+        V.check_range(len(searches), 1, V.MAX_BATCH_SEARCHES, "searches")
+        for i, s in enumerate(searches):
+            with naming(f"searches[{i}]"):
+                check_search(s)
+        batch = pb.BatchSearchNeuronsRequest()
+        for s in searches:
+            req = batch.requests.add(top_k=s.top_k, per_model=s.per_model)
+            C.query_to_pb(s.query, req)
+            if s.flt is not None:
+                req.filter.CopyFrom(C.filter_to_pb(s.flt))
+            limit = s.top_k if s.limit is None else s.limit
+            req.page_size = min(s.offset + limit, _INT32_MAX)  # the server clamps it
+        try:
+            resp = self._call("BatchSearchNeurons", batch)
+        except NeuronAtlasError as e:  # the server names a search by its request
+            e.args = (str(e).replace("requests[", "searches[", 1), *e.args[1:])
+            if isinstance(e, InvalidArgument) and e.field:
+                e.field = e.field.replace("requests[", "searches[", 1)
+            raise
+        return [
+            self._first_page(s, req, r)
+            for s, req, r in zip(searches, batch.requests, resp.responses, strict=True)
+        ]
+
+    def _first_page(
+        self, s: Search, req: pb.SearchNeuronsRequest, resp: pb.SearchNeuronsResponse
+    ) -> Page[Hit]:
+        """A batch search's page from its first response, continued with SearchNeurons calls
+        when it ends short of ``offset + limit``."""
+        unit = (lambda h: h.record.model_id) if s.per_model else None
+        units = _units([C.hit_from_pb(h) for h in resp.results], unit)
+        limit = s.top_k if s.limit is None else s.limit
+        items = [h for g in units[s.offset : s.offset + limit] for h in g]
+        end = len(units)
+        if not resp.next_page_token:
+            return Page(items, None)
+        base = _request_key("SearchNeurons", req)
+        self._remember(base, end, resp.next_page_token)
+        if end >= s.offset + limit:
+            return Page(items, end)
+        start = max(end, s.offset)
+        more, nxt, _ = self._paged(
+            "SearchNeurons",
+            req,
+            start,
+            s.offset + limit - start,
+            lambda r: [C.hit_from_pb(h) for h in r.results],
+            unit,
+        )
+        return Page(items + more, nxt)
 
     def search(
         self,

@@ -14,7 +14,7 @@ from google.protobuf.message import Message
 
 from neuronatlas.core import validate as V
 from neuronatlas.core.errors import InvalidArgument
-from neuronatlas.core.queries import Atlas
+from neuronatlas.core.queries import Atlas, Page, Search, naming
 from neuronatlas.core.store.base import HIT_FIELDS, Hit, LabelScope
 from neuronatlas.service import convert as C
 from neuronatlas.service import paging
@@ -85,18 +85,50 @@ class NeuronAtlasServicer(pb_grpc.NeuronAtlasServiceServicer):
     def SearchNeurons(
         self, request: pb.SearchNeuronsRequest, context: grpc.ServicerContext
     ) -> pb.SearchNeuronsResponse:
-        top_k = request.top_k or V.DEFAULT_TOP_K
-        size = paging.page_size(request.page_size, default=max(top_k, 1), maximum=SEARCH_PAGE_MAX)
+        s = self._search(request)
         page = self.atlas.search_neurons(
+            s.query,
+            s.flt,
+            top_k=s.top_k,
+            per_model=s.per_model,
+            offset=s.offset,
+            limit=s.limit,
+            fields=s.fields,
+        )
+        return self._search_response(request, page)
+
+    @rpc
+    def BatchSearchNeurons(
+        self, request: pb.BatchSearchNeuronsRequest, context: grpc.ServicerContext
+    ) -> pb.BatchSearchNeuronsResponse:
+        searches = []
+        for i, r in enumerate(request.requests):
+            with naming(f"requests[{i}]"):  # a bad page token or size names its request
+                searches.append(self._search(r))
+        pages = self.atlas.search_many(searches, name="requests")
+        response = pb.BatchSearchNeuronsResponse()
+        for r, page in zip(request.requests, pages, strict=True):
+            response.responses.append(self._search_response(r, page))
+        return response
+
+    def _search(self, request: pb.SearchNeuronsRequest) -> Search:
+        top_k = request.top_k or V.DEFAULT_TOP_K
+        return Search(
             C.query_from_pb(request),
             C.filter_from_pb(request.filter) if request.HasField("filter") else None,
             top_k=top_k,
             per_model=request.per_model,
             offset=self.pages.decode(request),
-            limit=size,
+            limit=paging.page_size(
+                request.page_size, default=max(top_k, 1), maximum=SEARCH_PAGE_MAX
+            ),
             # thumbnails read the hits' top_samples; otherwise only what NeuronHit shows
             fields=None if request.include_thumbnails else HIT_FIELDS,
         )
+
+    def _search_response(
+        self, request: pb.SearchNeuronsRequest, page: Page[Hit]
+    ) -> pb.SearchNeuronsResponse:
         response = pb.SearchNeuronsResponse(
             next_page_token=self.pages.encode(request, page.next_offset)
         )

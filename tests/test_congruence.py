@@ -25,6 +25,7 @@ from neuronatlas.core.queries import (
     Atlas,
     NeuronQuery,
     Page,
+    Search,
     TextQuery,
     VectorQuery,
     top_labels,
@@ -130,6 +131,22 @@ CALLS: dict[str, Call] = {
         TextQuery("airplane"), per_model=2, top_k=5, offset=1, limit=1
     ),
     "search past 100 hits": lambda b: b.search_neurons(TextQuery("wheel"), top_k=150),
+    "search many (a batch of every kind of search)": lambda b: b.search_many(
+        [
+            Search(TextQuery("striped texture"), top_k=15),
+            Search(VectorQuery(_vector_of(b)), top_k=8),
+            Search(
+                NeuronQuery("resnet20", "layer1.0.conv1", 2),
+                SearchFilter(model_ids=("resnet32",), depth_min=0.3),
+                top_k=12,
+            ),
+            Search(TextQuery("airplane"), per_model=3, top_k=5),
+            Search(TextQuery("airplane"), per_model=2, top_k=5, offset=1, limit=1),
+            Search(TextQuery("dog"), top_k=30, offset=10, limit=10),
+            Search(TextQuery("wheel"), top_k=150),  # past the server's 100-hit page
+            Search(TextQuery("striped texture"), top_k=15),  # a text twice
+        ]
+    ),
     "get neuron": lambda b: b.get_neuron("resnet32", "layer2.0.conv2", 7),
     "get neuron with vector": lambda b: b.get_neuron(
         "resnet32", "layer3.0.conv2", 11, with_vector=True
@@ -214,6 +231,20 @@ BAD_CALLS: dict[str, Call] = {
         TextQuery("dog"), SearchFilter(model_ids=("resnet99",))
     ),
     "bad unit": lambda b: b.get_neuron("resnet20", "layer1.0.conv1", -1),
+    "search many: none": lambda b: b.search_many([]),
+    "search many: too many": lambda b: b.search_many([Search(TextQuery("dog"))] * 65),
+    "search many: one bad search": lambda b: b.search_many(
+        [Search(TextQuery("dog")), Search(TextQuery("cat"), top_k=0)]
+    ),
+    "search many: one bad filter": lambda b: b.search_many(
+        [Search(TextQuery("dog")), Search(TextQuery("cat"), SearchFilter(model_ids=()))]
+    ),
+    "search many: an unknown neuron": lambda b: b.search_many(
+        [Search(TextQuery("dog")), Search(NeuronQuery("resnet20", "layer1.0.conv1", 999))]
+    ),
+    "search many: a vector of the wrong size": lambda b: b.search_many(
+        [Search(VectorQuery(np.ones(7, np.float32)))]
+    ),
     "unknown neuron": lambda b: b.get_neuron("resnet20", "layer1.0.conv1", 999),
     "bad model id": lambda b: b.get_model("bad/id"),
     "empty custom label": lambda b: b.describe_neuron(

@@ -16,11 +16,12 @@ from typing import Any
 
 import grpc
 import pytest
+from google.protobuf import wrappers_pb2
 from grpc import aio
 
 from neuronatlas.service import bridge
 from neuronatlas.service.errors import make_status
-from neuronatlas.service.server import SERVICE_NAME, inline_policy
+from neuronatlas.service.server import SERVICE_NAME, batch_lanes, inline_policy
 from neuronatlas.v1 import neuronatlas_pb2 as pb
 
 SEEN: contextvars.ContextVar[str] = contextvars.ContextVar("seen", default="")
@@ -49,6 +50,9 @@ class Methods(grpc.GenericRpcHandler):
         return {
             "Quick": grpc.unary_unary_rpc_method_handler(self.thread),
             "Slow": grpc.unary_unary_rpc_method_handler(self.thread),
+            "Batch": grpc.unary_unary_rpc_method_handler(
+                self.thread, request_deserializer=wrappers_pb2.StringValue.FromString
+            ),
             "Refuse": grpc.unary_unary_rpc_method_handler(self.refuse),
             "Leak": grpc.unary_unary_rpc_method_handler(self.leak),
             "LeakInline": grpc.unary_unary_rpc_method_handler(self.leak),
@@ -114,14 +118,16 @@ class Methods(grpc.GenericRpcHandler):
 @pytest.fixture(scope="module")
 def served() -> Iterator[tuple[grpc.Channel, Methods, Recorder]]:
     pool = futures.ThreadPoolExecutor(4, thread_name_prefix="t-pool")
+    lane = futures.ThreadPoolExecutor(1, thread_name_prefix="t-lane")
     methods, recorder = Methods(), Recorder()
     policy = {
         "/t.T/Quick": lambda r: True,
         "/t.T/LeakInline": lambda r: True,
         "/t.T/Refuse": lambda r: r == b"inline",
     }
+    lanes: bridge.Lanes = {"/t.T/Batch": (lane, lambda r: r.value == "quick ones")}
     server = bridge.on_loop(
-        lambda: aio.server(interceptors=[bridge.Bridge([recorder], pool, policy)])
+        lambda: aio.server(interceptors=[bridge.Bridge([recorder], pool, policy, lanes)])
     )
     server.add_generic_rpc_handlers((methods,))
     port = server.add_insecure_port("127.0.0.1:0")
@@ -131,6 +137,7 @@ def served() -> Iterator[tuple[grpc.Channel, Methods, Recorder]]:
     channel.close()
     bridge.run(server.stop(1.0))
     pool.shutdown()
+    lane.shutdown()
 
 
 def _unary(channel: grpc.Channel, name: str, data: bytes = b"", **kw: Any) -> Any:
@@ -235,6 +242,43 @@ def test_run_refuses_the_loop_thread_instead_of_hanging() -> None:
         return "ran"
 
     assert "event loop's own thread" in bridge.run(inner(), timeout=10)
+
+
+def test_a_lane_takes_the_requests_it_names_and_the_pool_the_rest(served) -> None:
+    channel, _, recorder = served
+    quick = wrappers_pb2.StringValue(value="quick ones").SerializeToString()
+    for _ in range(3):  # always the lane's one thread
+        on_lane, call = _unary(channel, "Batch", quick)
+        assert on_lane.startswith(b"t-lane")
+        assert dict(call.initial_metadata())["x-thread"] == on_lane.decode()
+    slow = wrappers_pb2.StringValue(value="slow ones").SerializeToString()
+    other, _ = _unary(channel, "Batch", slow)
+    assert other.startswith(b"t-pool")
+    # bytes that are no message of the method are no lane's business (the pool refuses them)
+    with pytest.raises(grpc.RpcError):
+        _unary(channel, "Batch", b"\xff\xff not a message")
+    assert "/t.T/Batch" in recorder.methods  # the sync interceptors ran on the lane too
+
+
+def test_batch_lanes_of_the_server() -> None:
+    lane = futures.ThreadPoolExecutor(1)
+    embedded = SimpleNamespace(store=SimpleNamespace(exclusive=True))
+    remote = SimpleNamespace(store=SimpleNamespace(exclusive=False))
+    assert batch_lanes(remote, lane) == {}  # type: ignore[arg-type]
+    executor, takes = batch_lanes(embedded, lane)[f"/{SERVICE_NAME}/BatchSearchNeurons"]  # type: ignore[arg-type]
+    assert executor is lane
+    vec = pb.SearchNeuronsRequest(vector=pb.Vector(values=[1.0, 0.0]))
+    assert takes(pb.BatchSearchNeuronsRequest(requests=[vec, vec]))
+    # one search that runs CLIP (or per model): the whole batch goes to the pool
+    assert not takes(
+        pb.BatchSearchNeuronsRequest(requests=[vec, pb.SearchNeuronsRequest(text="stripes")])
+    )
+    assert not takes(
+        pb.BatchSearchNeuronsRequest(
+            requests=[pb.SearchNeuronsRequest(vector=pb.Vector(values=[1.0]), per_model=2)]
+        )
+    )
+    lane.shutdown()
 
 
 def test_inline_policy_of_the_server() -> None:

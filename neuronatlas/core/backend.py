@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from neuronatlas.core.audit import Audit
     from neuronatlas.core.compare import Comparison
     from neuronatlas.core.explain import Explanation
-    from neuronatlas.core.queries import Description, Page, Query, StoreStats
+    from neuronatlas.core.queries import Description, Page, Query, Search, StoreStats
 
 
 @runtime_checkable
@@ -47,6 +47,11 @@ class QueryBackend(Protocol):
         limit: int | None = None,
     ) -> Page[Hit]:
         """Neurons closest to a text, image, neuron or vector query; see ``Atlas``."""
+        ...
+
+    def search_many(self, searches: Sequence[Search]) -> list[Page[Hit]]:
+        """Several searches at once (at most ``MAX_BATCH_SEARCHES``), all or nothing; see
+        ``Atlas.search_many``."""
         ...
 
     def get_neuron(

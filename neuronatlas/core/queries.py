@@ -14,7 +14,8 @@ from __future__ import annotations
 import sys
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Generic, TypeVar
 
@@ -24,7 +25,12 @@ from neuronatlas.core import validate as V
 from neuronatlas.core.config import Home, HomeLike
 from neuronatlas.core.embedder.base import Embedder
 from neuronatlas.core.embedder.text_cache import TextCache
-from neuronatlas.core.errors import FailedPrecondition, NotIndexed
+from neuronatlas.core.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NeuronAtlasError,
+    NotIndexed,
+)
 from neuronatlas.core.records import (
     NEURON_KIND,
     EmbedderInfo,
@@ -52,9 +58,12 @@ __all__ = [
     "NeuronQuery",
     "Page",
     "Query",
+    "Search",
     "StoreStats",
     "TextQuery",
     "VectorQuery",
+    "check_search",
+    "naming",
     "top_labels",
     "top_labels_by_vocabulary",
 ]
@@ -89,6 +98,19 @@ class VectorQuery:
 
 
 Query = TextQuery | ImageQuery | NeuronQuery | VectorQuery
+
+
+@dataclass(frozen=True, eq=False)
+class Search:
+    """One search of a batch (``Atlas.search_many``): the arguments of ``search_neurons``."""
+
+    query: Query
+    flt: SearchFilter | None = None
+    top_k: int = V.DEFAULT_TOP_K
+    per_model: int = 0
+    offset: int = 0
+    limit: int | None = None
+    fields: Sequence[str] | None = None  # as for search_neurons (the server's hit fields)
 
 
 # -- results -----------------------------------------------------------------------------
@@ -150,6 +172,27 @@ def _check_query(query: object) -> None:
         V.check_vector_size(np.asarray(query.values).size)
     else:
         raise V.no_query()
+
+
+def check_search(s: Search) -> None:
+    """The checks ``Atlas.search_neurons`` makes before it searches."""
+    V.check_range(s.top_k, 1, V.MAX_TOP_K, "top_k")
+    V.check_range(s.per_model, 0, V.MAX_PER_MODEL, "per_model")
+    V.check_page(s.offset, s.top_k if s.limit is None else s.limit)
+    _check_query(s.query)
+    V.check_filter(s.flt)
+
+
+@contextmanager
+def naming(item: str) -> Iterator[None]:
+    """Errors raised inside name the batch ``item`` they came from."""
+    try:
+        yield
+    except NeuronAtlasError as e:
+        e.args = (f"{item}: {e}", *e.args[1:])
+        if isinstance(e, InvalidArgument):
+            e.field = f"{item}.{e.field}" if e.field else item
+        raise
 
 
 EmbedderSource = Embedder | Callable[[], Embedder] | None
@@ -222,14 +265,22 @@ class Atlas:
 
     def embed_text(self, text: str) -> np.ndarray:
         """Embedding of a query text; a repeated text comes from the text cache (no model call)."""
+        row: np.ndarray = self.embed_texts([text])[0]
+        return row
+
+    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """(n, dim) embeddings of query texts, those not in the text cache in one model call."""
         emb = self.embedder()
         if isinstance(getattr(emb, "text_cache", None), TextCache):
-            return np.asarray(emb.encode_text([text])[0], dtype=np.float32)
-        row = self._text_cache.lookup([text])[0]
-        if row is None:
-            row = np.asarray(emb.encode_text([text])[0], dtype=np.float32)
-            self._text_cache.store([text], row[None, :])
-        return row
+            return np.asarray(emb.encode_text(list(texts)), dtype=np.float32)
+        rows = self._text_cache.lookup(texts)
+        missing = sorted({t for t, row in zip(texts, rows, strict=True) if row is None})
+        if missing:
+            fresh = np.asarray(emb.encode_text(missing), dtype=np.float32)
+            self._text_cache.store(missing, fresh)
+            new = dict(zip(missing, fresh, strict=True))
+            rows = [new[t] if row is None else row for t, row in zip(texts, rows, strict=True)]
+        return np.stack([np.asarray(r, dtype=np.float32) for r in rows])
 
     def embed_image(self, data: bytes) -> np.ndarray:
         rgb = V.decode_image(data)  # formats, pixel count and damage checked there
@@ -293,13 +344,15 @@ class Atlas:
         ``offset..offset+limit`` of the best ``top_k`` models, models ordered by their best
         score. ``limit`` defaults to ``top_k``. ``fields``: payload keys the hits need (see
         ``KnowledgeStore.search``; the per-model path reads whole payloads)."""
-        V.check_range(top_k, 1, V.MAX_TOP_K, "top_k")
-        V.check_range(per_model, 0, V.MAX_PER_MODEL, "per_model")
-        limit = top_k if limit is None else limit
-        V.check_page(offset, limit)
-        _check_query(query)
-        flt = V.check_filter(flt)
-        vec = self.query_vector(query)
+        search = Search(query, flt, top_k, per_model, offset, limit, fields)
+        check_search(search)
+        return self._search(self.query_vector(query), search)
+
+    def _search(self, vec: np.ndarray, s: Search) -> Page[Hit]:
+        """``s`` (checked) with its query's vector ``vec``."""
+        top_k, per_model, offset, fields = s.top_k, s.per_model, s.offset, s.fields
+        flt = V.check_filter(s.flt)
+        limit = top_k if s.limit is None else s.limit
         end = min(offset + limit, top_k)
         if offset >= end:
             return Page([], None)
@@ -316,6 +369,29 @@ class Atlas:
         hits = self.store.search(vec, limit=fetch, flt=flt, offset=offset, fields=fields)
         more = len(hits) > end - offset
         return Page(hits[: end - offset], end if more else None)
+
+    def search_many(self, searches: Sequence[Search], name: str = "searches") -> list[Page[Hit]]:
+        """Several searches, answered in order as ``search_neurons`` answers each; their text
+        queries are embedded together (one text-model call for those not cached). All or
+        nothing: every search is checked (and its vector or stored neuron looked up) before any
+        text is embedded or any search runs, and the first one that fails fails the batch, its
+        error naming it (``name[i]``: the message is prefixed with it and an invalid
+        argument's field becomes e.g. ``searches[3].top_k``)."""
+        V.check_range(len(searches), 1, V.MAX_BATCH_SEARCHES, name)
+        vectors: list[np.ndarray | None] = []
+        for i, s in enumerate(searches):
+            with naming(f"{name}[{i}]"):
+                check_search(s)
+                # vectors and stored neurons now (cheap, and checked), texts together below
+                text = isinstance(s.query, TextQuery)
+                vectors.append(None if text else self.query_vector(s.query))
+        texts = [s.query.text for s in searches if isinstance(s.query, TextQuery)]
+        embedded = iter(self.embed_texts(texts) if texts else ())
+        pages = []
+        for i, (s, vec) in enumerate(zip(searches, vectors, strict=True)):
+            with naming(f"{name}[{i}]"):
+                pages.append(self._search(next(embedded) if vec is None else vec, s))
+        return pages
 
     def get_neuron(
         self,

@@ -37,6 +37,7 @@ MAX_CUSTOM_LABELS = 64  # DescribeNeuron: each new label costs text-encoder call
 MAX_LABEL_CHARS = 200
 MAX_LAYER_CHARS = 256
 MAX_TOP_N = 100
+MAX_BATCH_SEARCHES = 64  # searches in one batch (BatchSearchNeurons, Atlas.search_many)
 DEFAULT_TOP_N = 5
 MAX_FILTER_ITEMS = 1000
 MAX_AUDIT_CONCEPTS = 100

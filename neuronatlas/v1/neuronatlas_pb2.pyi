@@ -226,6 +226,18 @@ class SearchNeuronsResponse(_message.Message):
     next_page_token: str
     def __init__(self, results: _Optional[_Iterable[_Union[NeuronHit, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
+class BatchSearchNeuronsRequest(_message.Message):
+    __slots__ = ("requests",)
+    REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    requests: _containers.RepeatedCompositeFieldContainer[SearchNeuronsRequest]
+    def __init__(self, requests: _Optional[_Iterable[_Union[SearchNeuronsRequest, _Mapping]]] = ...) -> None: ...
+
+class BatchSearchNeuronsResponse(_message.Message):
+    __slots__ = ("responses",)
+    RESPONSES_FIELD_NUMBER: _ClassVar[int]
+    responses: _containers.RepeatedCompositeFieldContainer[SearchNeuronsResponse]
+    def __init__(self, responses: _Optional[_Iterable[_Union[SearchNeuronsResponse, _Mapping]]] = ...) -> None: ...
+
 class GetNeuronRequest(_message.Message):
     __slots__ = ("neuron", "include_vector", "include_thumbnails")
     NEURON_FIELD_NUMBER: _ClassVar[int]

@@ -40,6 +40,11 @@ class NeuronAtlasServiceStub:
                 request_serializer=neuronatlas_dot_v1_dot_neuronatlas__pb2.SearchNeuronsRequest.SerializeToString,
                 response_deserializer=neuronatlas_dot_v1_dot_neuronatlas__pb2.SearchNeuronsResponse.FromString,
                 _registered_method=True)
+        self.BatchSearchNeurons = channel.unary_unary(
+                '/neuronatlas.v1.NeuronAtlasService/BatchSearchNeurons',
+                request_serializer=neuronatlas_dot_v1_dot_neuronatlas__pb2.BatchSearchNeuronsRequest.SerializeToString,
+                response_deserializer=neuronatlas_dot_v1_dot_neuronatlas__pb2.BatchSearchNeuronsResponse.FromString,
+                _registered_method=True)
         self.GetNeuron = channel.unary_unary(
                 '/neuronatlas.v1.NeuronAtlasService/GetNeuron',
                 request_serializer=neuronatlas_dot_v1_dot_neuronatlas__pb2.GetNeuronRequest.SerializeToString,
@@ -103,6 +108,15 @@ class NeuronAtlasServiceServicer:
 
     def SearchNeurons(self, request, context):
         """Neurons whose embedding is closest (cosine) to the query, best first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def BatchSearchNeurons(self, request, context):
+        """Several searches in one call, each answered as SearchNeurons answers it, in order. For
+        clients with many queries: one call's overhead instead of one per query, and the text
+        queries embedded together in one text-model call.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -203,6 +217,11 @@ def add_NeuronAtlasServiceServicer_to_server(servicer, server):
                     request_deserializer=neuronatlas_dot_v1_dot_neuronatlas__pb2.SearchNeuronsRequest.FromString,
                     response_serializer=neuronatlas_dot_v1_dot_neuronatlas__pb2.SearchNeuronsResponse.SerializeToString,
             ),
+            'BatchSearchNeurons': grpc.unary_unary_rpc_method_handler(
+                    servicer.BatchSearchNeurons,
+                    request_deserializer=neuronatlas_dot_v1_dot_neuronatlas__pb2.BatchSearchNeuronsRequest.FromString,
+                    response_serializer=neuronatlas_dot_v1_dot_neuronatlas__pb2.BatchSearchNeuronsResponse.SerializeToString,
+            ),
             'GetNeuron': grpc.unary_unary_rpc_method_handler(
                     servicer.GetNeuron,
                     request_deserializer=neuronatlas_dot_v1_dot_neuronatlas__pb2.GetNeuronRequest.FromString,
@@ -287,6 +306,33 @@ class NeuronAtlasService:
             '/neuronatlas.v1.NeuronAtlasService/SearchNeurons',
             neuronatlas_dot_v1_dot_neuronatlas__pb2.SearchNeuronsRequest.SerializeToString,
             neuronatlas_dot_v1_dot_neuronatlas__pb2.SearchNeuronsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BatchSearchNeurons(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/neuronatlas.v1.NeuronAtlasService/BatchSearchNeurons',
+            neuronatlas_dot_v1_dot_neuronatlas__pb2.BatchSearchNeuronsRequest.SerializeToString,
+            neuronatlas_dot_v1_dot_neuronatlas__pb2.BatchSearchNeuronsResponse.FromString,
             options,
             channel_credentials,
             insecure,
