@@ -74,6 +74,7 @@ def test_generated_code_imports_as_package() -> None:
     assert service.full_name == "neuronatlas.v1.NeuronAtlasService"
     assert {m.name for m in service.methods} == {
         "SearchNeurons",
+        "BatchSearchNeurons",
         "GetNeuron",
         "DescribeNeuron",
         "FindNeuronsByLabel",
