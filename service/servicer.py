@@ -101,6 +101,7 @@ class NeuronAtlasServicer(pb_grpc.NeuronAtlasServiceServicer):
     def BatchSearchNeurons(
         self, request: pb.BatchSearchNeuronsRequest, context: grpc.ServicerContext
     ) -> pb.BatchSearchNeuronsResponse:
+        V.check_range(len(request.requests), 1, V.MAX_BATCH_SEARCHES, "requests")
         searches = []
         for i, r in enumerate(request.requests):
             with naming(f"requests[{i}]"):  # a bad page token or size names its request
@@ -108,7 +109,7 @@ class NeuronAtlasServicer(pb_grpc.NeuronAtlasServiceServicer):
         pages = self.atlas.search_many(searches, name="requests")
         response = pb.BatchSearchNeuronsResponse()
         for r, page in zip(request.requests, pages, strict=True):
-            response.responses.append(self._search_response(r, page))
+            self._search_response(r, page, response.responses.add())
         return response
 
     def _search(self, request: pb.SearchNeuronsRequest) -> Search:
@@ -127,11 +128,14 @@ class NeuronAtlasServicer(pb_grpc.NeuronAtlasServiceServicer):
         )
 
     def _search_response(
-        self, request: pb.SearchNeuronsRequest, page: Page[Hit]
+        self,
+        request: pb.SearchNeuronsRequest,
+        page: Page[Hit],
+        out: pb.SearchNeuronsResponse | None = None,
     ) -> pb.SearchNeuronsResponse:
-        response = pb.SearchNeuronsResponse(
-            next_page_token=self.pages.encode(request, page.next_offset)
-        )
+        """The answer to ``request`` (written into ``out`` when given)."""
+        response = pb.SearchNeuronsResponse() if out is None else out
+        response.next_page_token = self.pages.encode(request, page.next_offset)
         C.hits_to_pb(page.items, response.results)
         if request.include_thumbnails:
             self._hit_thumbnails(page.items, response.results)
