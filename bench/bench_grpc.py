@@ -410,6 +410,37 @@ def main() -> None:
                 for x, y in zip(flat, alone, strict=False)
             )
             agree = f"; batched searches answered as the same search alone: {same} of {len(flat)}"
+            if not args.vector_only:  # new texts, embedded b at a time (one text-tower call)
+                cold_b = [
+                    pb.SearchNeuronsRequest(
+                        text=f"cold batched query {i} about {texts[i % 8][22:]}", top_k=10
+                    )
+                    for i in range(args.cold_requests - args.cold_requests % b)
+                ]
+                warm_b = [
+                    pb.BatchSearchNeuronsRequest(
+                        requests=[
+                            pb.SearchNeuronsRequest(text=f"warm-up batch {i}.{j}", top_k=10)
+                            for j in range(b)
+                        ]
+                    )
+                    for i in range(2)
+                ]
+                stats, _ = run_case(
+                    address,
+                    [
+                        pb.BatchSearchNeuronsRequest(requests=cold_b[i : i + b])
+                        for i in range(0, len(cold_b), b)
+                    ],
+                    max(1, args.concurrency // b),
+                    warm_b,
+                    proc.pid,
+                    "BatchSearchNeurons",
+                    b,
+                )
+                mode = f"unfiltered, top_k=10, {b} a call"
+                rows.append(("text (cold) batch", mode, stats))
+                print(f"  text (cold) batch {mode}: {stats['qps']:.0f} searches/s", flush=True)
 
         # recall@10 against exact search, and of the per-model best neuron
         q = qvec[: args.recall_queries]
