@@ -106,7 +106,13 @@ class NeuronAtlasServicer(pb_grpc.NeuronAtlasServiceServicer):
         for i, r in enumerate(request.requests):
             with naming(f"requests[{i}]"):  # a bad page token or size names its request
                 searches.append(self._search(r))
-        pages = self.atlas.search_many(searches, name="requests")
+
+        def in_time(i: int) -> None:  # a batch can take seconds: the deadline between searches
+            left = context.time_remaining()
+            if left is not None and left <= 0:
+                raise DeadlineExceeded(f"the deadline passed after {i} of {len(searches)} searches")
+
+        pages = self.atlas.search_many(searches, name="requests", before_each=in_time)
         response = pb.BatchSearchNeuronsResponse()
         for r, page in zip(request.requests, pages, strict=True):
             self._search_response(r, page, response.responses.add())

@@ -217,3 +217,37 @@ def test_the_cli_searches_several_texts_in_one_batch(server) -> None:
     assert table.output.count("resnet") == 6
     both = runner.invoke(cli, ["search", "dog", "--like", "resnet20/layer1.0.conv1/2"], env=env)
     assert both.exit_code != 0 and "exactly one of TEXT" in str(both.exception)
+
+
+class _Late:
+    """A servicer context whose deadline passes after ``calls`` looks at the time left."""
+
+    def __init__(self, calls: int):
+        self.calls, self.status = calls, None
+
+    def time_remaining(self) -> float:
+        self.calls -= 1
+        return 1.0 if self.calls >= 0 else 0.0
+
+    def is_active(self) -> bool:
+        return True
+
+    def abort_with_status(self, status) -> None:
+        self.status = status
+        raise RuntimeError("aborted")
+
+
+def test_a_batch_stops_at_its_deadline_between_searches(server) -> None:
+    from neuronatlas.service.servicer import NeuronAtlasServicer
+
+    servicer = NeuronAtlasServicer(server.atlas)
+    vec = server.atlas.store.get_neuron("resnet20", "layer2.0.conv2", 1, with_vector=True).vector
+    request = pb.BatchSearchNeuronsRequest(
+        requests=[pb.SearchNeuronsRequest(vector=pb.Vector(values=vec.tolist()))] * 5
+    )
+    assert len(servicer.BatchSearchNeurons(request, _Late(100)).responses) == 5
+    late = _Late(3)  # the call's own check, then two searches in time
+    with pytest.raises(RuntimeError, match="aborted"):
+        servicer.BatchSearchNeurons(request, late)
+    assert late.status.code == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert late.status.details == "the deadline passed after 2 of 5 searches"

@@ -370,13 +370,19 @@ class Atlas:
         more = len(hits) > end - offset
         return Page(hits[: end - offset], end if more else None)
 
-    def search_many(self, searches: Sequence[Search], name: str = "searches") -> list[Page[Hit]]:
+    def search_many(
+        self,
+        searches: Sequence[Search],
+        name: str = "searches",
+        before_each: Callable[[int], None] | None = None,
+    ) -> list[Page[Hit]]:
         """Several searches, answered in order as ``search_neurons`` answers each; their text
         queries are embedded together (one text-model call for those not cached). All or
         nothing: every search is checked (and its vector or stored neuron looked up) before any
         text is embedded or any search runs, and the first one that fails fails the batch, its
         error naming it (``name[i]``: the message is prefixed with it and an invalid
-        argument's field becomes e.g. ``searches[3].top_k``)."""
+        argument's field becomes e.g. ``searches[3].top_k``). ``before_each(i)`` runs before
+        search ``i`` (the server's deadline check: a call past its deadline stops there)."""
         V.check_range(len(searches), 1, V.MAX_BATCH_SEARCHES, name)
         vectors: list[np.ndarray | None] = []
         for i, s in enumerate(searches):
@@ -389,6 +395,8 @@ class Atlas:
         embedded = iter(self.embed_texts(texts) if texts else ())
         pages = []
         for i, (s, vec) in enumerate(zip(searches, vectors, strict=True)):
+            if before_each is not None:
+                before_each(i)
             with naming(f"{name}[{i}]"):
                 pages.append(self._search(next(embedded) if vec is None else vec, s))
         return pages
