@@ -378,17 +378,18 @@ class Atlas:
     ) -> list[Page[Hit]]:
         """Several searches, answered in order as ``search_neurons`` answers each; their text
         queries are embedded together (one text-model call for those not cached). All or
-        nothing: every search is checked (and its vector or stored neuron looked up) before any
-        text is embedded or any search runs, and the first one that fails fails the batch, its
-        error naming it (``name[i]``: the message is prefixed with it and an invalid
-        argument's field becomes e.g. ``searches[3].top_k``). ``before_each(i)`` runs before
+        nothing: every search is checked (and its vector, stored neuron or image looked up)
+        before any text is embedded or any search runs, and the first one that fails fails the
+        batch, its error naming it (``name[i]``: the message is prefixed with it and an
+        invalid argument's field becomes e.g. ``searches[3].top_k``). ``before_each(i)`` runs before
         search ``i`` (the server's deadline check: a call past its deadline stops there)."""
         V.check_range(len(searches), 1, V.MAX_BATCH_SEARCHES, name)
         vectors: list[np.ndarray | None] = []
         for i, s in enumerate(searches):
             with naming(f"{name}[{i}]"):
                 check_search(s)
-                # vectors and stored neurons now (cheap, and checked), texts together below
+                # every other query's vector now, in turn (an image decoded and embedded alone:
+                # one decoded image held at a time); the texts together below
                 text = isinstance(s.query, TextQuery)
                 vectors.append(None if text else self.query_vector(s.query))
         texts = [s.query.text for s in searches if isinstance(s.query, TextQuery)]
