@@ -115,8 +115,9 @@ def _requests() -> list[pb.SearchNeuronsRequest]:
     ]
 
 
-def test_the_batch_call_answers_as_the_single_calls(stub) -> None:
-    requests = _requests()
+def test_the_batch_call_answers_as_the_single_calls(stub, cifar_dir) -> None:
+    image = next(iter(sorted(cifar_dir.glob("*/*.jpg")))).read_bytes()
+    requests = [*_requests(), pb.SearchNeuronsRequest(image=image, top_k=3)]
     batch = stub.BatchSearchNeurons(pb.BatchSearchNeuronsRequest(requests=requests), metadata=AUTH)
     assert len(batch.responses) == len(requests)
     for req, got in zip(requests, batch.responses, strict=True):
