@@ -26,6 +26,7 @@ $NA models
 $NA stats
 $NA search "striped texture" --per-model 1
 $NA search "a red car" --top-k 5
+$NA search "stripes" "dots" "fur" --top-k 3                  # several texts, one batch
 $NA show resnet56/layer3.8.conv2/0 --out "$NEURONATLAS_HOME/resnet56-layer3.8.conv2-0.png"
 $NA compare resnet20 resnet56 --out "$NEURONATLAS_HOME/compare-resnet20-resnet56"
 echo "pictures and reports under $NEURONATLAS_HOME"
