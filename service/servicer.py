@@ -95,7 +95,7 @@ class NeuronAtlasServicer(pb_grpc.NeuronAtlasServiceServicer):
             limit=s.limit,
             fields=s.fields,
         )
-        return self._search_response(request, page)
+        return self._search_response(request, page)[0]
 
     @rpc
     def BatchSearchNeurons(
@@ -113,9 +113,12 @@ class NeuronAtlasServicer(pb_grpc.NeuronAtlasServiceServicer):
                 raise DeadlineExceeded(f"the deadline passed after {i} of {len(searches)} searches")
 
         pages = self.atlas.search_many(searches, name="requests", before_each=in_time)
+        from neuronatlas.service.zoo_catalogue import BATCH_THUMBNAILS
+
         response = pb.BatchSearchNeuronsResponse()
+        thumbnails = BATCH_THUMBNAILS  # shared: 64 searches x 64 would be ~100 MB of PNGs
         for r, page in zip(request.requests, pages, strict=True):
-            self._search_response(r, page, response.responses.add())
+            _, thumbnails = self._search_response(r, page, response.responses.add(), thumbnails)
         return response
 
     def _search(self, request: pb.SearchNeuronsRequest) -> Search:
@@ -138,27 +141,35 @@ class NeuronAtlasServicer(pb_grpc.NeuronAtlasServiceServicer):
         request: pb.SearchNeuronsRequest,
         page: Page[Hit],
         out: pb.SearchNeuronsResponse | None = None,
-    ) -> pb.SearchNeuronsResponse:
-        """The answer to ``request`` (written into ``out`` when given)."""
+        thumbnails: int | None = None,
+    ) -> tuple[pb.SearchNeuronsResponse, int]:
+        """The answer to ``request`` (written into ``out`` when given), with at most
+        ``RESPONSE_THUMBNAILS`` thumbnails and no more than ``thumbnails`` (a batch's budget;
+        None: no other bound); returns it and what is left of ``thumbnails``."""
+        from neuronatlas.service.zoo_catalogue import RESPONSE_THUMBNAILS
+
+        left = RESPONSE_THUMBNAILS if thumbnails is None else thumbnails
         response = pb.SearchNeuronsResponse() if out is None else out
         response.next_page_token = self.pages.encode(request, page.next_offset)
         C.hits_to_pb(page.items, response.results)
         if request.include_thumbnails:
-            self._hit_thumbnails(page.items, response.results)
-        return response
+            allowed = min(RESPONSE_THUMBNAILS, left)
+            left -= allowed - self._hit_thumbnails(page.items, response.results, allowed)
+        return response, left
 
-    def _hit_thumbnails(self, hits: list[Hit], results: Sequence[pb.NeuronHit]) -> None:
-        """include_thumbnails: each hit's first top samples with thumbnails (bounded per hit
-        and per response, ``zoo_catalogue``)."""
-        from neuronatlas.service.zoo_catalogue import RESPONSE_THUMBNAILS, Thumbnails
+    def _hit_thumbnails(self, hits: list[Hit], results: Sequence[pb.NeuronHit], budget: int) -> int:
+        """include_thumbnails: each hit's first top samples with thumbnails (at most
+        ``HIT_THUMBNAILS`` a hit and ``budget`` in all); returns what is left of ``budget``."""
+        from neuronatlas.service.zoo_catalogue import Thumbnails
 
-        thumbs, budget = Thumbnails(self.atlas.home, self.atlas.store), RESPONSE_THUMBNAILS
+        thumbs = Thumbnails(self.atlas.home, self.atlas.store)
         for hit, out in zip(hits, results, strict=True):
             if budget <= 0:
                 break
             samples = thumbs.hit_samples(hit.record, budget)
             out.top_samples.extend(samples)
             budget -= len(samples)
+        return budget
 
     @rpc
     def GetNeuron(

@@ -70,6 +70,7 @@ THUMBNAIL_SIZE = 96
 NEURON_THUMBNAILS = 64  # GetNeuron: every top sample up to this many
 HIT_THUMBNAILS = 8  # SearchNeurons: per hit
 RESPONSE_THUMBNAILS = 64  # SearchNeurons: per response
+BATCH_THUMBNAILS = 128  # BatchSearchNeurons: shared by its responses, earlier searches first
 
 S = TypeVar("S")
 R = TypeVar("R", bound=Message)

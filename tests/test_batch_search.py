@@ -252,3 +252,19 @@ def test_a_batch_stops_at_its_deadline_between_searches(server) -> None:
         servicer.BatchSearchNeurons(request, late)
     assert late.status.code == grpc.StatusCode.DEADLINE_EXCEEDED
     assert late.status.details == "the deadline passed after 2 of 5 searches"
+
+
+def test_a_batch_shares_one_thumbnail_budget(stub) -> None:
+    from neuronatlas.service.zoo_catalogue import BATCH_THUMBNAILS, RESPONSE_THUMBNAILS
+
+    one = pb.SearchNeuronsRequest(text="dog", top_k=20, include_thumbnails=True)
+    alone = stub.SearchNeurons(one, metadata=AUTH, timeout=60)
+    assert sum(len(h.top_samples) for h in alone.results) == RESPONSE_THUMBNAILS
+    batch = stub.BatchSearchNeurons(
+        pb.BatchSearchNeuronsRequest(requests=[one] * 3), metadata=AUTH, timeout=60
+    )
+    counts = [sum(len(h.top_samples) for h in r.results) for r in batch.responses]
+    # earlier searches first, each within its own response's budget, all within the batch's
+    assert counts == [RESPONSE_THUMBNAILS, BATCH_THUMBNAILS - RESPONSE_THUMBNAILS, 0]
+    assert batch.responses[0] == alone  # thumbnails and all
+    assert all(len(r.results) == 20 for r in batch.responses)  # the hits themselves all there
