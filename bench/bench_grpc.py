@@ -8,11 +8,13 @@ with C concurrent clients (grpc.aio) for each scenario:
 - vector queries, unfiltered and grouped per model (per_model=1), and unfiltered in batches
   (``BatchSearchNeurons``, ``--batch`` searches a call; its rows count searches, not calls);
 - cached text queries (a small pool of repeated texts: embedder LRU hits), both modes;
-- cold text queries (every text new: one CLIP text-tower pass each);
+- cold text queries (every text new: one CLIP text-tower pass each), and new texts in
+  batches (one text-tower pass a batch);
 
 and measures recall@10 of the served (HNSW) results against exact numpy search, plus the
 recall of the per-model best neuron. Prints a markdown table and writes it to
-bench/results/grpc.md (appending a section per size).
+bench/results/grpc.md (replacing the section of that size: every section whose heading starts
+"## N neurons", hand-written ones included, so keep a copy of the file).
 
     python bench/bench_grpc.py --neurons 100000
     python bench/bench_grpc.py --neurons 1000000 --requests 2000   # long HNSW build on 2 cores
