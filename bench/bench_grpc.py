@@ -13,8 +13,8 @@ with C concurrent clients (grpc.aio) for each scenario:
 
 and measures recall@10 of the served (HNSW) results against exact numpy search, plus the
 recall of the per-model best neuron. Prints a markdown table and writes it to
-bench/results/grpc.md (replacing the section of that size: every section whose heading starts
-"## N neurons", hand-written ones included, so keep a copy of the file).
+bench/results/grpc.md (replacing an earlier section with the same heading, i.e. of the same
+size and number of clients; other sections stay).
 
     python bench/bench_grpc.py --neurons 100000
     python bench/bench_grpc.py --neurons 1000000 --requests 2000   # long HNSW build on 2 cores
@@ -506,7 +506,8 @@ def main() -> None:
         if RESULTS.exists()
         else "# gRPC benchmark\n\nWritten by `bench/bench_grpc.py`.\n\n"
     )
-    marker_line = f"## {args.neurons:,} neurons"
+    # the section this run writes (the same heading line), not hand-written notes on that size
+    marker_line = header.split("\n", 1)[0] + "\n"
     sections = [s for s in old.split("\n## ") if s and not ("## " + s).startswith(marker_line)]
     head, rest = sections[0], sections[1:]
     RESULTS.write_text(
