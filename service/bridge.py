@@ -225,9 +225,10 @@ class Bridge(aio.ServerInterceptor):
                 else:
                     loop = asyncio.get_running_loop()
                     cv = contextvars.copy_context()
+                    where = pool
                     # (a refused request comes as undecoded bytes: no lane's business)
-                    on_lane = lane is not None and isinstance(request, Message) and lane[1](request)
-                    where = lane[0] if lane is not None and on_lane else pool
+                    if lane is not None and isinstance(request, Message) and lane[1](request):
+                        where = lane[0]
                     response = await _on_pool(loop, where, cv.run, behaviour, request, sync)
             except Aborted as a:
                 await _send_metadata(sync, context)

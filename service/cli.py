@@ -159,33 +159,27 @@ def _hit_dict(h: Hit) -> dict[str, Any]:
 
 
 def _hits_out(hits: list[Hit], as_json: bool) -> None:
+    _emit(as_json, [_hit_dict(h) for h in hits], lambda: _hits_table(hits))
+
+
+def _hits_table(hits: list[Hit]) -> str:
     rows = [
         [i + 1, h.record.key, h.score, h.record.depth, h.record.clarity, _top_label(h.record)]
         for i, h in enumerate(hits)
     ]
-    _emit(
-        as_json,
-        [_hit_dict(h) for h in hits],
-        lambda: (
-            table(["#", "neuron", "score", "depth", "clarity", "top label"], rows)
-            if hits
-            else "no neurons"
-        ),
-    )
+    if not hits:
+        return "no neurons"
+    return table(["#", "neuron", "score", "depth", "clarity", "top label"], rows)
 
 
 def _many_hits_out(texts: Sequence[str], hits: list[list[Hit]], as_json: bool) -> None:
     """Each text's hits under its own heading (JSON: a list of {"query", "hits"})."""
-    if as_json:
-        data = [
-            {"query": t, "hits": [_hit_dict(h) for h in hs]}
-            for t, hs in zip(texts, hits, strict=True)
-        ]
-        _emit(True, data, str)
-        return
-    for i, (t, hs) in enumerate(zip(texts, hits, strict=True)):
-        click.echo(("\n" if i else "") + f"== {t}")
-        _hits_out(hs, False)
+    pairs = list(zip(texts, hits, strict=True))
+    _emit(
+        as_json,
+        [{"query": t, "hits": [_hit_dict(h) for h in hs]} for t, hs in pairs],
+        lambda: "\n\n".join(f"== {t}\n{_hits_table(hs)}" for t, hs in pairs),
+    )
 
 
 def _filter(

@@ -16,7 +16,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Generic, TypeVar
 
 import numpy as np
@@ -174,13 +174,15 @@ def _check_query(query: object) -> None:
         raise V.no_query()
 
 
-def check_search(s: Search) -> None:
-    """The checks ``Atlas.search_neurons`` makes before it searches."""
+def check_search(s: Search) -> Search:
+    """The checks ``Atlas.search_neurons`` makes before it searches; ``s`` with its filter as
+    ``check_filter`` returns it."""
     V.check_range(s.top_k, 1, V.MAX_TOP_K, "top_k")
     V.check_range(s.per_model, 0, V.MAX_PER_MODEL, "per_model")
     V.check_page(s.offset, s.top_k if s.limit is None else s.limit)
     _check_query(s.query)
-    V.check_filter(s.flt)
+    flt = V.check_filter(s.flt)
+    return s if flt is s.flt else replace(s, flt=flt)
 
 
 @contextmanager
@@ -344,14 +346,12 @@ class Atlas:
         ``offset..offset+limit`` of the best ``top_k`` models, models ordered by their best
         score. ``limit`` defaults to ``top_k``. ``fields``: payload keys the hits need (see
         ``KnowledgeStore.search``; the per-model path reads whole payloads)."""
-        search = Search(query, flt, top_k, per_model, offset, limit, fields)
-        check_search(search)
+        search = check_search(Search(query, flt, top_k, per_model, offset, limit, fields))
         return self._search(self.query_vector(query), search)
 
     def _search(self, vec: np.ndarray, s: Search) -> Page[Hit]:
-        """``s`` (checked) with its query's vector ``vec``."""
-        top_k, per_model, offset, fields = s.top_k, s.per_model, s.offset, s.fields
-        flt = V.check_filter(s.flt)
+        """``s`` (as ``check_search`` returns it) with its query's vector ``vec``."""
+        top_k, per_model, offset, fields, flt = s.top_k, s.per_model, s.offset, s.fields, s.flt
         limit = top_k if s.limit is None else s.limit
         end = min(offset + limit, top_k)
         if offset >= end:
@@ -384,10 +384,11 @@ class Atlas:
         invalid argument's field becomes e.g. ``searches[3].top_k``). ``before_each(i)`` runs before
         search ``i`` (the server's deadline check: a call past its deadline stops there)."""
         V.check_range(len(searches), 1, V.MAX_BATCH_SEARCHES, name)
+        checked: list[Search] = []
         vectors: list[np.ndarray | None] = []
         for i, s in enumerate(searches):
             with naming(f"{name}[{i}]"):
-                check_search(s)
+                checked.append(check_search(s))
                 # every other query's vector now, in turn (an image decoded and embedded alone:
                 # one decoded image held at a time); the texts together below
                 text = isinstance(s.query, TextQuery)
@@ -395,7 +396,7 @@ class Atlas:
         texts = [s.query.text for s in searches if isinstance(s.query, TextQuery)]
         embedded = iter(self.embed_texts(texts) if texts else ())
         pages = []
-        for i, (s, vec) in enumerate(zip(searches, vectors, strict=True)):
+        for i, (s, vec) in enumerate(zip(checked, vectors, strict=True)):
             if before_each is not None:
                 before_each(i)
             with naming(f"{name}[{i}]"):
