@@ -200,13 +200,15 @@ def cpu_seconds(pid: int) -> float:
     return sum(proc_counters(pid)[:2])
 
 
-def proc_counters(pid: int) -> tuple[float, float, int]:
-    """(user CPU s, system CPU s, major page faults) of process ``pid`` so far (Linux /proc).
-    Major faults are pages read back from disk: on this VM the host's memory reclaim (DAMON
-    pageout) evicts a store's cold mapped pages, which the next queries fault back in."""
+def proc_counters(pid: int) -> tuple[float, float, int, int]:
+    """(user CPU s, system CPU s, major page faults, minor page faults) of process ``pid`` so
+    far (Linux /proc). Major faults are pages read back from disk: on this VM the host's memory
+    reclaim (DAMON pageout) evicts a store's cold mapped pages, which the next queries fault
+    back in. Minor faults are pages already in memory that the process maps for the first time:
+    a new server process pays one for every page of the store its queries touch."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     tick = os.sysconf("SC_CLK_TCK")
-    return int(fields[11]) / tick, int(fields[12]) / tick, int(fields[9])
+    return int(fields[11]) / tick, int(fields[12]) / tick, int(fields[9]), int(fields[7])
 
 
 def run_case(
@@ -222,10 +224,10 @@ def run_case(
     ``server_pid``, also the server process's CPU time per search (``searches`` a request)."""
     warmup = requests[: min(len(requests), 2 * concurrency)] if warmup is None else warmup
     asyncio.run(drive(address, warmup, concurrency, method))
-    before = proc_counters(server_pid) if server_pid else (0.0, 0.0, 0)
+    before = proc_counters(server_pid) if server_pid else (0.0, 0.0, 0, 0)
     lat, wall, responses = asyncio.run(drive(address, requests, concurrency, method))
-    after = proc_counters(server_pid) if server_pid else (math.nan, math.nan, 0)
-    user, system, faults = (a - b for a, b in zip(after, before, strict=True))
+    after = proc_counters(server_pid) if server_pid else (math.nan, math.nan, 0, 0)
+    user, system, faults, minor = (a - b for a, b in zip(after, before, strict=True))
     n = len(requests) * searches
     return {
         "p50_ms": float(np.percentile(lat, 50) * 1e3),
@@ -235,6 +237,7 @@ def run_case(
         "server_cpu_ms": (user + system) / n * 1e3,
         "server_sys_ms": system / n * 1e3,
         "major_faults": faults / n,
+        "minor_faults": minor / n,
     }, responses
 
 
@@ -500,21 +503,28 @@ def main() -> None:
     )
     text = header + "\n".join(table) + "\n"
     print("\n" + text)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    write_section(RESULTS, text)
+
+
+def write_section(path: Path, text: str) -> None:
+    """Put ``text`` (a section: its first line a ``## `` heading) into the results file where
+    the section with the same heading line was (up to the next heading: hand-written notes go
+    under headings of their own), or at the end."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     old = (
-        RESULTS.read_text()
-        if RESULTS.exists()
-        else "# gRPC benchmark\n\nWritten by `bench/bench_grpc.py`.\n\n"
+        path.read_text()
+        if path.exists()
+        else "# gRPC benchmark\n\nWritten by `bench/bench_grpc.py`.\n"
     )
-    # the section this run writes (the same heading line), not hand-written notes on that size
-    marker_line = header.split("\n", 1)[0] + "\n"
-    sections = [s for s in old.split("\n## ") if s and not ("## " + s).startswith(marker_line)]
-    head, rest = sections[0], sections[1:]
-    RESULTS.write_text(
-        "\n## ".join([head.rstrip() + "\n"] + [s.rstrip() + "\n" for s in rest]).rstrip()
-        + "\n\n"
-        + text
-    )
+    heading = text.split("\n", 1)[0] + "\n"
+    sections = old.split("\n## ")
+    new = text.removeprefix("## ")
+    at = [i for i, s in enumerate(sections) if i and ("## " + s).startswith(heading)]
+    if at:
+        sections[at[0]] = new
+    else:
+        sections.append(new)
+    path.write_text("\n## ".join(s.rstrip() + "\n" for s in sections))
 
 
 if __name__ == "__main__":

@@ -9,10 +9,17 @@ queries (32 concurrent clients, then 1 client):
   was a sync gRPC server with a thread pool when this benchmark chose between the two);
 - ``sync-bare``: a sync gRPC server with only SearchNeurons registered, no interceptors;
 - ``aio-bare``: a ``grpc.aio`` server with only SearchNeurons, whose handler calls the same
-  servicer method inline on the event loop (no thread hand-off).
+  servicer method inline on the event loop (no thread hand-off);
+- ``aio-engine``: the floor of any Python server over this store: a ``grpc.aio`` handler that
+  parses the request, makes the engine call the store makes for it (Qdrant Edge's ``query``:
+  the same vector, limit, ef, rescoring and payload fields) and answers with the bytes of a
+  real answer serialised once at start, so none of NeuronAtlas's Python runs per call;
+- ``aio-empty``: the same handler without the engine call: gRPC's and asyncio's own cost of a
+  unary call.
 
 The two bare servers differ only in the front end, so their gap is what moving to grpc.aio
-saves. Server CPU ms/query = the server process's CPU time over the measured calls /
+saves; ``aio-empty`` and ``aio-engine`` split a call's CPU into gRPC, engine and (product minus
+aio-engine) ours. Server CPU ms/query = the server process's CPU time over the measured calls /
 calls (client and server share the host).
 
     python bench/bench_grpc.py --neurons 100000 --requests 10   # builds the store once
@@ -32,7 +39,7 @@ from pathlib import Path
 import bench_grpc as B
 
 EMBEDDER = "open_clip:ViT-B-32:random:0"
-VARIANTS = ("product", "sync-bare", "aio-bare")
+VARIANTS = ("product", "sync-bare", "aio-bare", "aio-engine", "aio-empty")
 
 
 def serve(variant: str, store: str, port_file: str) -> None:
@@ -80,15 +87,89 @@ def serve(variant: str, store: str, port_file: str) -> None:
     async def search(request, context):
         return servicer.SearchNeurons(request, context)
 
+    if variant in ("aio-engine", "aio-empty"):
+        canned, engine_query = floor_handler(atlas, servicer)
+        engine = variant == "aio-engine"
+
+        async def floor(raw: bytes, context) -> bytes:
+            request = pb.SearchNeuronsRequest.FromString(raw)
+            if engine:
+                engine_query(request.vector.values)
+            return canned
+
+        generic = grpc.method_handlers_generic_handler(
+            "neuronatlas.v1.NeuronAtlasService",
+            {"SearchNeurons": grpc.unary_unary_rpc_method_handler(floor)},
+        )
+    else:
+        generic = handler(search)
+
     async def main() -> None:
         aio = grpc.aio.server()
-        aio.add_generic_rpc_handlers((handler(search),))
+        aio.add_generic_rpc_handlers((generic,))
         port = aio.add_insecure_port("127.0.0.1:0")
         await aio.start()
         Path(port_file).write_text(str(port))
         await aio.wait_for_termination()
 
     asyncio.run(main())
+
+
+class _NoDeadline:
+    """The one part of a servicer context that a search reads."""
+
+    def time_remaining(self) -> None:
+        return None
+
+
+def floor_handler(atlas, servicer):
+    """(the serialised answer to one query, a function making the engine call the store
+    makes for an unfiltered top-10 vector search): what ``aio-engine`` / ``aio-empty`` run."""
+    from qdrant_edge import (
+        PayloadSelector,
+        QuantizationSearchParams,
+        Query,
+        QueryRequest,
+        SearchParams,
+    )
+
+    from neuronatlas.core.store.base import HIT_FIELDS
+    from neuronatlas.core.store.edge import RESCORE_MIN, _edge_filter
+    from neuronatlas.v1 import neuronatlas_pb2 as pb
+
+    store = atlas.store
+    probe = B.synthetic_vectors(1, 512, seed=7)[0]
+    request = pb.SearchNeuronsRequest(vector=pb.Vector(values=probe), top_k=10)
+    seen = []  # the engine query the store makes for it (its filter: usually none)
+    n_query = store._n_query
+    store._n_query = lambda specs, **kw: seen.append(specs[0]) or n_query(specs, **kw)
+    try:
+        canned = servicer.SearchNeurons(request, _NoDeadline()).SerializeToString()
+    finally:
+        store._n_query = n_query
+    conds = seen[0].conds
+    params = SearchParams(
+        hnsw_ef=store.search_ef,
+        quantization=QuantizationSearchParams(
+            rescore=True, oversampling=max(store.quantization_oversampling, RESCORE_MIN / 10)
+        ),
+    )
+    fields = PayloadSelector.Include(list(HIT_FIELDS))
+    shard = store._shard("neurons")
+
+    def engine_query(values) -> None:
+        shard.query(
+            QueryRequest(
+                limit=10,
+                query=Query.Nearest(list(values)),
+                filter=_edge_filter(conds),
+                with_vector=False,
+                with_payload=fields,
+                params=params,
+            )
+        )
+
+    return canned, engine_query
 
 
 def measure(variant: str, store: Path, requests: list, work: Path) -> dict:
@@ -121,6 +202,9 @@ def main() -> None:
     ap.add_argument("--neurons", type=int, default=100_000)
     ap.add_argument("--requests", type=int, default=4000)
     ap.add_argument("--rounds", type=int, default=2, help="runs of each variant, interleaved")
+    ap.add_argument(
+        "--variants", default=",".join(VARIANTS), help="comma-separated, of: " + " ".join(VARIANTS)
+    )
     ap.add_argument("--workdir", type=Path, default=B.WORK)
     ap.add_argument("--out", type=Path, default=B.RESULTS)
     ap.add_argument("--serve", nargs=3, help=argparse.SUPPRESS)
@@ -133,27 +217,35 @@ def main() -> None:
     store = args.workdir / f"grpc-{args.neurons}-512"
     if not (store / "bench.json").exists():
         raise SystemExit(f"no store at {store}: run bench/bench_grpc.py --neurons {args.neurons}")
+    variants = args.variants.split(",")
+    if unknown := set(variants) - set(VARIANTS):
+        raise SystemExit(f"unknown variants: {sorted(unknown)}")
     queries = B.synthetic_vectors(args.requests, 512, seed=2)
     requests = [pb.SearchNeuronsRequest(vector=pb.Vector(values=v), top_k=10) for v in queries]
     load0 = os.getloadavg()[0]
     lines = [
-        f"## Front end: sync server vs grpc.aio, {args.neurons:,} neurons",
+        f"## Front end: sync server vs grpc.aio, and the floor, {args.neurons:,} neurons",
         "",
         f"Command: `python bench/bench_grpc_front.py --neurons {args.neurons} --requests "
-        f"{args.requests} --rounds {args.rounds}`; load average at start {load0:.2f}.",
+        f"{args.requests} --rounds {args.rounds} --variants {args.variants}`; load average at start {load0:.2f}.",
         "",
         "| server | round | 32 clients q/s | server CPU ms/query | 1 client p50 ms | 1 client CPU ms/query |",
         "|---|---|---|---|---|---|",
     ]
     for r in range(args.rounds):
-        for variant in VARIANTS:
+        for variant in variants:
             got = measure(variant, store, requests, args.workdir)
             many, one = got["many"], got["one"]
             lines.append(
                 f"| {variant} | {r + 1} | {many['qps']:.0f} | {many['server_cpu_ms']:.2f} | "
                 f"{one['p50_ms']:.2f} | {one['server_cpu_ms']:.2f} |"
             )
-            print(lines[-1], flush=True)
+            print(
+                lines[-1],
+                f"(system {many['server_sys_ms']:.2f} ms, faults/q major "
+                f"{many['major_faults']:.2f} minor {many['minor_faults']:.2f})",
+                flush=True,
+            )
     lines += ["", f"Load average at the end {os.getloadavg()[0]:.2f}.", ""]
     text = "\n".join(lines) + "\n"
     print("\n" + text)

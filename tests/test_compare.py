@@ -12,6 +12,7 @@ from neuronatlas.core.compare import (
     BlockStats,
     ModelSide,
     ModelVectors,
+    bf16_matmul,
     block_stats,
     cka_matrix,
     compare_models,
@@ -319,3 +320,110 @@ def test_cli_compare_writes_report(store, home, tmp_path):
     assert len((out / "pairs.tsv").read_text().splitlines()) == 49
     res = run_report_cli(home, tmp_path / "store", "compare", "alpha", "zeta", "--out", str(out))
     assert isinstance(res.exception, NotFound)
+
+
+# --- the sampled noise floor in bfloat16 ---------------------------------------------------------
+
+
+def _bf16_on_this_cpu() -> bool:
+    return bf16_matmul(np.zeros((1, 2), np.float32), np.zeros((1, 2), np.float32)) is not None
+
+
+needs_bf16 = pytest.mark.skipif(
+    not _bf16_on_this_cpu(),
+    reason="this CPU has no bfloat16 dot-product instructions (AVX512-BF16 / AMX), so the "
+    "noise floor runs in float32 here (test_bf16_falls_back_to_float32 covers that)",
+)
+
+
+@needs_bf16
+def test_bf16_block_stats_pick_the_best_within_rounding_and_score_it_exactly():
+    rng = np.random.default_rng(21)
+    a, b = unit_rows(rng, 700, 512), unit_rows(rng, 1500, 512)
+    ga, bb = np.array([0, 300, 700]), np.array([0, 500, 500, 1000, 1500])  # one layer empty
+    low = block_stats(a, ga, b, bb, bf16=True)
+    exact = block_stats(a, ga, b, bb)
+    full = a @ b.T
+    assert not np.array_equal(low.best_ba, exact.best_ba)  # the bfloat16 path ran
+    assert np.abs(low.best_ba - exact.best_ba).max() <= 2e-3
+    live = np.isfinite(exact.best_ab)
+    assert np.array_equal(np.isfinite(low.best_ab), live)  # the empty layer stays -inf
+    picked = np.take_along_axis(full, low.arg_ab, axis=1)
+    np.testing.assert_allclose(low.best_ab[live], picked[live], atol=1e-6)  # scored in float32
+    assert np.all(low.best_ab[live] >= exact.best_ab[live] - 2e-3)  # the best within rounding
+    assert (low.arg_ab[live] == exact.arg_ab[live]).mean() > 0.95
+
+
+@needs_bf16
+def test_bf16_block_stats_are_exact_on_small_integers():
+    """Small integers and their dot products are exact in bfloat16: the reductions must then
+    be the brute-force ones, ties to the first maximum, however the blocks fall."""
+    rng = np.random.default_rng(22)
+    a = rng.integers(-2, 3, (37, 4)).astype(np.float32)
+    b = rng.integers(-2, 3, (29, 4)).astype(np.float32)
+    ga, bb = np.array([0, 5, 5, 23, 37]), np.array([0, 12, 12, 20, 29])
+    for chunk, floats in [(3, 7), (1024, 1 << 20)]:
+        low = block_stats(a, ga, b, bb, chunk=chunk, max_block_floats=floats, bf16=True)
+        exact = block_stats(a, ga, b, bb, chunk=chunk, max_block_floats=floats)
+        for name in ("best_ab", "arg_ab", "best_ba"):
+            np.testing.assert_array_equal(getattr(low, name), getattr(exact, name))
+
+
+def test_bf16_is_not_used_for_a_kept_full_matrix():
+    rng = np.random.default_rng(25)
+    a, b = unit_rows(rng, 60, 512), unit_rows(rng, 80, 512)
+    ga, bb = np.array([0, 60]), np.array([0, 40, 80])
+    low = block_stats(a, ga, b, bb, keep_full=True, bf16=True)
+    np.testing.assert_array_equal(low.full, block_stats(a, ga, b, bb, keep_full=True).full)
+
+
+def test_bf16_falls_back_to_float32(monkeypatch):
+    """Without bfloat16 instructions the products stay float32 (torch's bfloat16 matmul is
+    slower than float32 there): bit for bit the float32 result."""
+    import torch
+
+    for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
+        monkeypatch.setattr(torch.cpu, probe, lambda: False, raising=False)
+    rng = np.random.default_rng(23)
+    a, b = unit_rows(rng, 90, DIM), unit_rows(rng, 120, DIM)
+    ga, bb = np.array([0, 40, 90]), np.array([0, 60, 120])
+    assert bf16_matmul(a, b) is None
+    low = block_stats(a, ga, b, bb, keep_full=True, bf16=True)
+    exact = block_stats(a, ga, b, bb, keep_full=True)
+    for name in ("best_ab", "arg_ab", "best_ba", "full"):
+        np.testing.assert_array_equal(getattr(low, name), getattr(exact, name))
+
+
+@needs_bf16
+def test_sampled_floor_in_bf16_leaves_the_scores_alone(monkeypatch):
+    """A sampled noise floor (dense_limit=0) in bfloat16: every score of the models themselves
+    bit for bit the float32 one, the floors within the rounding; an exact floor stays float32."""
+    rng = np.random.default_rng(24)
+    sizes = [80] * 5
+    a = unit_rows(rng, 400, 512)
+    perm = within_layer_permutation(rng, sizes)
+    b = a[perm] + 0.4 * rng.standard_normal(a.shape).astype(np.float32)
+    b /= np.linalg.norm(b, axis=1, keepdims=True)
+    va, vb = vectors_of("a", a, sizes), vectors_of("b", b, sizes)
+    low = semantic_view(va, vb, dense_limit=0, null_samples=100)
+    exact_dense = semantic_view(va, vb)
+    import neuronatlas.core.compare as compare_module
+
+    monkeypatch.setattr(compare_module, "bf16_matmul", lambda *_: None)
+    exact = semantic_view(va, vb, dense_limit=0, null_samples=100)
+    dense = semantic_view(va, vb)  # an exact floor never uses bfloat16
+    assert dense.tau == exact_dense.tau
+    np.testing.assert_array_equal(
+        dense.layer_similarity_baseline, exact_dense.layer_similarity_baseline
+    )
+    np.testing.assert_array_equal(low.layer_similarity, exact.layer_similarity)
+    np.testing.assert_array_equal(low.match_a, exact.match_a)
+    np.testing.assert_array_equal(low.match_sim, exact.match_sim)
+    for name in ("best_match", "matching", "coverage_a", "coverage_b"):
+        assert getattr(low, name).value == getattr(exact, name).value
+    assert low.tau == pytest.approx(exact.tau, abs=2e-3)
+    assert low.best_match.baseline == pytest.approx(exact.best_match.baseline, abs=2e-3)
+    assert low.matching.baseline == pytest.approx(exact.matching.baseline, abs=2e-3)
+    np.testing.assert_allclose(
+        low.layer_similarity_baseline, exact.layer_similarity_baseline, atol=2e-3
+    )
