@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from helpers import ALPHA, DIM, INFO, entry, make_records
 
-from neuronatlas.core.config import load_settings
+from neuronatlas.core.config import Settings, load_settings
 from neuronatlas.core.errors import (
     EmbedderMismatch,
     InvalidArgument,
@@ -23,6 +23,7 @@ from neuronatlas.core.errors import (
 )
 from neuronatlas.core.records import EmbedderInfo, ModelStatus
 from neuronatlas.core.store import SearchFilter, open_store
+from neuronatlas.core.store._common import SEARCH_HNSW_EF
 from neuronatlas.core.store.edge import EdgeStore
 from neuronatlas.core.store.remote import RemoteStore
 
@@ -375,6 +376,39 @@ def test_search_threads_applied_at_every_open(tmp_path: Path, datatype: str):
         assert _pool_sizes(path) == {"models": want, "neurons": want}
         cfg = json.loads((path / "neurons" / "edge_config.json").read_text())
         assert cfg["vectors"][""].get("datatype", "float32") == datatype  # ...the shard keeps its
+
+
+def test_search_ef_setting_reaches_every_search(tmp_path: Path, monkeypatch):
+    """``search_ef`` (setting or environment) is the beam of each approximate search the store
+    asks the engine for, whichever backend, and of the per-model searches too."""
+    monkeypatch.setenv("NEURONATLAS_SEARCH_EF", "40")
+    settings = load_settings(home=tmp_path, store_path=tmp_path / "s")
+    assert settings.search_ef == 40
+    remote = open_store(load_settings(home=tmp_path, backend="remote", url=":memory:"))
+    with remote:
+        assert remote.search_ef == 40
+    with open_store(settings) as store:
+        store.bind_embedder(INFO)
+        recs = make_records("alpha", ALPHA, seed=1)
+        store.upsert_neurons(recs)
+        store.put_model(entry("alpha", layers=ALPHA))
+        seen: list = []
+        n_query = store._n_query
+        monkeypatch.setattr(
+            store, "_n_query", lambda specs, **kw: seen.extend(specs) or n_query(specs, **kw)
+        )
+        assert store.search(recs[4].vector, limit=5)[0].record.key == recs[4].key
+        assert store.search_per_model(recs[4].vector, per_model=1)
+        assert len(seen) >= 2 and {spec.hnsw_ef for spec in seen} == {40}
+    assert Settings().search_ef == SEARCH_HNSW_EF  # the setting's default is the store's
+
+
+def test_search_ef_refused_when_out_of_range():
+    for bad in (0, -5, 4097):
+        with pytest.raises(InvalidArgument, match="search_ef"):
+            load_settings(search_ef=bad)
+    with pytest.raises(InvalidArgument, match="search_ef"):
+        load_settings(search_ef="wide")
 
 
 def test_search_threads_refused_when_out_of_range(tmp_path: Path):

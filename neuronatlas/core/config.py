@@ -17,6 +17,7 @@ from typing import Any
 from neuronatlas.core.errors import InvalidArgument
 
 ENV_PREFIX = "NEURONATLAS_"
+MAX_SEARCH_EF = 4096  # search_ef: the widest beam a setting may ask for
 
 
 def default_home() -> Path:
@@ -157,6 +158,11 @@ class Settings:
     # edge backend: threads of each shard's search pool (0: one per CPU). One suits a server,
     # which runs many queries at once; more lowers one query's latency on a many-segment store.
     edge_search_threads: int = 1
+    # both backends: the HNSW search beam (ef) of every approximate search, applied at every
+    # open: wider finds more of the true nearest neighbours, slower. At 1M neurons (turbo4,
+    # bench/results/store.md) ef 64 / 96 / 128: recall@10 0.947 / 0.965 / 0.983, p50 0.50 /
+    # 0.52 / 0.62 ms
+    search_ef: int = 128
 
     @property
     def paths(self) -> Home:
@@ -283,6 +289,10 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
         raise InvalidArgument(
             f"edge_search_threads must be 0..1024, not {settings.edge_search_threads}",
             field="edge_search_threads",
+        )
+    if not 1 <= settings.search_ef <= MAX_SEARCH_EF:
+        raise InvalidArgument(
+            f"search_ef must be 1..{MAX_SEARCH_EF}, not {settings.search_ef}", field="search_ef"
         )
     if settings.backend not in {"edge", "remote"}:
         raise InvalidArgument(

@@ -17,7 +17,10 @@ def open_store(settings: Settings) -> KnowledgeStore:
         store.quantization = settings.edge_quantization
         store.vector_datatype = settings.edge_vector_datatype
         store.vector_memory = settings.edge_vector_memory
+        store.search_ef = settings.search_ef
         return store
     from neuronatlas.core.store.remote import RemoteStore
 
-    return RemoteStore.from_settings(settings)
+    remote = RemoteStore.from_settings(settings)
+    remote.search_ef = settings.search_ef
+    return remote
