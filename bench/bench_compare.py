@@ -112,6 +112,52 @@ def store_load(a: np.ndarray, layers: int, units: int) -> tuple[float, float]:
     return write_s, load_s
 
 
+def view_parts(va, vb, repeat: int) -> dict[str, float]:
+    """Where one semantic view's time goes (best of ``repeat`` views, part by part): the pass
+    over the models themselves, the noise floor's passes, the one-to-one matching of the models
+    and of the floor, and the rest. Times the module's own ``block_stats`` / ``match_neurons``
+    calls, in the order ``semantic_view`` makes them."""
+    from neuronatlas.core import compare as C
+
+    spans: list[tuple[str, float]] = []
+
+    def timed(name, fn):
+        def run(*args, **kwargs):
+            t = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                spans.append((name, time.perf_counter() - t))
+
+        return run
+
+    best: dict[str, float] = {}
+    saved = C.block_stats, C.match_neurons
+    C.block_stats = timed("block_stats", C.block_stats)
+    C.match_neurons = timed("match_neurons", C.match_neurons)
+    try:
+        for _ in range(repeat):
+            spans.clear()
+            t = time.perf_counter()
+            C.semantic_view(va, vb)
+            total = time.perf_counter() - t
+            blocks = [d for name, d in spans if name == "block_stats"]
+            matches = [d for name, d in spans if name == "match_neurons"]
+            parts = {
+                "main pass": blocks[0],
+                "noise-floor passes": sum(blocks[1:]),
+                "matching": matches[0],
+                "floor matching": sum(matches[1:]),
+            }
+            parts["rest"] = total - sum(parts.values())
+            parts["view"] = total
+            for k, v in parts.items():
+                best[k] = min(best.get(k, v), v)
+    finally:
+        C.block_stats, C.match_neurons = saved
+    return best
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -131,6 +177,7 @@ def main() -> None:
     rows = []
     write_s = load_s = float("nan")
     matmul_s: dict[str, float] = {}
+    parts: dict[bool, dict[str, float]] = {}
     load0 = os.getloadavg()
     for related in (True, False):
         a, b = synthetic_models(args.layers, args.units, args.dim, related)
@@ -161,6 +208,7 @@ def main() -> None:
                     fn()
                     mm.append(time.perf_counter() - t)
                 matmul_s[name] = min(mm)
+        parts[related] = view_parts(va, vb, args.repeat)
         tracemalloc.start()
         semantic_view(va, vb)
         _, peak = tracemalloc.get_traced_memory()
@@ -212,6 +260,17 @@ def main() -> None:
         f"unrelated {rows[1][1] / bound:.2f}x (goal <= 1.3x). Load average at start "
         f"{load0[0]:.2f}, at end {os.getloadavg()[0]:.2f}; torch threads "
         f"{__import__('torch').get_num_threads()}.",
+        "",
+        f"Where a view's time goes (each part's best of {args.repeat} views; seconds):",
+        "",
+        "| case | " + " | ".join(parts[True]) + " |",
+        "|---|" + "---|" * len(parts[True]),
+        *(
+            f"| {'related' if rel else 'unrelated'} | "
+            + " | ".join(f"{v:.3f}" for v in parts[rel].values())
+            + " |"
+            for rel in (True, False)
+        ),
         "",
         "| other cost | value |",
         "|---|---|",

@@ -27,7 +27,7 @@ import json
 import math
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
@@ -41,7 +41,7 @@ from neuronatlas.core.records import NEURON_KIND, ModelEntry, ModelStatus
 from neuronatlas.core.sketches import load_sketch
 from neuronatlas.core.store.base import KnowledgeStore
 
-COMPARE_VERSION = 2  # 2: a sampled noise floor's products in bfloat16 where the CPU has them
+COMPARE_VERSION = 1
 DENSE_LIMIT = 4_000_000  # N_A * N_B up to which the exact Hungarian runs on the full matrix
 MIN_BLOCK_ROWS = 256  # block_stats: A rows per BLAS call even when one B layer is very wide
 
@@ -288,7 +288,6 @@ def block_stats(
     chunk: int = 1024,
     keep_full: bool = False,
     max_block_floats: int = 2 << 20,
-    bf16: bool = False,
 ) -> BlockStats:
     """Reduce the cosine matrix ``va @ vb.T`` block by block (never all of it at once).
 
@@ -308,16 +307,9 @@ def block_stats(
     busy and OpenBLAS splits it statically, so reductions overlapped with the next block in a
     helper thread (or split over two threads) only slowed BLAS down (10k x 10k x 512 on 2
     cores: 0.46-0.47 s that way, 0.43-0.45 s now, the bare matmul 0.40-0.42 s).
-
-    ``bf16`` (without ``keep_full``): the products in bfloat16 (``bf16_matmul``) where the CPU
-    has bfloat16 dot-product instructions, float32 elsewhere; then each ``best_ab`` is the
-    float32 cosine of the B row it picked (``arg_ab``: the best within ~1e-3 of rounding), and
-    ``best_ba`` keeps the rounding. For the noise floor's passes: an estimate whose sampling
-    error is far above that.
     """
     va = np.ascontiguousarray(va, dtype=np.float32)
     vb = np.ascontiguousarray(vb, dtype=np.float32)
-    low = bf16_matmul(va, vb) if bf16 and not keep_full else None
     n_a, n_b, lb, lg = va.shape[0], vb.shape[0], len(bounds_b) - 1, len(groups_a) - 1
     best_ab = np.full((n_a, lb), -np.inf, np.float32)
     arg_ab = np.zeros((n_a, lb), np.int64)
@@ -339,10 +331,7 @@ def block_stats(
             for r0 in range(lo_g, hi_g, per):
                 r1 = min(r0 + per, hi_g)
                 s = buf[: (r1 - r0) * w].reshape(r1 - r0, w)
-                if low is None:
-                    np.matmul(va[r0:r1], vb[c0 : c0 + w].T, out=s)
-                else:
-                    low(r0, r1, c0, w, s)
+                np.matmul(va[r0:r1], vb[c0 : c0 + w].T, out=s)
                 if full is not None:
                     full[r0:r1, c0 : c0 + w] = s
                 for q0 in range(r0, r1, step):
@@ -355,34 +344,7 @@ def block_stats(
                         best_ab[q0:q1, j : j + k] = top[:, :, 0]
                         arg_ab[q0:q1, j : j + k] = am + first
                     np.maximum(best_g, x.max(axis=0), out=best_g)
-    if low is not None:  # the picked pairs' cosines in float32: no ties on bfloat16's grid
-        picked = np.isfinite(best_ab)
-        for r0 in range(0, n_a, 256):
-            r1 = min(r0 + 256, n_a)
-            exact = np.einsum("id,ikd->ik", va[r0:r1], vb[arg_ab[r0:r1]])
-            np.copyto(best_ab[r0:r1], exact, where=picked[r0:r1])
     return BlockStats(best_ab, arg_ab, np.ascontiguousarray(best_ba_t.T), full)
-
-
-def bf16_matmul(va: np.ndarray, vb: np.ndarray) -> Callable[..., None] | None:
-    """``mm(r0, r1, c0, w, out)``: ``out[:] = va[r0:r1] @ vb[c0:c0+w].T`` with both operands and
-    the products rounded to bfloat16 (8 significant bits: a cosine of unit vectors to within
-    ~1e-3; oneDNN accumulates in float32), or None where the CPU lacks bfloat16 dot-product
-    instructions (AVX512-BF16 / AMX), on which torch's bfloat16 matmul is slower than float32.
-    Measured with AVX512-BF16 (2 cores): 512 x 10,000 x 512 in 6.3 ms vs 20.7 ms float32."""
-    import torch
-
-    cpu = getattr(torch, "cpu", None)
-    has = [getattr(cpu, f, None) for f in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
-    if not any(f is not None and f() for f in has):
-        return None
-    ta = torch.from_numpy(va).to(torch.bfloat16)
-    tb = torch.from_numpy(vb).to(torch.bfloat16)
-
-    def mm(r0: int, r1: int, c0: int, w: int, out: np.ndarray) -> None:
-        torch.from_numpy(out).copy_(torch.matmul(ta[r0:r1], tb[c0 : c0 + w].T))
-
-    return mm
 
 
 def segment_mean(x: np.ndarray, bounds: np.ndarray) -> np.ndarray:
@@ -686,9 +648,7 @@ def semantic_view(
         rows_b, offs_b = stratified_rows(b.bounds, null_samples, rng)
     # only best_ab / arg_ab (and full) of the null passes are used, not their per-group best_ba:
     # so one group of rows each, i.e. one block of all the sampled rows instead of one block per
-    # sampled layer (~52 rows, where BLAS runs far below its peak: ~3x slower passes). A sampled
-    # floor's products in bfloat16 (where the CPU has it): its ~1e-3 rounding is far below
-    # what sampling 512 rows a side leaves uncertain; an exact floor stays float32.
+    # sampled layer (~52 rows, where BLAS runs far below its peak: ~3x slower passes)
     na = block_stats(
         rotation_null(a.vectors[rows_a], mean_dir, rng),
         np.array([0, len(rows_a)]),
@@ -696,7 +656,6 @@ def semantic_view(
         b.bounds,
         chunk=chunk,
         keep_full=len(rows_a) * n_b <= dense_limit,
-        bf16=not null_exact,
     )
     nb = block_stats(
         rotation_null(b.vectors[rows_b], mean_dir, rng),
@@ -704,7 +663,6 @@ def semantic_view(
         a.vectors,
         a.bounds,
         chunk=chunk,
-        bf16=not null_exact,
     )
     null_a, null_b = na.best_ab.max(axis=1), nb.best_ab.max(axis=1)
     sim0 = 0.5 * (segment_mean(na.best_ab, offs_a) + segment_mean(nb.best_ab, offs_b).T)
