@@ -24,6 +24,8 @@ calls (client and server share the host).
 
     python bench/bench_grpc.py --neurons 100000 --requests 10   # builds the store once
     python bench/bench_grpc_front.py --neurons 100000
+    python bench/bench_grpc_front.py --neurons 1000000 --workdir /tmp/g1m \\
+        --ef-cycle 128,96,64 --rounds 9 --requests 1500      # search_ef, paired within seconds
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -54,6 +57,16 @@ def serve(variant: str, store: str, port_file: str) -> None:
 
     atlas = Atlas(EdgeStore(store), load_embedder(EMBEDDER, "cpu"))
     server = build_server(atlas, "127.0.0.1:0")
+    if variant.startswith("product-ef:"):  # the shipped server; SIGUSR1: the next ef
+        efs = [int(x) for x in variant.split(":", 1)[1].split(",")]
+        atlas.store.search_ef = efs[0]
+
+        def next_ef(*_) -> None:
+            efs.append(efs.pop(0))
+            atlas.store.search_ef = efs[0]
+
+        signal.signal(signal.SIGUSR1, next_ef)
+        variant = "product"
     if variant == "product":
         server.start()
         Path(port_file).write_text(str(server.port))
@@ -195,6 +208,54 @@ def measure(variant: str, store: Path, requests: list, work: Path) -> dict:
         port_file.unlink(missing_ok=True)
 
 
+def ef_cycle(efs: list[int], store: Path, args: argparse.Namespace) -> str:
+    """One shipped server whose ``search_ef`` moves to the next value at a signal: blocks of
+    ``--requests`` new queries (32 clients), one per ef, the order rotated every round, so each
+    ef is compared with the others within seconds (the host's speed drifts over minutes)."""
+    import numpy as np
+
+    from neuronatlas.v1 import neuronatlas_pb2 as pb
+
+    port_file = args.workdir / f"front-port-{os.getpid()}"
+    port_file.unlink(missing_ok=True)
+    variant = "product-ef:" + ",".join(map(str, efs))
+    cmd = [sys.executable, __file__, "--serve", variant, str(store), str(port_file)]
+    proc = subprocess.Popen(cmd)
+    cpu: dict[int, list[float]] = {ef: [] for ef in efs}
+    try:
+        while not port_file.exists():
+            if proc.poll() is not None:
+                raise SystemExit("the server did not start")
+            time.sleep(0.2)
+        time.sleep(0.3)
+        address, at = f"127.0.0.1:{port_file.read_text()}", 0
+        for r in range(args.rounds):
+            for k in range(len(efs)):
+                queries = B.synthetic_vectors(args.requests, 512, seed=1000 + 10 * r + k)
+                requests = [
+                    pb.SearchNeuronsRequest(vector=pb.Vector(values=v), top_k=10) for v in queries
+                ]
+                got, _ = B.run_case(address, requests, 32, server_pid=proc.pid)
+                cpu[efs[at]].append(got["server_cpu_ms"])
+                os.kill(proc.pid, signal.SIGUSR1)
+                at = (at + 1) % len(efs)
+            os.kill(proc.pid, signal.SIGUSR1)  # the next round starts one ef later
+            at = (at + 1) % len(efs)
+            print(f"round {r + 1}: " + ", ".join(f"ef {e} {v[-1]:.2f} ms" for e, v in cpu.items()))
+    finally:
+        proc.kill()
+        proc.wait()
+        port_file.unlink(missing_ok=True)
+    rows = [
+        f"| ef | server CPU ms/query, median | paired difference to ef {efs[0]}, median / mean |",
+        "|---|---|---|",
+    ]
+    for ef, values in cpu.items():
+        d = np.array(values) - np.array(cpu[efs[0]])
+        rows.append(f"| {ef} | {np.median(values):.2f} | {np.median(d):+.2f} / {d.mean():+.2f} |")
+    return "\n".join(rows)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -204,6 +265,11 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2, help="runs of each variant, interleaved")
     ap.add_argument(
         "--variants", default=",".join(VARIANTS), help="comma-separated, of: " + " ".join(VARIANTS)
+    )
+    ap.add_argument(
+        "--ef-cycle",
+        help="instead of the variants: one shipped server, these search_ef values (e.g. "
+        "128,96,64) in turn, --rounds rounds of one --requests block each",
     )
     ap.add_argument("--workdir", type=Path, default=B.WORK)
     ap.add_argument("--out", type=Path, default=B.RESULTS)
@@ -217,6 +283,19 @@ def main() -> None:
     store = args.workdir / f"grpc-{args.neurons}-512"
     if not (store / "bench.json").exists():
         raise SystemExit(f"no store at {store}: run bench/bench_grpc.py --neurons {args.neurons}")
+    if args.ef_cycle:
+        load0 = os.getloadavg()[0]
+        table = ef_cycle([int(x) for x in args.ef_cycle.split(",")], store, args)
+        text = (
+            f"## search_ef over gRPC, {args.neurons:,} neurons\n\nCommand: `python "
+            f"bench/bench_grpc_front.py --neurons {args.neurons} --ef-cycle {args.ef_cycle} "
+            f"--rounds {args.rounds} --requests {args.requests}`; load average {load0:.2f} at "
+            f"start, {os.getloadavg()[0]:.2f} at the end.\n\n{table}\n"
+        )
+        print("\n" + text)
+        with open(args.out, "a") as f:
+            f.write("\n" + text)
+        return
     variants = args.variants.split(",")
     if unknown := set(variants) - set(VARIANTS):
         raise SystemExit(f"unknown variants: {sorted(unknown)}")
