@@ -32,11 +32,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import bench_grpc as B
@@ -185,7 +187,10 @@ def floor_handler(atlas, servicer):
     return canned, engine_query
 
 
-def measure(variant: str, store: Path, requests: list, work: Path) -> dict:
+@contextlib.contextmanager
+def served(variant: str, store: Path, work: Path) -> Iterator[tuple[str, int]]:
+    """(address, pid) of ``variant`` serving ``store`` in a process of its own, until the
+    block ends."""
     port_file = work / f"front-port-{os.getpid()}"
     port_file.unlink(missing_ok=True)
     proc = subprocess.Popen(
@@ -198,14 +203,18 @@ def measure(variant: str, store: Path, requests: list, work: Path) -> dict:
                 raise SystemExit(f"{variant}: server did not start")
             time.sleep(0.2)
         time.sleep(0.3)
-        address = f"127.0.0.1:{port_file.read_text()}"
-        many, _ = B.run_case(address, requests, 32, server_pid=proc.pid)
-        one, _ = B.run_case(address, requests[:500], 1, server_pid=proc.pid)
-        return {"many": many, "one": one}
+        yield f"127.0.0.1:{port_file.read_text()}", proc.pid
     finally:
         proc.kill()
         proc.wait()
         port_file.unlink(missing_ok=True)
+
+
+def measure(variant: str, store: Path, requests: list, work: Path) -> dict:
+    with served(variant, store, work) as (address, pid):
+        many, _ = B.run_case(address, requests, 32, server_pid=pid)
+        one, _ = B.run_case(address, requests[:500], 1, server_pid=pid)
+        return {"many": many, "one": one}
 
 
 def ef_cycle(efs: list[int], store: Path, args: argparse.Namespace) -> str:
@@ -216,36 +225,23 @@ def ef_cycle(efs: list[int], store: Path, args: argparse.Namespace) -> str:
 
     from neuronatlas.v1 import neuronatlas_pb2 as pb
 
-    port_file = args.workdir / f"front-port-{os.getpid()}"
-    port_file.unlink(missing_ok=True)
     variant = "product-ef:" + ",".join(map(str, efs))
-    cmd = [sys.executable, __file__, "--serve", variant, str(store), str(port_file)]
-    proc = subprocess.Popen(cmd)
     cpu: dict[int, list[float]] = {ef: [] for ef in efs}
-    try:
-        while not port_file.exists():
-            if proc.poll() is not None:
-                raise SystemExit("the server did not start")
-            time.sleep(0.2)
-        time.sleep(0.3)
-        address, at = f"127.0.0.1:{port_file.read_text()}", 0
+    with served(variant, store, args.workdir) as (address, pid):
+        at = 0
         for r in range(args.rounds):
             for k in range(len(efs)):
                 queries = B.synthetic_vectors(args.requests, 512, seed=1000 + 10 * r + k)
                 requests = [
                     pb.SearchNeuronsRequest(vector=pb.Vector(values=v), top_k=10) for v in queries
                 ]
-                got, _ = B.run_case(address, requests, 32, server_pid=proc.pid)
+                got, _ = B.run_case(address, requests, 32, server_pid=pid)
                 cpu[efs[at]].append(got["server_cpu_ms"])
-                os.kill(proc.pid, signal.SIGUSR1)
+                os.kill(pid, signal.SIGUSR1)
                 at = (at + 1) % len(efs)
-            os.kill(proc.pid, signal.SIGUSR1)  # the next round starts one ef later
+            os.kill(pid, signal.SIGUSR1)  # the next round starts one ef later
             at = (at + 1) % len(efs)
             print(f"round {r + 1}: " + ", ".join(f"ef {e} {v[-1]:.2f} ms" for e, v in cpu.items()))
-    finally:
-        proc.kill()
-        proc.wait()
-        port_file.unlink(missing_ok=True)
     rows = [
         f"| ef | server CPU ms/query, median | paired difference to ef {efs[0]}, median / mean |",
         "|---|---|---|",
