@@ -34,6 +34,7 @@ import argparse
 import asyncio
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -42,6 +43,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import bench_grpc as B
+
+ROOT = Path(__file__).resolve().parent
 
 EMBEDDER = "open_clip:ViT-B-32:random:0"
 VARIANTS = ("product", "sync-bare", "aio-bare", "aio-engine", "aio-empty")
@@ -70,6 +73,9 @@ def serve(variant: str, store: str, port_file: str) -> None:
         signal.signal(signal.SIGUSR1, next_ef)
         variant = "product"
     if variant == "product":
+        import neuronatlas
+
+        print(f"{variant}: NeuronAtlas from {Path(neuronatlas.__file__).parent}", file=sys.stderr)
         server.start()
         Path(port_file).write_text(str(server.port))
         server.wait()
@@ -188,13 +194,19 @@ def floor_handler(atlas, servicer):
 
 
 @contextlib.contextmanager
-def served(variant: str, store: Path, work: Path) -> Iterator[tuple[str, int]]:
+def served(
+    variant: str, store: Path, work: Path, source: Path | None = None
+) -> Iterator[tuple[str, int]]:
     """(address, pid) of ``variant`` serving ``store`` in a process of its own, until the
-    block ends."""
-    port_file = work / f"front-port-{os.getpid()}"
+    block ends; with ``source``, the server imports NeuronAtlas from that tree
+    (``source_tree``) instead of this checkout."""
+    port_file = work / f"front-port-{os.getpid()}-{store.name}"
     port_file.unlink(missing_ok=True)
+    env = dict(os.environ)
+    if source is not None:  # ahead of the editable install's finder on the import path
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(source), env.get("PYTHONPATH")]))
     proc = subprocess.Popen(
-        [sys.executable, __file__, "--serve", variant, str(store), str(port_file)]
+        [sys.executable, __file__, "--serve", variant, str(store), str(port_file)], env=env
     )
     try:
         t0 = time.time()
@@ -252,6 +264,90 @@ def ef_cycle(efs: list[int], store: Path, args: argparse.Namespace) -> str:
     return "\n".join(rows)
 
 
+def source_tree(rev: str, work: Path) -> Path:
+    """NeuronAtlas as of git revision ``rev``, laid out as installed (``service`` and
+    ``indexer`` inside the ``neuronatlas`` package, as pyproject's package-dir maps them), for
+    a server's PYTHONPATH."""
+    repo = ROOT.parent
+    sha = subprocess.run(
+        ["git", "rev-parse", "--verify", f"{rev}^{{commit}}"],
+        cwd=repo,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    root = work / f"src-{sha[:12]}"
+    if not (root / "neuronatlas").is_dir():
+        tmp = work / f"src-{sha[:12]}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        archive = subprocess.run(
+            ["git", "archive", sha, "neuronatlas", "service", "indexer"],
+            cwd=repo,
+            check=True,
+            capture_output=True,
+        ).stdout
+        subprocess.run(["tar", "-x", "-C", str(tmp)], input=archive, check=True)
+        for sub in ("service", "indexer"):
+            (tmp / sub).rename(tmp / "neuronatlas" / sub)
+        tmp.rename(root)
+    return root
+
+
+def ab_rounds(rev: str, store: Path, args: argparse.Namespace) -> str:
+    """The shipped server from this checkout (A) and from git revision ``rev`` (B), each on
+    its own copy of the store, both up at once: blocks of ``--requests`` new queries (32
+    clients), one on each, the order swapped every round, so that each pair of blocks runs
+    within seconds of each other (the host's speed drifts over minutes)."""
+    import numpy as np
+
+    from neuronatlas.v1 import neuronatlas_pb2 as pb
+
+    copy = store.with_name(store.name + ".ab")
+    if not (copy / "bench.json").exists():  # the same data, opened by the other server
+        shutil.rmtree(copy, ignore_errors=True)
+        subprocess.run(["cp", "-a", "--reflink=auto", str(store), str(copy)], check=True)
+    source = source_tree(rev, args.workdir)
+    cpu: dict[str, list[float]] = {"A": [], "B": []}
+    with contextlib.ExitStack() as stack:
+        servers = {
+            "A": stack.enter_context(served("product", store, args.workdir)),
+            "B": stack.enter_context(served("product", copy, args.workdir, source)),
+        }
+        warm = B.synthetic_vectors(500, 512, seed=999)
+        for address, _ in servers.values():  # first reads of each copy's files, not measured
+            B.run_case(
+                address,
+                [pb.SearchNeuronsRequest(vector=pb.Vector(values=v), top_k=10) for v in warm],
+                32,
+            )
+        for r in range(args.rounds):
+            for k, name in enumerate("AB" if r % 2 == 0 else "BA"):
+                queries = B.synthetic_vectors(args.requests, 512, seed=3000 + 10 * r + k)
+                requests = [
+                    pb.SearchNeuronsRequest(vector=pb.Vector(values=v), top_k=10) for v in queries
+                ]
+                address, pid = servers[name]
+                got, _ = B.run_case(address, requests, 32, server_pid=pid)
+                cpu[name].append(got["server_cpu_ms"])
+            print(f"round {r + 1}: A {cpu['A'][-1]:.2f} ms, B {cpu['B'][-1]:.2f} ms", flush=True)
+    a, b = np.array(cpu["A"]), np.array(cpu["B"])
+    d = a - b
+    return "\n".join(
+        [
+            "| server | server CPU ms/query, median (min-max) |",
+            "|---|---|",
+            f"| A: this checkout | {np.median(a):.2f} ({a.min():.2f}-{a.max():.2f}) |",
+            f"| B: {rev} | {np.median(b):.2f} ({b.min():.2f}-{b.max():.2f}) |",
+            "",
+            f"A - B, paired by round: median {np.median(d):+.3f} ms, mean {d.mean():+.3f} "
+            f"(sd {d.std(ddof=1) if len(d) > 1 else 0:.3f}); A cheaper in "
+            f"{int((d < 0).sum())} of {len(d)} rounds. Rounds (A / B ms): "
+            + ", ".join(f"{x:.2f} / {y:.2f}" for x, y in zip(a, b, strict=True)),
+        ]
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -266,6 +362,12 @@ def main() -> None:
         "--ef-cycle",
         help="instead of the variants: one shipped server, these search_ef values (e.g. "
         "128,96,64) in turn, --rounds rounds of one --requests block each",
+    )
+    ap.add_argument(
+        "--ab",
+        metavar="REV",
+        help="instead of the variants: the shipped server of this checkout against that of "
+        "git revision REV, both up at once, --rounds paired blocks of --requests queries",
     )
     ap.add_argument("--workdir", type=Path, default=B.WORK)
     ap.add_argument("--out", type=Path, default=B.RESULTS)
@@ -287,6 +389,19 @@ def main() -> None:
             f"bench/bench_grpc_front.py --neurons {args.neurons} --ef-cycle {args.ef_cycle} "
             f"--rounds {args.rounds} --requests {args.requests}`; load average {load0:.2f} at "
             f"start, {os.getloadavg()[0]:.2f} at the end.\n\n{table}\n"
+        )
+        print("\n" + text)
+        with open(args.out, "a") as f:
+            f.write("\n" + text)
+        return
+    if args.ab:
+        load0 = os.getloadavg()[0]
+        table = ab_rounds(args.ab, store, args)
+        text = (
+            f"## This checkout against {args.ab}, {args.neurons:,} neurons\n\nCommand: `python "
+            f"bench/bench_grpc_front.py --neurons {args.neurons} --ab {args.ab} --rounds "
+            f"{args.rounds} --requests {args.requests}`; load average {load0:.2f} at start, "
+            f"{os.getloadavg()[0]:.2f} at the end.\n\n{table}\n"
         )
         print("\n" + text)
         with open(args.out, "a") as f:

@@ -26,6 +26,9 @@ _ID_NAMESPACE = uuid.UUID("8d5b8a52-6a1e-4c1e-9a55-2f1f7f0f6a11")
 NEURON_KIND = "neuron"
 COMPONENT_KINDS = ("nmf", "cluster", "cav")
 KINDS = (NEURON_KIND, *COMPONENT_KINDS)
+#: the vector of a record read without one (shared and read-only: a search reads thousands)
+NO_VECTOR = np.zeros(0, np.float32)
+NO_VECTOR.flags.writeable = False
 
 
 def neuron_point_id(
@@ -259,38 +262,38 @@ class NeuronRecord:
 
     @classmethod
     def from_payload(cls, payload: dict[str, Any], vector: Any = None) -> NeuronRecord:
-        vec = (
-            np.asarray(vector, dtype=np.float32) if vector is not None else np.zeros(0, np.float32)
-        )
+        # Every search hit passes through here: optional keys that are absent cost a lookup
+        # only, and arguments are positional (in field order), which halves the time a hit
+        # takes against keyword arguments and defaults (bench/results/search_layers.md).
+        get = payload.get
+        samples, labels, stats = get("top_samples"), get("labels"), get("stats")
+        component, classes = get("component"), get("top_classes")
         return cls(
-            model_id=payload["model_id"],
-            layer=payload["layer"],
-            layer_index=int(payload["layer_index"]),
-            depth=float(payload["depth"]),
-            unit=int(payload["unit"]),
-            vector=vec,
-            top_samples=[
-                TopSample(s["sample_id"], int(s["index"]), float(s["activation"]))
-                for s in payload.get("top_samples", [])
-            ],
-            labels={
-                v: [Label(l["label"], float(l["score"])) for l in ls]
-                for v, ls in payload.get("labels", {}).items()
-            },
-            label_set=list(payload.get("label_set", [])),
-            clarity=float(payload.get("clarity", 0.0)),
-            polysemanticity=float(payload.get("polysemanticity", 0.0)),
-            polysemanticity_sl=float(payload.get("polysemanticity_sl", 0.0)),
-            redundancy=float(payload.get("redundancy", 0.0)),
-            stats={k: float(v) for k, v in payload.get("stats", {}).items()},
-            generation=int(payload.get("generation", 0)),
-            kind=str(payload.get("kind", NEURON_KIND)),
-            extraction=str(payload.get("extraction", "")),
-            component=dict(payload.get("component", {})),
-            top_classes=[
-                ClassImportance(str(c["class"]), float(c["importance"]))
-                for c in payload.get("top_classes", [])
-            ],
+            payload["model_id"],
+            payload["layer"],
+            int(payload["layer_index"]),
+            float(payload["depth"]),
+            int(payload["unit"]),
+            NO_VECTOR if vector is None else np.asarray(vector, dtype=np.float32),
+            [TopSample(s["sample_id"], int(s["index"]), float(s["activation"])) for s in samples]
+            if samples
+            else [],
+            {v: [Label(l["label"], float(l["score"])) for l in ls] for v, ls in labels.items()}
+            if labels
+            else {},
+            list(get("label_set") or ()),
+            float(get("clarity", 0.0)),
+            float(get("polysemanticity", 0.0)),
+            float(get("redundancy", 0.0)),
+            {k: float(v) for k, v in stats.items()} if stats else {},
+            int(get("generation", 0)),
+            float(get("polysemanticity_sl", 0.0)),
+            str(get("kind", NEURON_KIND)),
+            str(get("extraction", "")),
+            dict(component) if component else {},
+            [ClassImportance(str(c["class"]), float(c["importance"])) for c in classes]
+            if classes
+            else [],
         )
 
 
@@ -381,6 +384,13 @@ def check_vectors(vectors: np.ndarray, dim: int, what: str = "vector") -> np.nda
         )
     if arr.shape[0] == 0:
         raise InvalidArgument(f"empty {what} batch", field=what)
+    # One pass decides the common case: every squared norm finite and non-zero means finite
+    # values and a usable norm (a NaN or infinity anywhere makes its row's sum one). Only a
+    # vector that fails it takes the checks below, which name what is wrong. (einsum, unlike
+    # matmul, raises no floating-point warnings on overflow.)
+    squares = np.einsum("ij,ij->i", arr, arr)
+    if np.isfinite(squares).all() and squares.all():
+        return arr
     if not np.isfinite(arr).all():
         raise InvalidArgument(f"{what} contains NaN or infinite values", field=what)
     with np.errstate(over="ignore"):

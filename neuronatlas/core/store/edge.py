@@ -128,7 +128,8 @@ def _point(p: Any) -> Point:
     vec = p.vector
     if isinstance(vec, dict):  # unnamed vector may come back as {"": [...]}
         vec = vec.get("")
-    return Point(str(p.id), dict(p.payload or {}), vec, float(getattr(p, "score", 0.0) or 0.0))
+    # (the binding builds a new dict at each ``payload`` read: nothing to copy)
+    return Point(str(p.id), p.payload or {}, vec, float(getattr(p, "score", 0.0) or 0.0))
 
 
 class EdgeStore(QdrantStoreBase):
