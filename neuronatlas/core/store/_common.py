@@ -114,14 +114,32 @@ class Cond:
     lte: float | None = None
 
 
-@dataclass
 class Point:
-    """A point as returned by a backend primitive."""
+    """A point as returned by a backend primitive.
 
-    id: str
-    payload: dict[str, Any]
-    vector: list[float] | None = None
-    score: float = 0.0
+    A backend reading points may pass the engine's own point as ``id``: its id is read and
+    turned into a string when first asked for (1.6 us a point with Qdrant Edge, whose ids are
+    ``uuid.UUID`` objects), which a search answer never does."""
+
+    __slots__ = ("_id", "payload", "score", "vector")
+
+    def __init__(
+        self,
+        id: Any,
+        payload: dict[str, Any],
+        vector: list[float] | None = None,
+        score: float = 0.0,
+    ):
+        self._id, self.payload, self.vector, self.score = id, payload, vector, score
+
+    @property
+    def id(self) -> str:
+        if not isinstance(self._id, str):
+            self._id = str(self._id.id)
+        return self._id
+
+    def __repr__(self) -> str:
+        return f"Point(id={self.id!r}, payload={self.payload!r}, score={self.score!r})"
 
     def dense(self) -> list[float]:
         """The vector of a point that must carry one (points to write)."""
