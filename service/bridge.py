@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import functools
 import inspect
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
@@ -174,12 +175,16 @@ class Bridge(aio.ServerInterceptor):
         if _is_async(handler):  # already asynchronous: nothing to bridge
             return handler
 
-        def chain(i: int, d: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
-            if i == len(self.interceptors):
-                return handler
-            return self.interceptors[i].intercept_service(lambda d2: chain(i + 1, d2), d)
+        # Each interceptor's continuation is the next one's intercept_service, the last one's
+        # the handler: a chain of partials, no closure that refers to itself (such a cycle per
+        # call is garbage only the cyclic collector frees, and the call's objects are many).
+        def last(_: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
+            return handler
 
-        wrapped = chain(0, details)
+        continuation_: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None] = last
+        for interceptor in reversed(self.interceptors):
+            continuation_ = functools.partial(interceptor.intercept_service, continuation_)
+        wrapped = continuation_(details)
         if wrapped is None:
             return None
         method = str(details.method)
