@@ -33,7 +33,7 @@ The job metrics read the job records (``all_jobs()``: the store's job table, or 
 callable the server passes) at scrape time, cached like the store's.
 
 :class:`CallInterceptor` (outermost) gives every call its request id (see ``logs.py``),
-returns it as ``x-request-id`` in the trailing metadata of a failed call, writes one access-log line
+returns it as ``x-request-id`` in the response's trailing metadata, writes one access-log line
 per call (health checks at DEBUG), opens an OpenTelemetry span when that package is installed,
 and counts the call when metrics are on.
 """
@@ -449,11 +449,9 @@ class _Call:
         code = "OK"
         try:
             with logs.span(self.method, self.rid) as span:
-                # The request id goes back to the client with a failure only (in the trailers,
-                # next to the error's details): returning it on every answer cost ~0.1 ms of
-                # server CPU a search at 1M neurons as trailers, more as headers (paired runs,
-                # bench/results/grpc.md). A client that correlates its successful calls with
-                # the server's logs sends its own id, which the server then uses.
+                # in the trailers: response headers would be a send of their own, which at
+                # 1M neurons cost ~0.3 ms of a 2.5 ms search (bench/results/grpc.md)
+                context.set_trailing_metadata(((logs.REQUEST_ID_HEADER, self.rid),))
                 try:
                     yield
                 except GeneratorExit:
@@ -462,13 +460,10 @@ class _Call:
                 except BaseException:
                     set_code = context.code()
                     code = set_code.name if set_code is not None else "UNKNOWN"
-                    context.set_trailing_metadata(((logs.REQUEST_ID_HEADER, self.rid),))
                     raise
                 else:
                     set_code = context.code()
                     code = set_code.name if set_code is not None else "OK"
-                    if code != "OK":  # a status set without an abort (health's NOT_FOUND)
-                        context.set_trailing_metadata(((logs.REQUEST_ID_HEADER, self.rid),))
                 finally:
                     if span is not None:
                         span.set_attribute("rpc.grpc.status_code", code)
