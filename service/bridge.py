@@ -100,7 +100,6 @@ class SyncContext:
         self._context = context
         self._code: grpc.StatusCode | None = None
         self.initial_metadata: tuple[tuple[str, str], ...] | None = None
-        self.trailing_metadata: tuple[tuple[str, str], ...] = ()
 
     # -- the call's state
     def is_active(self) -> bool:
@@ -134,11 +133,6 @@ class SyncContext:
         if self.initial_metadata is not None:
             raise ValueError("initial metadata was already sent")
         self.initial_metadata = tuple(metadata)
-
-    def set_trailing_metadata(self, metadata: Sequence[tuple[str, str]]) -> None:
-        """Metadata sent with the call's status (also when it aborts): unlike initial
-        metadata it costs no send of its own."""
-        self.trailing_metadata = tuple(metadata)
 
     def abort_with_status(self, status: grpc.Status) -> None:
         self._code = status.code
@@ -242,9 +236,9 @@ class Bridge(aio.ServerInterceptor):
                         where = lane[0]
                     response = await _on_pool(loop, where, cv.run, behaviour, request, sync)
             except Aborted as a:
-                await _abort(sync, context, a.status)
+                await _send_metadata(sync, context)
+                await context.abort(a.status.code, a.status.details, a.status.trailing_metadata)
             await _send_metadata(sync, context)
-            _set_trailers(sync, context)
             return response
 
         return call
@@ -267,11 +261,11 @@ class Bridge(aio.ServerInterceptor):
                     item = await _on_pool(loop, pool, steps.run, next, responses, _END)
                     await _send_metadata(sync, context)
                     if item is _END:
-                        _set_trailers(sync, context)
                         return
                     yield item
             except Aborted as a:
-                await _abort(sync, context, a.status)
+                await _send_metadata(sync, context)
+                await context.abort(a.status.code, a.status.details, a.status.trailing_metadata)
             finally:
                 close = getattr(responses, "close", None)
                 if close is not None:
@@ -316,19 +310,6 @@ async def _send_metadata(sync: SyncContext, context: aio.ServicerContext) -> Non
     metadata, sync.initial_metadata = sync.initial_metadata, None
     if metadata:
         await context.send_initial_metadata(metadata)
-
-
-def _set_trailers(sync: SyncContext, context: aio.ServicerContext) -> None:
-    if sync.trailing_metadata:
-        context.set_trailing_metadata(sync.trailing_metadata)
-
-
-async def _abort(sync: SyncContext, context: aio.ServicerContext, status: grpc.Status) -> None:
-    """End the call with ``status``: its trailing metadata (the rich error details) and the
-    handler's (the request id) together."""
-    await _send_metadata(sync, context)
-    trailers = tuple(status.trailing_metadata or ()) + sync.trailing_metadata
-    await context.abort(status.code, status.details, trailers)
 
 
 class _SyncRequests:

@@ -33,7 +33,7 @@ The job metrics read the job records (``all_jobs()``: the store's job table, or 
 callable the server passes) at scrape time, cached like the store's.
 
 :class:`CallInterceptor` (outermost) gives every call its request id (see ``logs.py``),
-returns it as ``x-request-id`` in the response's trailing metadata, writes one access-log line
+returns it as ``x-request-id`` in the response's initial metadata, writes one access-log line
 per call (health checks at DEBUG), opens an OpenTelemetry span when that package is installed,
 and counts the call when metrics are on.
 """
@@ -449,9 +449,10 @@ class _Call:
         code = "OK"
         try:
             with logs.span(self.method, self.rid) as span:
-                # in the trailers: response headers would be a send of their own, which at
-                # 1M neurons cost ~0.3 ms of a 2.5 ms search (bench/results/grpc.md)
-                context.set_trailing_metadata(((logs.REQUEST_ID_HEADER, self.rid),))
+                try:
+                    context.send_initial_metadata(((logs.REQUEST_ID_HEADER, self.rid),))
+                except ValueError:  # already sent (never by our handlers)
+                    pass
                 try:
                     yield
                 except GeneratorExit:
