@@ -26,6 +26,8 @@ calls (client and server share the host).
     python bench/bench_grpc_front.py --neurons 100000
     python bench/bench_grpc_front.py --neurons 1000000 --workdir /tmp/g1m \\
         --ef-cycle 128,96,64 --rounds 9 --requests 1500      # search_ef, paired within seconds
+    python bench/bench_grpc_front.py --neurons 1000000 --workdir /tmp/g1m \\
+        --ab a6548aa --restarts 6 --rounds 10 --requests 800   # this checkout against a commit
 """
 
 from __future__ import annotations
@@ -296,9 +298,15 @@ def source_tree(rev: str, work: Path) -> Path:
 
 def ab_rounds(rev: str, store: Path, args: argparse.Namespace) -> str:
     """The shipped server from this checkout (A) and from git revision ``rev`` (B), each on
-    its own copy of the store, both up at once: blocks of ``--requests`` new queries (32
+    its own copy of the store, both up at once, each imported from a tree of its own: blocks of ``--requests`` new queries (32
     clients), one on each, the order swapped every round, so that each pair of blocks runs
-    within seconds of each other (the host's speed drifts over minutes)."""
+    within seconds of each other (the host's speed drifts over minutes).
+
+    A server process has a speed of its own too (where its heap and the engine's maps land,
+    its hash seed): two processes of the same code can differ by ~0.1 ms a query for their
+    whole life. So the pair of servers is started ``--restarts`` times, the two copies of the
+    store swapped between A and B each time, and the comparison is over the restarts' mean
+    differences, not the rounds of one pair."""
     import numpy as np
 
     from neuronatlas.v1 import neuronatlas_pb2 as pb
@@ -307,43 +315,65 @@ def ab_rounds(rev: str, store: Path, args: argparse.Namespace) -> str:
     if not (copy / "bench.json").exists():  # the same data, opened by the other server
         shutil.rmtree(copy, ignore_errors=True)
         subprocess.run(["cp", "-a", "--reflink=auto", str(store), str(copy)], check=True)
-    source = source_tree(rev, args.workdir)
-    cpu: dict[str, list[float]] = {"A": [], "B": []}
-    with contextlib.ExitStack() as stack:
-        servers = {
-            "A": stack.enter_context(served("product", store, args.workdir)),
-            "B": stack.enter_context(served("product", copy, args.workdir, source)),
-        }
-        warm = B.synthetic_vectors(500, 512, seed=999)
-        for address, _ in servers.values():  # first reads of each copy's files, not measured
-            B.run_case(
-                address,
-                [pb.SearchNeuronsRequest(vector=pb.Vector(values=v), top_k=10) for v in warm],
-                32,
-            )
-        for r in range(args.rounds):
-            for k, name in enumerate("AB" if r % 2 == 0 else "BA"):
-                queries = B.synthetic_vectors(args.requests, 512, seed=3000 + 10 * r + k)
-                requests = [
-                    pb.SearchNeuronsRequest(vector=pb.Vector(values=v), top_k=10) for v in queries
-                ]
-                address, pid = servers[name]
-                got, _ = B.run_case(address, requests, 32, server_pid=pid)
-                cpu[name].append(got["server_cpu_ms"])
-            print(f"round {r + 1}: A {cpu['A'][-1]:.2f} ms, B {cpu['B'][-1]:.2f} ms", flush=True)
-    a, b = np.array(cpu["A"]), np.array(cpu["B"])
-    d = a - b
+    # Both servers start the same way, from a tree of their own on PYTHONPATH (this
+    # checkout's: its commit, or a stash commit of its uncommitted changes), and take turns
+    # starting first.
+    here = subprocess.run(
+        ["git", "stash", "create"], cwd=ROOT.parent, check=True, capture_output=True, text=True
+    ).stdout.strip()
+    sources = {"A": source_tree(here or "HEAD", args.workdir), "B": source_tree(rev, args.workdir)}
+    rows, means, wins, n = [], [], 0, 0
+    for restart in range(args.restarts):
+        pair = (store, copy) if restart % 2 == 0 else (copy, store)
+        stores = dict(zip("AB", pair, strict=True))
+        cpu: dict[str, list[float]] = {"A": [], "B": []}
+        with contextlib.ExitStack() as stack:
+            servers = {
+                name: stack.enter_context(
+                    served("product", stores[name], args.workdir, sources[name])
+                )
+                for name in ("AB" if restart % 2 == 0 else "BA")
+            }
+            warm = B.synthetic_vectors(500, 512, seed=999)
+            for address, _ in servers.values():  # first reads of each copy's files
+                B.run_case(
+                    address,
+                    [pb.SearchNeuronsRequest(vector=pb.Vector(values=v), top_k=10) for v in warm],
+                    32,
+                )
+            for r in range(args.rounds):
+                for k, name in enumerate("AB" if r % 2 == 0 else "BA"):
+                    seed = 3000 + 1000 * restart + 10 * r + k
+                    queries = B.synthetic_vectors(args.requests, 512, seed=seed)
+                    requests = [
+                        pb.SearchNeuronsRequest(vector=pb.Vector(values=v), top_k=10)
+                        for v in queries
+                    ]
+                    address, pid = servers[name]
+                    got, _ = B.run_case(address, requests, 32, server_pid=pid)
+                    cpu[name].append(got["server_cpu_ms"])
+        a, b = np.array(cpu["A"]), np.array(cpu["B"])
+        d = a - b
+        means.append(float(d.mean()))
+        wins, n = wins + int((d < 0).sum()), n + len(d)
+        rows.append(
+            f"| {restart + 1} | {stores['A'].name} | {np.median(a):.2f} | {np.median(b):.2f} | "
+            f"{d.mean():+.3f} | {int((d < 0).sum())} of {len(d)} |"
+        )
+        print(rows[-1], flush=True)
+    m = np.array(means)
+    se = m.std(ddof=1) / np.sqrt(len(m)) if len(m) > 1 else float("nan")
     return "\n".join(
         [
-            "| server | server CPU ms/query, median (min-max) |",
-            "|---|---|",
-            f"| A: this checkout | {np.median(a):.2f} ({a.min():.2f}-{a.max():.2f}) |",
-            f"| B: {rev} | {np.median(b):.2f} ({b.min():.2f}-{b.max():.2f}) |",
+            f"A: this checkout; B: {rev}. Server CPU ms/query (32 clients), medians of the "
+            "rounds of each restart.",
             "",
-            f"A - B, paired by round: median {np.median(d):+.3f} ms, mean {d.mean():+.3f} "
-            f"(sd {d.std(ddof=1) if len(d) > 1 else 0:.3f}); A cheaper in "
-            f"{int((d < 0).sum())} of {len(d)} rounds. Rounds (A / B ms): "
-            + ", ".join(f"{x:.2f} / {y:.2f}" for x, y in zip(a, b, strict=True)),
+            "| restart | A's store | A | B | A - B, mean of rounds | A cheaper |",
+            "|---|---|---|---|---|---|",
+            *rows,
+            "",
+            f"**A - B over {len(m)} restarts: {m.mean():+.3f} ms a query (standard error "
+            f"{se:.3f})**; A cheaper in {wins} of {n} rounds.",
         ]
     )
 
@@ -367,8 +397,10 @@ def main() -> None:
         "--ab",
         metavar="REV",
         help="instead of the variants: the shipped server of this checkout against that of "
-        "git revision REV, both up at once, --rounds paired blocks of --requests queries",
+        "git revision REV, both up at once, --rounds paired blocks of --requests queries, "
+        "the pair started --restarts times",
     )
+    ap.add_argument("--restarts", type=int, default=4, help="--ab: server pairs started")
     ap.add_argument("--workdir", type=Path, default=B.WORK)
     ap.add_argument("--out", type=Path, default=B.RESULTS)
     ap.add_argument("--serve", nargs=3, help=argparse.SUPPRESS)
@@ -399,8 +431,9 @@ def main() -> None:
         table = ab_rounds(args.ab, store, args)
         text = (
             f"## This checkout against {args.ab}, {args.neurons:,} neurons\n\nCommand: `python "
-            f"bench/bench_grpc_front.py --neurons {args.neurons} --ab {args.ab} --rounds "
-            f"{args.rounds} --requests {args.requests}`; load average {load0:.2f} at start, "
+            f"bench/bench_grpc_front.py --neurons {args.neurons} --ab {args.ab} --restarts "
+            f"{args.restarts} --rounds {args.rounds} --requests {args.requests}`; load average "
+            f"{load0:.2f} at start, "
             f"{os.getloadavg()[0]:.2f} at the end.\n\n{table}\n"
         )
         print("\n" + text)
