@@ -385,7 +385,8 @@ def check_vectors(vectors: np.ndarray, dim: int, what: str = "vector") -> np.nda
     if arr.shape[0] == 0:
         raise InvalidArgument(f"empty {what} batch", field=what)
     # One pass decides the common case: every squared norm finite and non-zero means finite
-    # values and a usable norm (a NaN or infinity anywhere makes its row's sum one). Only a
+    # values and a usable norm (a NaN or infinity anywhere makes its row's sum NaN or
+    # infinite, a norm that overflows float32 makes it infinite). Only a
     # vector that fails it takes the checks below, which name what is wrong. (einsum, unlike
     # matmul, raises no floating-point warnings on overflow.)
     squares = np.einsum("ij,ij->i", arr, arr)

@@ -115,27 +115,36 @@ class Cond:
 
 
 class Point:
-    """A point as returned by a backend primitive.
+    """A point as returned by a backend primitive."""
 
-    A backend reading points may pass the engine's own point as ``id``: its id is read and
-    turned into a string when first asked for (1.6 us a point with Qdrant Edge, whose ids are
-    ``uuid.UUID`` objects), which a search answer never does."""
-
-    __slots__ = ("_id", "payload", "score", "vector")
+    __slots__ = ("_id", "_source", "payload", "score", "vector")
 
     def __init__(
         self,
-        id: Any,
+        id: str,
         payload: dict[str, Any],
         vector: list[float] | None = None,
         score: float = 0.0,
     ):
-        self._id, self.payload, self.vector, self.score = id, payload, vector, score
+        self._id: str | None = id
+        self._source: Any = None
+        self.payload, self.vector, self.score = payload, vector, score
+
+    @classmethod
+    def read(
+        cls, source: Any, payload: dict[str, Any], vector: list[float] | None, score: float
+    ) -> Point:
+        """A point read from an engine whose point ``source`` has an ``id``: read and turned
+        into a string only when asked for (1.6 us a point with Qdrant Edge, whose ids are
+        ``uuid.UUID`` objects), which a search answer never does."""
+        point = cls("", payload, vector, score)
+        point._id, point._source = None, source
+        return point
 
     @property
     def id(self) -> str:
-        if not isinstance(self._id, str):
-            self._id = str(self._id.id)
+        if self._id is None:
+            self._id, self._source = str(self._source.id), None
         return self._id
 
     def __repr__(self) -> str:

@@ -128,9 +128,8 @@ def _point(p: Any) -> Point:
     vec = p.vector
     if isinstance(vec, dict):  # unnamed vector may come back as {"": [...]}
         vec = vec.get("")
-    # (the binding builds a new dict at each ``payload`` read: nothing to copy; the id is
-    # read from ``p`` when first used)
-    return Point(p, p.payload or {}, vec, float(getattr(p, "score", 0.0) or 0.0))
+    # (the binding builds a new dict at each ``payload`` read: nothing to copy)
+    return Point.read(p, p.payload or {}, vec, float(getattr(p, "score", 0.0) or 0.0))
 
 
 class EdgeStore(QdrantStoreBase):
