@@ -418,3 +418,25 @@ def test_search_threads_refused_when_out_of_range(tmp_path: Path):
         with pytest.raises(InvalidArgument, match="search_threads"):
             EdgeStore(tmp_path / "s", search_threads=bad)
     assert not (tmp_path / "s").exists()  # refused before anything was created
+
+
+def test_a_point_read_from_the_engine_reads_its_id_only_when_asked():
+    """Search hits never need their point ids; reading one from Qdrant Edge builds a UUID."""
+    import uuid
+
+    from neuronatlas.core.store._common import Point
+
+    class EnginePoint:
+        reads = 0
+
+        @property
+        def id(self) -> uuid.UUID:
+            EnginePoint.reads += 1
+            return uuid.UUID(int=7)
+
+    p = Point.read(EnginePoint(), {"unit": 1}, None, 0.5)
+    assert EnginePoint.reads == 0 and p.payload == {"unit": 1} and p.score == 0.5
+    assert p.id == p.id == "00000000-0000-0000-0000-000000000007"
+    assert EnginePoint.reads == 1  # read once, then kept as the string
+    assert "00000000-0000-0000-0000-000000000007" in repr(p)
+    assert Point("abc", {}).id == "abc"
