@@ -372,8 +372,9 @@ def ab_rounds(rev: str, store: Path, args: argparse.Namespace) -> str:
             "|---|---|---|---|---|---|",
             *rows,
             "",
-            f"**A - B over {len(m)} restarts: {m.mean():+.3f} ms a query (standard error "
-            f"{se:.3f})**; A cheaper in {wins} of {n} rounds.",
+            f"**A - B over {len(m)} restarts: median {np.median(m):+.3f} ms a query, mean "
+            f"{m.mean():+.3f} (standard error {se:.3f})**; A cheaper in {wins} of {n} rounds. "
+            "(The median of the restarts stands when one pair ran while the host was disturbed.)",
         ]
     )
 
