@@ -414,28 +414,22 @@ def main() -> None:
     store = args.workdir / f"grpc-{args.neurons}-512"
     if not (store / "bench.json").exists():
         raise SystemExit(f"no store at {store}: run bench/bench_grpc.py --neurons {args.neurons}")
-    if args.ef_cycle:
+    if args.ef_cycle or args.ab:
         load0 = os.getloadavg()[0]
-        table = ef_cycle([int(x) for x in args.ef_cycle.split(",")], store, args)
+        if args.ef_cycle:
+            title, flags = "search_ef over gRPC", f"--ef-cycle {args.ef_cycle}"
+            table = ef_cycle([int(x) for x in args.ef_cycle.split(",")], store, args)
+        else:
+            title, flags = (
+                f"This checkout against {args.ab}",
+                f"--ab {args.ab} --restarts {args.restarts}",
+            )
+            table = ab_rounds(args.ab, store, args)
         text = (
-            f"## search_ef over gRPC, {args.neurons:,} neurons\n\nCommand: `python "
-            f"bench/bench_grpc_front.py --neurons {args.neurons} --ef-cycle {args.ef_cycle} "
-            f"--rounds {args.rounds} --requests {args.requests}`; load average {load0:.2f} at "
-            f"start, {os.getloadavg()[0]:.2f} at the end.\n\n{table}\n"
-        )
-        print("\n" + text)
-        with open(args.out, "a") as f:
-            f.write("\n" + text)
-        return
-    if args.ab:
-        load0 = os.getloadavg()[0]
-        table = ab_rounds(args.ab, store, args)
-        text = (
-            f"## This checkout against {args.ab}, {args.neurons:,} neurons\n\nCommand: `python "
-            f"bench/bench_grpc_front.py --neurons {args.neurons} --ab {args.ab} --restarts "
-            f"{args.restarts} --rounds {args.rounds} --requests {args.requests}`; load average "
-            f"{load0:.2f} at start, "
-            f"{os.getloadavg()[0]:.2f} at the end.\n\n{table}\n"
+            f"## {title}, {args.neurons:,} neurons\n\nCommand: `python bench/bench_grpc_front.py "
+            f"--neurons {args.neurons} {flags} --rounds {args.rounds} --requests "
+            f"{args.requests}`; load average {load0:.2f} at start, {os.getloadavg()[0]:.2f} at "
+            f"the end.\n\n{table}\n"
         )
         print("\n" + text)
         with open(args.out, "a") as f:
