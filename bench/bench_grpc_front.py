@@ -158,11 +158,9 @@ def floor_handler(atlas, servicer):
 
     from neuronatlas.core.store.base import HIT_FIELDS
     from neuronatlas.core.store.edge import RESCORE_MIN, _edge_filter
-    from neuronatlas.v1 import neuronatlas_pb2 as pb
 
     store = atlas.store
-    probe = B.synthetic_vectors(1, 512, seed=7)[0]
-    request = pb.SearchNeuronsRequest(vector=pb.Vector(values=probe), top_k=10)
+    request = search_requests(1, seed=7)[0]
     seen = []  # the engine query the store makes for it (its filter: usually none)
     n_query = store._n_query
     store._n_query = lambda specs, **kw: seen.append(specs[0]) or n_query(specs, **kw)
@@ -231,13 +229,21 @@ def measure(variant: str, store: Path, requests: list, work: Path) -> dict:
         return {"many": many, "one": one}
 
 
+def search_requests(n: int, seed: int) -> list:
+    """``n`` top-10 SearchNeurons requests for new synthetic query vectors."""
+    from neuronatlas.v1 import neuronatlas_pb2 as pb
+
+    return [
+        pb.SearchNeuronsRequest(vector=pb.Vector(values=v), top_k=10)
+        for v in B.synthetic_vectors(n, 512, seed=seed)
+    ]
+
+
 def ef_cycle(efs: list[int], store: Path, args: argparse.Namespace) -> str:
     """One shipped server whose ``search_ef`` moves to the next value at a signal: blocks of
     ``--requests`` new queries (32 clients), one per ef, the order rotated every round, so each
     ef is compared with the others within seconds (the host's speed drifts over minutes)."""
     import numpy as np
-
-    from neuronatlas.v1 import neuronatlas_pb2 as pb
 
     variant = "product-ef:" + ",".join(map(str, efs))
     cpu: dict[int, list[float]] = {ef: [] for ef in efs}
@@ -245,10 +251,7 @@ def ef_cycle(efs: list[int], store: Path, args: argparse.Namespace) -> str:
         at = 0
         for r in range(args.rounds):
             for k in range(len(efs)):
-                queries = B.synthetic_vectors(args.requests, 512, seed=1000 + 10 * r + k)
-                requests = [
-                    pb.SearchNeuronsRequest(vector=pb.Vector(values=v), top_k=10) for v in queries
-                ]
+                requests = search_requests(args.requests, seed=1000 + 10 * r + k)
                 got, _ = B.run_case(address, requests, 32, server_pid=pid)
                 cpu[efs[at]].append(got["server_cpu_ms"])
                 os.kill(pid, signal.SIGUSR1)
@@ -298,18 +301,17 @@ def source_tree(rev: str, work: Path) -> Path:
 
 def ab_rounds(rev: str, store: Path, args: argparse.Namespace) -> str:
     """The shipped server from this checkout (A) and from git revision ``rev`` (B), each on
-    its own copy of the store, both up at once, each imported from a tree of its own: blocks of ``--requests`` new queries (32
-    clients), one on each, the order swapped every round, so that each pair of blocks runs
-    within seconds of each other (the host's speed drifts over minutes).
+    its own copy of the store and imported from a tree of its own, both up at once: blocks of
+    ``--requests`` new queries (32 clients), one on each, the order swapped every round, so
+    that each pair of blocks runs within seconds of each other (the host's speed drifts over
+    minutes).
 
     A server process has a speed of its own too (where its heap and the engine's maps land,
-    its hash seed): two processes of the same code can differ by ~0.1 ms a query for their
-    whole life. So the pair of servers is started ``--restarts`` times, the two copies of the
+    its hash seed): two processes of the same code on the same data differed by 0.09-0.22 ms
+    a query for their whole life (bench/results/grpc.md). So the pair of servers is started ``--restarts`` times, the two copies of the
     store swapped between A and B each time, and the comparison is over the restarts' mean
     differences, not the rounds of one pair."""
     import numpy as np
-
-    from neuronatlas.v1 import neuronatlas_pb2 as pb
 
     copy = store.with_name(store.name + ".ab")
     if not (copy / "bench.json").exists():  # the same data, opened by the other server
@@ -334,21 +336,12 @@ def ab_rounds(rev: str, store: Path, args: argparse.Namespace) -> str:
                 )
                 for name in ("AB" if restart % 2 == 0 else "BA")
             }
-            warm = B.synthetic_vectors(500, 512, seed=999)
+            warm = search_requests(500, seed=999)
             for address, _ in servers.values():  # first reads of each copy's files
-                B.run_case(
-                    address,
-                    [pb.SearchNeuronsRequest(vector=pb.Vector(values=v), top_k=10) for v in warm],
-                    32,
-                )
+                B.run_case(address, warm, 32)
             for r in range(args.rounds):
                 for k, name in enumerate("AB" if r % 2 == 0 else "BA"):
-                    seed = 3000 + 1000 * restart + 10 * r + k
-                    queries = B.synthetic_vectors(args.requests, 512, seed=seed)
-                    requests = [
-                        pb.SearchNeuronsRequest(vector=pb.Vector(values=v), top_k=10)
-                        for v in queries
-                    ]
+                    requests = search_requests(args.requests, 3000 + 1000 * restart + 10 * r + k)
                     address, pid = servers[name]
                     got, _ = B.run_case(address, requests, 32, server_pid=pid)
                     cpu[name].append(got["server_cpu_ms"])
@@ -409,8 +402,6 @@ def main() -> None:
     if args.serve:
         return serve(*args.serve)
 
-    from neuronatlas.v1 import neuronatlas_pb2 as pb
-
     store = args.workdir / f"grpc-{args.neurons}-512"
     if not (store / "bench.json").exists():
         raise SystemExit(f"no store at {store}: run bench/bench_grpc.py --neurons {args.neurons}")
@@ -438,8 +429,7 @@ def main() -> None:
     variants = args.variants.split(",")
     if unknown := set(variants) - set(VARIANTS):
         raise SystemExit(f"unknown variants: {sorted(unknown)}")
-    queries = B.synthetic_vectors(args.requests, 512, seed=2)
-    requests = [pb.SearchNeuronsRequest(vector=pb.Vector(values=v), top_k=10) for v in queries]
+    requests = search_requests(args.requests, seed=2)
     load0 = os.getloadavg()[0]
     lines = [
         f"## Front end: sync server vs grpc.aio, and the floor, {args.neurons:,} neurons",
